@@ -1,0 +1,1 @@
+//! Composition of the stack, the proxy, the CA and the transport.

@@ -1,0 +1,62 @@
+//! Why a request could not be carried to its origin.
+
+/// A request that produced no HTTP response. Every variant names the URL and a human-readable
+/// reason so the proxy can answer the guest with a precise error page (502, 504, 413, …).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The browser refused the request: a `fetch()` TypeError (CORS or a network error), or
+    /// natively a connection that could not be made.
+    #[error("blocked: {url}: {reason}")]
+    Blocked {
+        /// The URL that was requested.
+        url: String,
+        /// Why, as far as it is known.
+        reason: String,
+    },
+    /// No response within the configured time.
+    #[error("timed out: {url}: {reason}")]
+    Timeout {
+        /// The URL that was requested.
+        url: String,
+        /// What timed out.
+        reason: String,
+    },
+    /// The request was aborted before completion.
+    #[error("aborted: {url}: {reason}")]
+    Aborted {
+        /// The URL that was requested.
+        url: String,
+        /// Why it was aborted.
+        reason: String,
+    },
+    /// The request cannot be expressed to this backend (bad URL, method, header, denied
+    /// destination, …).
+    #[error("invalid request: {url}: {reason}")]
+    InvalidRequest {
+        /// The URL that was requested.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The request body is larger than the backend can carry.
+    #[error("request body too large for {url}: limit is {limit} bytes")]
+    BodyTooLarge {
+        /// The URL that was requested.
+        url: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+}
+
+impl TransportError {
+    /// The URL the failed request was for.
+    pub fn url(&self) -> &str {
+        match self {
+            Self::Blocked { url, .. }
+            | Self::Timeout { url, .. }
+            | Self::Aborted { url, .. }
+            | Self::InvalidRequest { url, .. }
+            | Self::BodyTooLarge { url, .. } => url,
+        }
+    }
+}
