@@ -18,7 +18,9 @@ pub struct BodyError {
 impl BodyError {
     /// Creates a body error with a human-readable reason.
     pub fn new(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into() }
+        Self {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -40,14 +42,21 @@ pub struct Body {
 impl Body {
     /// A body with no bytes (length 0).
     pub fn empty() -> Self {
-        Self { inner: Inner::Empty, len: Some(0) }
+        Self {
+            inner: Inner::Empty,
+            len: Some(0),
+        }
     }
 
     /// A body held in one buffer.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         let len = Some(bytes.len() as u64);
-        let inner = if bytes.is_empty() { Inner::Empty } else { Inner::Full(Some(bytes)) };
+        let inner = if bytes.is_empty() {
+            Inner::Empty
+        } else {
+            Inner::Full(Some(bytes))
+        };
         Self { inner, len }
     }
 
@@ -56,7 +65,10 @@ impl Body {
         stream: impl Stream<Item = Result<Bytes, BodyError>> + 'static,
         len: Option<u64>,
     ) -> Self {
-        Self { inner: Inner::Stream(Box::pin(stream)), len }
+        Self {
+            inner: Inner::Stream(Box::pin(stream)),
+            len,
+        }
     }
 
     /// The exact length in bytes, when known before reading.
@@ -116,7 +128,10 @@ impl fmt::Debug for Body {
             Inner::Full(_) => "full",
             Inner::Stream(_) => "stream",
         };
-        f.debug_struct("Body").field("kind", &kind).field("len", &self.len).finish()
+        f.debug_struct("Body")
+            .field("kind", &kind)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -168,26 +183,41 @@ mod tests {
     fn full_body_yields_once_with_length() {
         let body = Body::full("hello");
         assert_eq!(body.len(), Some(5));
-        assert_eq!(block_on(body.collect(16)).unwrap(), Bytes::from_static(b"hello"));
+        assert_eq!(
+            block_on(body.collect(16)).unwrap(),
+            Bytes::from_static(b"hello")
+        );
     }
 
     #[test]
     fn collect_enforces_limit_on_unknown_length() {
-        let chunks = vec![Ok(Bytes::from_static(b"abcd")), Ok(Bytes::from_static(b"efgh"))];
+        let chunks = vec![
+            Ok(Bytes::from_static(b"abcd")),
+            Ok(Bytes::from_static(b"efgh")),
+        ];
         let body = Body::from_stream(stream::iter(chunks), None);
-        assert_eq!(block_on(body.collect(6)), Err(CollectError::TooLarge { limit: 6 }));
+        assert_eq!(
+            block_on(body.collect(6)),
+            Err(CollectError::TooLarge { limit: 6 })
+        );
     }
 
     #[test]
     fn collect_rejects_known_length_over_limit_without_reading() {
         let body = Body::from_stream(stream::pending(), Some(100));
-        assert_eq!(block_on(body.collect(10)), Err(CollectError::TooLarge { limit: 10 }));
+        assert_eq!(
+            block_on(body.collect(10)),
+            Err(CollectError::TooLarge { limit: 10 })
+        );
     }
 
     #[test]
     fn stream_error_is_reported() {
         let chunks = vec![Ok(Bytes::from_static(b"ab")), Err(BodyError::new("reset"))];
         let body = Body::from_stream(stream::iter(chunks), None);
-        assert_eq!(block_on(body.collect(10)), Err(CollectError::Body(BodyError::new("reset"))));
+        assert_eq!(
+            block_on(body.collect(10)),
+            Err(CollectError::Body(BodyError::new("reset")))
+        );
     }
 }

@@ -20,6 +20,8 @@ use async_trait::async_trait;
 pub trait Transport {
     /// Performs the request. Errors say why the request could not be carried (see
     /// [`TransportError`]); an HTTP error status from the origin is a successful response.
-    async fn send(&self, request: http::Request<Body>)
-        -> Result<http::Response<Body>, TransportError>;
+    async fn send(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, TransportError>;
 }

@@ -1,1 +1,38 @@
-fn main() {}
+//! `cargo xtask <command>`: everything the project needs beyond `cargo build`, installing what
+//! it needs itself (Debian packages, the wasm target, wasm-bindgen's test runner).
+
+mod tools;
+
+use anyhow::{bail, Result};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test         fmt check, clippy (native + wasm32), unit tests (native + wasm32), build-wasm, e2e
+  build-wasm   build the browser package into dist/
+  e2e          end to end with a real Linux guest in a network namespace (needs root)
+  fixtures     re-capture the pcap fixtures under net-stack/tests/fixtures (needs root)
+  bench        benchmarks; writes docs/benchmarks.md and target/bench/results.json";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(err) = run(&args) {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let Some((command, rest)) = args.split_first() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let _ = rest;
+    match command.as_str() {
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}
