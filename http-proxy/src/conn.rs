@@ -1,0 +1,455 @@
+//! One guest connection: read request heads, forward each request through the transport,
+//! stream the response back, repeat while keep-alive allows.
+
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use fetch_transport::Body;
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use futures::StreamExt;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::body::decode::{request_framing, Decoder, RequestFraming};
+use crate::body::encode::{encode_chunk, write_response_head, ResponseFraming, LAST_CHUNK};
+use crate::error_page::ErrorPage;
+use crate::head::{parse_request_head, RequestHead, Version};
+use crate::io::{Inbound, Outbound};
+use crate::request_body::{DecoderState, RequestBody};
+use crate::stats::Counters;
+use crate::target::{origin_from_host_header, parse_target, Origin, Scheme, Target};
+use crate::Proxy;
+
+/// How request-targets on a connection are interpreted.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// A forward proxy: absolute-form requests; origin-form requests are for the proxy's own
+    /// pages.
+    Forward,
+    /// Requests to an origin (inside a CONNECT tunnel, TLS to the proxy, or a transparently
+    /// intercepted connection): origin-form targets at `origin` if fixed, else at the Host
+    /// header, else at `fallback`.
+    Origin {
+        /// The scheme the guest used (https inside TLS).
+        scheme: Scheme,
+        /// The origin fixed by a CONNECT target, if any (wins over the Host header).
+        fixed: Option<Origin>,
+        /// Used when there is no Host header (e.g. the name a fake IP stands for).
+        fallback: Option<Origin>,
+    },
+}
+
+/// Why serving a connection ended early (logged by the embedder; the guest already got
+/// whatever answer could be given).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reading from or writing to the guest failed or timed out.
+    #[error("guest connection: {0}")]
+    Io(#[from] io::Error),
+}
+
+enum Outcome {
+    KeepAlive,
+    Close,
+}
+
+/// Serves HTTP/1.1 on `stream` until the guest closes it, an error closes it, or keep-alive
+/// ends.
+pub(crate) async fn serve<S>(proxy: &Proxy, stream: S, mode: Mode) -> Result<(), ServeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let limits = &proxy.config.limits;
+    let (reader, writer) = stream.split();
+    let inbound = Rc::new(RefCell::new(Inbound::new(
+        reader,
+        limits.max_body_piece,
+        proxy.timer.clone(),
+        limits.idle_timeout,
+    )));
+    let mut out = Outbound::new(writer, proxy.timer.clone(), limits.io_timeout);
+    let result = serve_requests(proxy, &inbound, &mut out, &mode).await;
+    let _ = out.close().await;
+    result
+}
+
+async fn serve_requests<R, W>(
+    proxy: &Proxy,
+    inbound: &Rc<RefCell<Inbound<R>>>,
+    out: &mut Outbound<W>,
+    mode: &Mode,
+) -> Result<(), ServeError>
+where
+    R: AsyncRead + Unpin + 'static,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let head = match read_head(proxy, inbound).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ok(()),
+            Err(HeadRead::Rejected(page)) => {
+                Counters::add(&proxy.counters.bad_requests, 1);
+                write_page(proxy, out, &page, Version::Http11, false).await?;
+                return Ok(());
+            }
+            Err(HeadRead::Io(err)) if err.kind() == io::ErrorKind::TimedOut => return Ok(()),
+            Err(HeadRead::Io(err)) => return Err(err.into()),
+        };
+        Counters::add(&proxy.counters.requests, 1);
+        match handle_request(proxy, inbound, out, mode, head).await? {
+            Outcome::KeepAlive => continue,
+            Outcome::Close => return Ok(()),
+        }
+    }
+}
+
+enum HeadRead {
+    Rejected(ErrorPage),
+    Io(io::Error),
+}
+
+async fn read_head<R: AsyncRead + Unpin>(
+    proxy: &Proxy,
+    inbound: &Rc<RefCell<Inbound<R>>>,
+) -> Result<Option<RequestHead>, HeadRead> {
+    let limits = &proxy.config.limits;
+    let mut inbound = inbound.borrow_mut();
+    loop {
+        // Tolerate the empty lines some clients send between requests (RFC 9112 §2.2).
+        while inbound.buf.starts_with(b"\r\n") {
+            let _ = inbound.buf.split_to(2);
+        }
+        if !inbound.buf.is_empty() {
+            match parse_request_head(&inbound.buf, limits) {
+                Ok(Some((head, len))) => {
+                    let _ = inbound.buf.split_to(len);
+                    return Ok(Some(head));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    let page = ErrorPage::new(err.status(), "bad-request", err.to_string());
+                    return Err(HeadRead::Rejected(page));
+                }
+            }
+        }
+        let timeout = if inbound.buf.is_empty() { limits.idle_timeout } else { limits.io_timeout };
+        inbound.set_timeout(timeout);
+        match inbound.fill().await {
+            Ok(0) if inbound.buf.is_empty() => return Ok(None),
+            Ok(0) => {
+                let page = ErrorPage::new(StatusCode::BAD_REQUEST, "bad-request", "connection closed inside the request head");
+                return Err(HeadRead::Rejected(page));
+            }
+            Ok(_) => {}
+            Err(err) => return Err(HeadRead::Io(err)),
+        }
+    }
+}
+
+/// True when the request asks for the connection to stay open.
+fn wants_keep_alive(head: &RequestHead) -> bool {
+    let mut close = false;
+    let mut keep = false;
+    for name in [header::CONNECTION.as_str(), "proxy-connection"] {
+        for value in head.headers.get_all(name) {
+            for token in value.to_str().unwrap_or("").split(',') {
+                let token = token.trim();
+                close |= token.eq_ignore_ascii_case("close");
+                keep |= token.eq_ignore_ascii_case("keep-alive");
+            }
+        }
+    }
+    match head.version {
+        Version::Http11 => !close,
+        Version::Http10 => keep && !close,
+    }
+}
+
+/// Where a request goes, or an answer made here.
+enum Route {
+    Forward { url: String, origin: Origin },
+    OwnPage(String),
+}
+
+fn route(proxy: &Proxy, head: &RequestHead, mode: &Mode) -> Result<Route, ErrorPage> {
+    let bad = |msg: String| ErrorPage::new(StatusCode::BAD_REQUEST, "bad-request", msg);
+    let target = parse_target(&head.target, false).map_err(|e| bad(e.to_string()))?;
+    match (mode, target) {
+        (_, Target::Absolute { origin, path_and_query }) => {
+            if proxy.is_own_host(&origin.host.bare()) && origin.scheme == Scheme::Http {
+                return Ok(Route::OwnPage(path_and_query));
+            }
+            Ok(Route::Forward { url: origin.url(&path_and_query), origin })
+        }
+        (Mode::Forward, Target::Origin(path)) => Ok(Route::OwnPage(path)),
+        (Mode::Origin { scheme, fixed, fallback }, Target::Origin(path)) => {
+            let origin = match fixed {
+                Some(origin) => origin.clone(),
+                None => match head.headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
+                    Some(host) => origin_from_host_header(host, *scheme).map_err(|e| bad(e.to_string()))?,
+                    None => fallback.clone().ok_or_else(|| bad("missing Host header".into()))?,
+                },
+            };
+            if proxy.is_own_host(&origin.host.bare()) {
+                return Ok(Route::OwnPage(path));
+            }
+            Ok(Route::Forward { url: origin.url(&path), origin })
+        }
+        (_, Target::Asterisk) => Err(bad("OPTIONS * is not supported by this proxy".into())),
+        (_, Target::Authority { .. }) => Err(bad("authority-form is only valid with CONNECT".into())),
+    }
+}
+
+async fn handle_request<R, W>(
+    proxy: &Proxy,
+    inbound: &Rc<RefCell<Inbound<R>>>,
+    out: &mut Outbound<W>,
+    mode: &Mode,
+    head: RequestHead,
+) -> Result<Outcome, ServeError>
+where
+    R: AsyncRead + Unpin + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let version = head.version;
+    let mut keep_alive = wants_keep_alive(&head);
+    let reject = |status: StatusCode, kind: &'static str, msg: &str| ErrorPage::new(status, kind, msg);
+
+    if head.method.as_str() == "PRI" {
+        let page = reject(StatusCode::NOT_IMPLEMENTED, "unsupported", "HTTP/2 is not supported; use HTTP/1.1");
+        return reject_and_close(proxy, out, &page, version).await;
+    }
+    if head.headers.contains_key(header::UPGRADE) {
+        let page = reject(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported",
+            "protocol upgrades (e.g. WebSocket) cannot be carried over the browser's fetch()",
+        );
+        return reject_and_close(proxy, out, &page, version).await;
+    }
+    if head.method == Method::CONNECT {
+        let page = reject(StatusCode::NOT_IMPLEMENTED, "unsupported", "CONNECT is not supported on this entry point");
+        return reject_and_close(proxy, out, &page, version).await;
+    }
+    let framing = match request_framing(&head.headers, version) {
+        Ok(f) => f,
+        Err(err) => {
+            let page = reject(StatusCode::BAD_REQUEST, "bad-request", &err.to_string());
+            return reject_and_close(proxy, out, &page, version).await;
+        }
+    };
+    let route = match route(proxy, &head, mode) {
+        Ok(route) => route,
+        Err(page) => return reject_and_close(proxy, out, &page, version).await,
+    };
+    if framing != RequestFraming::Empty && expects_continue(&head) {
+        out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
+
+    let limits = &proxy.config.limits;
+    let state = Rc::new(RefCell::new(DecoderState {
+        decoder: Decoder::new(framing, limits.max_chunk_line_bytes, limits.max_body_piece),
+        failed: false,
+    }));
+    inbound.borrow_mut().set_timeout(limits.io_timeout);
+
+    let (url, _origin) = match route {
+        Route::OwnPage(path) => {
+            let body_done = drain_body(inbound, &state).await;
+            let page = proxy.own_page(&head.method, &path);
+            write_own_response(proxy, out, &head.method, page, version, keep_alive && body_done).await?;
+            return Ok(if keep_alive && body_done { Outcome::KeepAlive } else { Outcome::Close });
+        }
+        Route::Forward { url, origin } => (url, origin),
+    };
+
+    let body = match framing {
+        RequestFraming::Empty => Body::empty(),
+        RequestFraming::Length(n) => Body::from_stream(RequestBody::new(inbound.clone(), state.clone()), Some(n)),
+        RequestFraming::Chunked => Body::from_stream(RequestBody::new(inbound.clone(), state.clone()), None),
+    };
+    let mut request = http::Request::builder().method(head.method.clone()).uri(url.as_str());
+    if let Some(headers) = request.headers_mut() {
+        *headers = head.headers.clone();
+    }
+    let request = match request.body(body) {
+        Ok(r) => r,
+        Err(err) => {
+            let page = reject(StatusCode::BAD_REQUEST, "bad-request", &format!("cannot build request: {err}"));
+            return reject_and_close(proxy, out, &page, version).await;
+        }
+    };
+    let started = proxy.counters.bytes_to_guest.get();
+    let response = proxy.transport.send(request).await;
+    let body_done = {
+        let st = state.borrow();
+        st.decoder.is_done() && !st.failed
+    };
+    if !body_done {
+        keep_alive = false;
+    }
+    let response = match response {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::info!(method = %head.method, %url, error = %err, "request failed");
+            Counters::add(&proxy.counters.transport_errors, 1);
+            let page = ErrorPage::for_transport_error(&err);
+            write_page(proxy, out, &page, version, keep_alive).await?;
+            return Ok(if keep_alive { Outcome::KeepAlive } else { Outcome::Close });
+        }
+    };
+    let status = response.status();
+    if status.as_u16() >= 400 {
+        Counters::add(&proxy.counters.responses_error_status, 1);
+    } else {
+        Counters::add(&proxy.counters.responses_ok, 1);
+    }
+    let (parts, body) = response.into_parts();
+    let framing = ResponseFraming::choose(&head.method, status, body.len(), version);
+    if framing.needs_close() {
+        keep_alive = false;
+    }
+    let complete = write_response(proxy, out, status, &parts.headers, framing, body, keep_alive, version).await?;
+    let bytes = proxy.counters.bytes_to_guest.get() - started;
+    tracing::info!(method = %head.method, %url, status = status.as_u16(), bytes, complete, "request");
+    if !complete {
+        Counters::add(&proxy.counters.aborted_responses, 1);
+        return Ok(Outcome::Close);
+    }
+    Ok(if keep_alive { Outcome::KeepAlive } else { Outcome::Close })
+}
+
+fn expects_continue(head: &RequestHead) -> bool {
+    head.version == Version::Http11
+        && head
+            .headers
+            .get(header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Reads and discards a request body addressed to the proxy itself; false when it could not
+/// be read to its end (the connection then closes).
+async fn drain_body<R: AsyncRead + Unpin>(
+    inbound: &Rc<RefCell<Inbound<R>>>,
+    state: &Rc<RefCell<DecoderState>>,
+) -> bool {
+    let mut body = RequestBody::new(inbound.clone(), state.clone());
+    while let Some(piece) = body.next().await {
+        if piece.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn reject_and_close<W: AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    out: &mut Outbound<W>,
+    page: &ErrorPage,
+    version: Version,
+) -> Result<Outcome, ServeError> {
+    Counters::add(&proxy.counters.bad_requests, 1);
+    write_page(proxy, out, page, version, false).await?;
+    Ok(Outcome::Close)
+}
+
+async fn write_page<W: AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    out: &mut Outbound<W>,
+    page: &ErrorPage,
+    version: Version,
+    keep_alive: bool,
+) -> Result<(), ServeError> {
+    let mut buf = Vec::with_capacity(256 + page.body.len());
+    let framing = ResponseFraming::Length(page.body.len() as u64);
+    write_response_head(&mut buf, page.status, &page.headers, framing, keep_alive, version);
+    buf.extend_from_slice(&page.body);
+    Counters::add(&proxy.counters.bytes_to_guest, buf.len() as u64);
+    out.write_all(&buf).await?;
+    Ok(())
+}
+
+async fn write_own_response<W: AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    out: &mut Outbound<W>,
+    method: &Method,
+    page: ErrorPage,
+    version: Version,
+    keep_alive: bool,
+) -> Result<(), ServeError> {
+    let framing = ResponseFraming::choose(method, page.status, Some(page.body.len() as u64), version);
+    let mut buf = Vec::with_capacity(256 + page.body.len());
+    write_response_head(&mut buf, page.status, &page.headers, framing, keep_alive, version);
+    if framing != ResponseFraming::NoBody {
+        buf.extend_from_slice(&page.body);
+    }
+    Counters::add(&proxy.counters.bytes_to_guest, buf.len() as u64);
+    out.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Streams a response to the guest. Returns false when the body could not be delivered whole
+/// (the origin's body failed or did not match its announced length): the connection is then
+/// closed so the guest sees a truncated response, never a silently short success.
+#[allow(clippy::too_many_arguments)]
+async fn write_response<W: AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    out: &mut Outbound<W>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: ResponseFraming,
+    mut body: Body,
+    keep_alive: bool,
+    version: Version,
+) -> Result<bool, ServeError> {
+    let mut buf = Vec::with_capacity(1024);
+    write_response_head(&mut buf, status, headers, framing, keep_alive, version);
+    Counters::add(&proxy.counters.bytes_to_guest, buf.len() as u64);
+    out.write_all(&buf).await?;
+    if framing == ResponseFraming::NoBody {
+        return Ok(true);
+    }
+    let mut sent: u64 = 0;
+    while let Some(piece) = body.next().await {
+        let data: Bytes = match piece {
+            Ok(data) => data,
+            Err(err) => {
+                tracing::info!(error = %err, "origin body failed; closing the guest connection");
+                return Ok(false);
+            }
+        };
+        sent += data.len() as u64;
+        if let ResponseFraming::Length(n) = framing {
+            if sent > n {
+                tracing::info!(announced = n, "origin sent more than its Content-Length; closing");
+                return Ok(false);
+            }
+        }
+        Counters::add(&proxy.counters.bytes_to_guest, data.len() as u64);
+        if framing == ResponseFraming::Chunked {
+            buf.clear();
+            encode_chunk(&data, &mut buf);
+            out.write_all(&buf).await?;
+        } else {
+            out.write_all(&data).await?;
+        }
+    }
+    match framing {
+        ResponseFraming::Length(n) if sent != n => {
+            tracing::info!(announced = n, sent, "origin body shorter than announced; closing");
+            Ok(false)
+        }
+        ResponseFraming::Chunked => {
+            out.write_all(LAST_CHUNK).await?;
+            Counters::add(&proxy.counters.bytes_to_guest, LAST_CHUNK.len() as u64);
+            Ok(true)
+        }
+        _ => Ok(true),
+    }
+}
+
+/// The `Content-Type` value for the CA certificate download.
+pub(crate) const PEM_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/x-pem-file");

@@ -1,0 +1,117 @@
+//! The connection's I/O halves with bounded buffers and deadlines, so that a guest that
+//! stalls cannot hold a connection open forever.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::future::{self, Either, LocalBoxFuture};
+use futures::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures::FutureExt;
+
+use crate::timer::Timer;
+
+/// The read half with its buffer. Bytes read ahead (pipelined requests) stay here.
+pub(crate) struct Inbound<R> {
+    reader: R,
+    /// Bytes received and not yet consumed.
+    pub buf: BytesMut,
+    read_size: usize,
+    timer: Rc<dyn Timer>,
+    timeout: Duration,
+    deadline: Option<LocalBoxFuture<'static, ()>>,
+}
+
+impl<R: AsyncRead + Unpin> Inbound<R> {
+    pub fn new(reader: R, read_size: usize, timer: Rc<dyn Timer>, timeout: Duration) -> Self {
+        Self { reader, buf: BytesMut::new(), read_size, timer, timeout, deadline: None }
+    }
+
+    /// Sets how long the next reads may wait for bytes.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        if timeout != self.timeout {
+            self.timeout = timeout;
+            self.deadline = None;
+        }
+    }
+
+    /// Reads more bytes into the buffer. `Ok(0)` is EOF; a stall longer than the timeout is
+    /// `ErrorKind::TimedOut`.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let start = self.buf.len();
+        self.buf.resize(start + self.read_size, 0);
+        let result = Pin::new(&mut self.reader).poll_read(cx, &mut self.buf[start..]);
+        match result {
+            Poll::Ready(Ok(n)) => {
+                self.buf.truncate(start + n);
+                self.deadline = None;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(err)) => {
+                self.buf.truncate(start);
+                Poll::Ready(Err(err))
+            }
+            Poll::Pending => {
+                self.buf.truncate(start);
+                let timer = &self.timer;
+                let timeout = self.timeout;
+                let deadline = self.deadline.get_or_insert_with(|| timer.sleep(timeout));
+                match deadline.poll_unpin(cx) {
+                    Poll::Ready(()) => {
+                        self.deadline = None;
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "guest stalled")))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    /// Awaits [`Self::poll_fill`].
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Shared access to the read half: the request body stream handed to the transport and the
+/// connection loop both read from it, never at the same time.
+pub(crate) type SharedInbound<R> = Rc<RefCell<Inbound<R>>>;
+
+/// The write half with a deadline on every write.
+pub(crate) struct Outbound<W> {
+    writer: W,
+    timer: Rc<dyn Timer>,
+    timeout: Duration,
+}
+
+impl<W: AsyncWrite + Unpin> Outbound<W> {
+    pub fn new(writer: W, timer: Rc<dyn Timer>, timeout: Duration) -> Self {
+        Self { writer, timer, timeout }
+    }
+
+    /// Writes all of `data`, failing with `TimedOut` if the guest does not take it in time.
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let sleep = self.timer.sleep(self.timeout);
+        let write = self.writer.write_all(data);
+        futures::pin_mut!(write);
+        match future::select(write, sleep).await {
+            Either::Left((result, _)) => result,
+            Either::Right(((), _)) => Err(io::Error::new(io::ErrorKind::TimedOut, "guest stopped reading")),
+        }
+    }
+
+    /// Flushes and closes the write side (sends FIN), bounded by the timeout.
+    pub async fn close(&mut self) -> io::Result<()> {
+        let sleep = self.timer.sleep(self.timeout);
+        let close = self.writer.close();
+        futures::pin_mut!(close);
+        match future::select(close, sleep).await {
+            Either::Left((result, _)) => result,
+            Either::Right(((), _)) => Err(io::Error::new(io::ErrorKind::TimedOut, "close timed out")),
+        }
+    }
+}

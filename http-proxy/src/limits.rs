@@ -1,0 +1,34 @@
+//! Explicit limits that bound what one guest connection can make the proxy hold or wait for.
+
+use std::time::Duration;
+
+/// Per-connection limits. Every buffer the proxy keeps for a connection is bounded by these.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head (request line + headers) accepted; larger gets 431.
+    pub max_head_bytes: usize,
+    /// Most header fields in one request head; more gets 431.
+    pub max_headers: usize,
+    /// Largest chunk-size line (with extensions) or trailer line in a chunked body.
+    pub max_chunk_line_bytes: usize,
+    /// Largest piece of body data handed on at once (bounds the read buffer).
+    pub max_body_piece: usize,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// How long the guest may stall while sending a request head or body, or while the proxy
+    /// waits to write to it.
+    pub io_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 64 * 1024,
+            max_headers: 128,
+            max_chunk_line_bytes: 4 * 1024,
+            max_body_piece: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            io_timeout: Duration::from_secs(60),
+        }
+    }
+}

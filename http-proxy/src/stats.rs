@@ -1,0 +1,64 @@
+//! Counters of what the proxy did, readable at any time (the browser page shows them).
+
+use std::cell::Cell;
+
+/// Live counters owned by a [`crate::Proxy`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub connections_total: Cell<u64>,
+    pub connections_open: Cell<u64>,
+    pub requests: Cell<u64>,
+    pub responses_ok: Cell<u64>,
+    pub responses_error_status: Cell<u64>,
+    pub bad_requests: Cell<u64>,
+    pub transport_errors: Cell<u64>,
+    pub aborted_responses: Cell<u64>,
+    pub bytes_to_guest: Cell<u64>,
+    pub bytes_from_guest: Cell<u64>,
+}
+
+impl Counters {
+    pub fn add(cell: &Cell<u64>, n: u64) {
+        cell.set(cell.get().saturating_add(n));
+    }
+
+    pub fn snapshot(&self) -> ProxyStats {
+        ProxyStats {
+            connections_total: self.connections_total.get(),
+            connections_open: self.connections_open.get(),
+            requests: self.requests.get(),
+            responses_ok: self.responses_ok.get(),
+            responses_error_status: self.responses_error_status.get(),
+            bad_requests: self.bad_requests.get(),
+            transport_errors: self.transport_errors.get(),
+            aborted_responses: self.aborted_responses.get(),
+            bytes_to_guest: self.bytes_to_guest.get(),
+            bytes_from_guest: self.bytes_from_guest.get(),
+        }
+    }
+}
+
+/// A snapshot of the proxy's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyStats {
+    /// Guest connections accepted since start.
+    pub connections_total: u64,
+    /// Guest connections being served now.
+    pub connections_open: u64,
+    /// Requests read from guests.
+    pub requests: u64,
+    /// Responses from origins with a status below 400.
+    pub responses_ok: u64,
+    /// Responses from origins with a status of 400 or more (forwarded intact).
+    pub responses_error_status: u64,
+    /// Requests rejected as malformed or unsupported (4xx/501 made by the proxy).
+    pub bad_requests: u64,
+    /// Requests the transport could not carry (502/504/413 made by the proxy).
+    pub transport_errors: u64,
+    /// Responses cut short because the origin's body failed or the guest went away.
+    pub aborted_responses: u64,
+    /// Response bytes written to guests (heads and bodies).
+    pub bytes_to_guest: u64,
+    /// Request body bytes read from guests.
+    pub bytes_from_guest: u64,
+}
