@@ -1,6 +1,13 @@
 //! `cargo xtask <command>`: everything the project needs beyond `cargo build`, installing what
 //! it needs itself (Debian packages, the wasm target, wasm-bindgen's test runner).
 
+mod build_wasm;
+mod cleanup;
+mod e2e;
+mod guest;
+mod origin;
+mod report;
+mod test;
 mod tools;
 
 use anyhow::{bail, Result};
@@ -27,8 +34,10 @@ fn run(args: &[String]) -> Result<()> {
         println!("{USAGE}");
         return Ok(());
     };
-    let _ = rest;
     match command.as_str() {
+        "test" => test::run_all(rest),
+        "build-wasm" => build_wasm::run_build(rest).map(|_| ()),
+        "e2e" => e2e::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -1,0 +1,146 @@
+//! A real Linux guest for end-to-end tests: a network namespace whose only interface is the
+//! native runner's TAP device. The kernel's stack, udhcpc, ping, curl run inside it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cleanup::{self, Action};
+use crate::tools::{output, run};
+
+/// The guest's fixed MAC address.
+pub const GUEST_MAC: &str = "52:54:00:c2:00:03";
+
+/// A network namespace acting as the guest; deleted when dropped.
+pub struct GuestNs {
+    /// Namespace name.
+    pub name: String,
+    /// Interface name inside it.
+    pub iface: String,
+    action: Action,
+}
+
+impl GuestNs {
+    /// Creates the namespace with loopback up, IPv6 off, and its own resolv.conf (so nothing
+    /// in it ever touches the host's).
+    pub fn create(name: &str) -> Result<Self> {
+        let netns_dir = PathBuf::from("/etc/netns").join(name);
+        let action = cleanup::register(Action::DeleteNetns(name.to_string()));
+        std::fs::create_dir_all(&netns_dir).context("creating /etc/netns entry")?;
+        std::fs::write(netns_dir.join("resolv.conf"), "# written by cargo xtask for a test namespace\n")?;
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Self { name: name.to_string(), iface: String::new(), action };
+        ns.run(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        ns.run(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+        ns.run(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Moves the host interface `iface` into the namespace, gives it [`GUEST_MAC`] and brings
+    /// it up.
+    pub fn adopt(&mut self, iface: &str) -> Result<()> {
+        run(Command::new("ip").args(["link", "set", iface, "netns", &self.name]))?;
+        self.run(&["ip", "link", "set", iface, "address", GUEST_MAC])?;
+        self.run(&["ip", "link", "set", iface, "up"])?;
+        self.iface = iface.to_string();
+        Ok(())
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+
+    /// Runs a command inside the namespace and fails if it fails.
+    pub fn run(&self, args: &[&str]) -> Result<()> {
+        run(self.command(args).stdout(Stdio::null()))
+    }
+
+    /// Runs a command inside the namespace with a time limit, capturing its output.
+    pub fn output_within(&self, args: &[&str], limit: Duration) -> Result<Output> {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("--kill-after=2").arg(format!("{}", limit.as_secs_f64())).args(["ip", "netns", "exec", &self.name]).args(args);
+        cmd.output().with_context(|| format!("running {args:?} in the guest"))
+    }
+
+    /// The guest's resolv.conf as its programs see it.
+    pub fn resolv_conf(&self) -> String {
+        std::fs::read_to_string(Path::new("/etc/netns").join(&self.name).join("resolv.conf")).unwrap_or_default()
+    }
+}
+
+impl Drop for GuestNs {
+    fn drop(&mut self) {
+        cleanup::run_one(&self.action);
+    }
+}
+
+/// The native runner as a child process; killed when dropped.
+pub struct Runner {
+    child: Child,
+    action: Action,
+    /// Its stderr log file.
+    pub log: PathBuf,
+}
+
+impl Runner {
+    /// Starts `binary` on a new TAP device `tap` with `extra` arguments and waits until the
+    /// interface exists.
+    pub fn start_tap(binary: &Path, tap: &str, extra: &[String], log: PathBuf) -> Result<Self> {
+        let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(binary)
+            .args(["--tap", tap, "--log", "info"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let action = cleanup::register(Action::Kill(child.id()));
+        let mut runner = Self { child, action, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if Path::new("/sys/class/net").join(tap).exists() {
+                return Ok(runner);
+            }
+            if let Some(status) = runner.child.try_wait()? {
+                bail!("the runner exited with {status}: {}", runner.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("the runner did not create {tap} within 10 s: {}", runner.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of the runner's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        cleanup::run_one(&self.action);
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds the runner binary (debug profile) and returns its path.
+pub fn build_runner() -> Result<PathBuf> {
+    let root = crate::tools::workspace_root();
+    run(Command::new("cargo").args(["build", "--quiet", "-p", "c2w-net-proxy", "--bin", "c2w-net-proxy"]).current_dir(&root))?;
+    let path = root.join("target/debug/c2w-net-proxy");
+    let _ = output(Command::new(&path).arg("--version"))?;
+    Ok(path)
+}

@@ -1,0 +1,31 @@
+//! `cargo xtask test`: everything CI runs, in order, stopping at the first failure: fmt,
+//! clippy (native and wasm32), unit tests (native and wasm32 under node), build-wasm, e2e.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::tools::{cargo_test_wasm, ensure_programs, ensure_wasm_toolchain, run, workspace_root};
+
+/// Runs the whole suite.
+pub fn run_all(args: &[String]) -> Result<()> {
+    let root = workspace_root();
+    let cargo = |args: &[&str]| -> Result<()> {
+        println!("xtask: cargo {}", args.join(" "));
+        run(Command::new("cargo").args(args).current_dir(&root))
+    };
+    ensure_wasm_toolchain()?;
+    // Tests use the system's curl and openssl as real clients and verifiers.
+    ensure_programs(&[("curl", "curl"), ("openssl", "openssl"), ("node", "nodejs")])?;
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy", "--workspace", "--exclude", "xtask", "--all-targets", "--target", "wasm32-unknown-unknown", "--", "-D", "warnings",
+    ])?;
+    cargo(&["test", "--workspace"])?;
+    println!("xtask: wasm32 tests under node");
+    cargo_test_wasm(&["net-stack", "mitm-ca", "fetch-transport", "http-proxy"])?;
+    crate::build_wasm::run_build(&[])?;
+    crate::e2e::run(args)?;
+    Ok(())
+}
