@@ -1,1 +1,14 @@
-//! Composition of the stack, the proxy, the CA and the transport.
+//! The composition: net-stack's virtual network, with http-proxy serving the proxy's TCP
+//! ports and fetch-transport carrying its requests out. The only crate that sees every other
+//! crate, and the only one that reads clocks, spawns tasks and opens sockets.
+//!
+//! Natively ([`native`]) it runs on a tokio current-thread runtime behind a TAP device or a
+//! QEMU stream socket; in the browser (`wasm`) it is driven from JavaScript.
+
+pub mod services;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;
