@@ -29,13 +29,20 @@ pub enum TransportError {
         /// Why it was aborted.
         reason: String,
     },
-    /// The request cannot be expressed to this backend (bad URL, method, header, denied
-    /// destination, …).
+    /// The request cannot be expressed to this backend (bad URL, method, header, …).
     #[error("invalid request: {url}: {reason}")]
     InvalidRequest {
         /// The URL that was requested.
         url: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// The destination is not allowed by the configured allow/deny list (the proxy answers 403).
+    #[error("denied: {url}: {reason}")]
+    Denied {
+        /// The URL that was requested.
+        url: String,
+        /// Which rule denied it.
         reason: String,
     },
     /// The request body is larger than the backend can carry.
@@ -56,6 +63,7 @@ impl TransportError {
             | Self::Timeout { url, .. }
             | Self::Aborted { url, .. }
             | Self::InvalidRequest { url, .. }
+            | Self::Denied { url, .. }
             | Self::BodyTooLarge { url, .. } => url,
         }
     }

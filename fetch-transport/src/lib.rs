@@ -4,11 +4,39 @@
 //! is `fetch()`, natively an HTTP client, in tests a script. Requests and responses are
 //! [`http::Request`] / [`http::Response`] carrying a streaming [`Body`].
 
+//!
+//! Backends: [`FetchTransport`] (wasm32, the browser's `fetch()`), [`NativeTransport`] (other
+//! targets, reqwest + rustls/ring) and [`ScriptedTransport`] (tests, `scripted` feature). All
+//! apply the same [`TransportConfig`] and [`policy`].
+
 mod body;
+mod config;
+mod destination;
 mod error;
+pub mod policy;
+
+#[cfg(target_arch = "wasm32")]
+mod browser;
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
+#[cfg(feature = "scripted")]
+mod scripted;
 
 pub use body::{Body, BodyError, CollectError};
+pub use config::{
+    ConfigError, CorsProxy, RewriteRule, TransportConfig, TransportConfigBuilder,
+    DEFAULT_MAX_REQUEST_BODY,
+};
+pub use destination::{DestinationFilter, DestinationPattern};
 pub use error::TransportError;
+pub use policy::{BodyDecoding, HeaderPolicy};
+
+#[cfg(target_arch = "wasm32")]
+pub use browser::FetchTransport;
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::{NativeTransport, NativeTransportBuilder};
+#[cfg(feature = "scripted")]
+pub use scripted::{body_channel, BodySender, RecordedRequest, ScriptedTransport};
 
 use async_trait::async_trait;
 
