@@ -121,6 +121,14 @@ async fn read_head<R: AsyncRead + Unpin>(
         while inbound.buf.starts_with(b"\r\n") {
             let _ = inbound.buf.split_to(2);
         }
+        if inbound.buf.starts_with(b"PRI * HTTP/2") {
+            let page = ErrorPage::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported",
+                "HTTP/2 with prior knowledge is not supported; use HTTP/1.1",
+            );
+            return Err(HeadRead::Rejected(page));
+        }
         if !inbound.buf.is_empty() {
             match parse_request_head(&inbound.buf, limits) {
                 Ok(Some((head, len))) => {
@@ -134,12 +142,20 @@ async fn read_head<R: AsyncRead + Unpin>(
                 }
             }
         }
-        let timeout = if inbound.buf.is_empty() { limits.idle_timeout } else { limits.io_timeout };
+        let timeout = if inbound.buf.is_empty() {
+            limits.idle_timeout
+        } else {
+            limits.io_timeout
+        };
         inbound.set_timeout(timeout);
         match inbound.fill().await {
             Ok(0) if inbound.buf.is_empty() => return Ok(None),
             Ok(0) => {
-                let page = ErrorPage::new(StatusCode::BAD_REQUEST, "bad-request", "connection closed inside the request head");
+                let page = ErrorPage::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    "connection closed inside the request head",
+                );
                 return Err(HeadRead::Rejected(page));
             }
             Ok(_) => {}
@@ -177,28 +193,53 @@ fn route(proxy: &Proxy, head: &RequestHead, mode: &Mode) -> Result<Route, ErrorP
     let bad = |msg: String| ErrorPage::new(StatusCode::BAD_REQUEST, "bad-request", msg);
     let target = parse_target(&head.target, false).map_err(|e| bad(e.to_string()))?;
     match (mode, target) {
-        (_, Target::Absolute { origin, path_and_query }) => {
+        (
+            _,
+            Target::Absolute {
+                origin,
+                path_and_query,
+            },
+        ) => {
             if proxy.is_own_host(&origin.host.bare()) && origin.scheme == Scheme::Http {
                 return Ok(Route::OwnPage(path_and_query));
             }
-            Ok(Route::Forward { url: origin.url(&path_and_query), origin })
+            Ok(Route::Forward {
+                url: origin.url(&path_and_query),
+                origin,
+            })
         }
         (Mode::Forward, Target::Origin(path)) => Ok(Route::OwnPage(path)),
-        (Mode::Origin { scheme, fixed, fallback }, Target::Origin(path)) => {
+        (
+            Mode::Origin {
+                scheme,
+                fixed,
+                fallback,
+            },
+            Target::Origin(path),
+        ) => {
             let origin = match fixed {
                 Some(origin) => origin.clone(),
                 None => match head.headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
-                    Some(host) => origin_from_host_header(host, *scheme).map_err(|e| bad(e.to_string()))?,
-                    None => fallback.clone().ok_or_else(|| bad("missing Host header".into()))?,
+                    Some(host) => {
+                        origin_from_host_header(host, *scheme).map_err(|e| bad(e.to_string()))?
+                    }
+                    None => fallback
+                        .clone()
+                        .ok_or_else(|| bad("missing Host header".into()))?,
                 },
             };
             if proxy.is_own_host(&origin.host.bare()) {
                 return Ok(Route::OwnPage(path));
             }
-            Ok(Route::Forward { url: origin.url(&path), origin })
+            Ok(Route::Forward {
+                url: origin.url(&path),
+                origin,
+            })
         }
         (_, Target::Asterisk) => Err(bad("OPTIONS * is not supported by this proxy".into())),
-        (_, Target::Authority { .. }) => Err(bad("authority-form is only valid with CONNECT".into())),
+        (_, Target::Authority { .. }) => {
+            Err(bad("authority-form is only valid with CONNECT".into()))
+        }
     }
 }
 
@@ -215,12 +256,9 @@ where
 {
     let version = head.version;
     let mut keep_alive = wants_keep_alive(&head);
-    let reject = |status: StatusCode, kind: &'static str, msg: &str| ErrorPage::new(status, kind, msg);
+    let reject =
+        |status: StatusCode, kind: &'static str, msg: &str| ErrorPage::new(status, kind, msg);
 
-    if head.method.as_str() == "PRI" {
-        let page = reject(StatusCode::NOT_IMPLEMENTED, "unsupported", "HTTP/2 is not supported; use HTTP/1.1");
-        return reject_and_close(proxy, out, &page, version).await;
-    }
     if head.headers.contains_key(header::UPGRADE) {
         let page = reject(
             StatusCode::NOT_IMPLEMENTED,
@@ -230,7 +268,11 @@ where
         return reject_and_close(proxy, out, &page, version).await;
     }
     if head.method == Method::CONNECT {
-        let page = reject(StatusCode::NOT_IMPLEMENTED, "unsupported", "CONNECT is not supported on this entry point");
+        let page = reject(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported",
+            "CONNECT is not supported on this entry point",
+        );
         return reject_and_close(proxy, out, &page, version).await;
     }
     let framing = match request_framing(&head.headers, version) {
@@ -259,25 +301,47 @@ where
         Route::OwnPage(path) => {
             let body_done = drain_body(inbound, &state).await;
             let page = proxy.own_page(&head.method, &path);
-            write_own_response(proxy, out, &head.method, page, version, keep_alive && body_done).await?;
-            return Ok(if keep_alive && body_done { Outcome::KeepAlive } else { Outcome::Close });
+            write_own_response(
+                proxy,
+                out,
+                &head.method,
+                page,
+                version,
+                keep_alive && body_done,
+            )
+            .await?;
+            return Ok(if keep_alive && body_done {
+                Outcome::KeepAlive
+            } else {
+                Outcome::Close
+            });
         }
         Route::Forward { url, origin } => (url, origin),
     };
 
     let body = match framing {
         RequestFraming::Empty => Body::empty(),
-        RequestFraming::Length(n) => Body::from_stream(RequestBody::new(inbound.clone(), state.clone()), Some(n)),
-        RequestFraming::Chunked => Body::from_stream(RequestBody::new(inbound.clone(), state.clone()), None),
+        RequestFraming::Length(n) => {
+            Body::from_stream(RequestBody::new(inbound.clone(), state.clone()), Some(n))
+        }
+        RequestFraming::Chunked => {
+            Body::from_stream(RequestBody::new(inbound.clone(), state.clone()), None)
+        }
     };
-    let mut request = http::Request::builder().method(head.method.clone()).uri(url.as_str());
+    let mut request = http::Request::builder()
+        .method(head.method.clone())
+        .uri(url.as_str());
     if let Some(headers) = request.headers_mut() {
         *headers = head.headers.clone();
     }
     let request = match request.body(body) {
         Ok(r) => r,
         Err(err) => {
-            let page = reject(StatusCode::BAD_REQUEST, "bad-request", &format!("cannot build request: {err}"));
+            let page = reject(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                &format!("cannot build request: {err}"),
+            );
             return reject_and_close(proxy, out, &page, version).await;
         }
     };
@@ -297,7 +361,11 @@ where
             Counters::add(&proxy.counters.transport_errors, 1);
             let page = ErrorPage::for_transport_error(&err);
             write_page(proxy, out, &page, version, keep_alive).await?;
-            return Ok(if keep_alive { Outcome::KeepAlive } else { Outcome::Close });
+            return Ok(if keep_alive {
+                Outcome::KeepAlive
+            } else {
+                Outcome::Close
+            });
         }
     };
     let status = response.status();
@@ -311,14 +379,28 @@ where
     if framing.needs_close() {
         keep_alive = false;
     }
-    let complete = write_response(proxy, out, status, &parts.headers, framing, body, keep_alive, version).await?;
+    let complete = write_response(
+        proxy,
+        out,
+        status,
+        &parts.headers,
+        framing,
+        body,
+        keep_alive,
+        version,
+    )
+    .await?;
     let bytes = proxy.counters.bytes_to_guest.get() - started;
     tracing::info!(method = %head.method, %url, status = status.as_u16(), bytes, complete, "request");
     if !complete {
         Counters::add(&proxy.counters.aborted_responses, 1);
         return Ok(Outcome::Close);
     }
-    Ok(if keep_alive { Outcome::KeepAlive } else { Outcome::Close })
+    Ok(if keep_alive {
+        Outcome::KeepAlive
+    } else {
+        Outcome::Close
+    })
 }
 
 fn expects_continue(head: &RequestHead) -> bool {
@@ -365,7 +447,14 @@ async fn write_page<W: AsyncWrite + Unpin>(
 ) -> Result<(), ServeError> {
     let mut buf = Vec::with_capacity(256 + page.body.len());
     let framing = ResponseFraming::Length(page.body.len() as u64);
-    write_response_head(&mut buf, page.status, &page.headers, framing, keep_alive, version);
+    write_response_head(
+        &mut buf,
+        page.status,
+        &page.headers,
+        framing,
+        keep_alive,
+        version,
+    );
     buf.extend_from_slice(&page.body);
     Counters::add(&proxy.counters.bytes_to_guest, buf.len() as u64);
     out.write_all(&buf).await?;
@@ -380,9 +469,17 @@ async fn write_own_response<W: AsyncWrite + Unpin>(
     version: Version,
     keep_alive: bool,
 ) -> Result<(), ServeError> {
-    let framing = ResponseFraming::choose(method, page.status, Some(page.body.len() as u64), version);
+    let framing =
+        ResponseFraming::choose(method, page.status, Some(page.body.len() as u64), version);
     let mut buf = Vec::with_capacity(256 + page.body.len());
-    write_response_head(&mut buf, page.status, &page.headers, framing, keep_alive, version);
+    write_response_head(
+        &mut buf,
+        page.status,
+        &page.headers,
+        framing,
+        keep_alive,
+        version,
+    );
     if framing != ResponseFraming::NoBody {
         buf.extend_from_slice(&page.body);
     }
@@ -424,7 +521,10 @@ async fn write_response<W: AsyncWrite + Unpin>(
         sent += data.len() as u64;
         if let ResponseFraming::Length(n) = framing {
             if sent > n {
-                tracing::info!(announced = n, "origin sent more than its Content-Length; closing");
+                tracing::info!(
+                    announced = n,
+                    "origin sent more than its Content-Length; closing"
+                );
                 return Ok(false);
             }
         }
@@ -439,7 +539,11 @@ async fn write_response<W: AsyncWrite + Unpin>(
     }
     match framing {
         ResponseFraming::Length(n) if sent != n => {
-            tracing::info!(announced = n, sent, "origin body shorter than announced; closing");
+            tracing::info!(
+                announced = n,
+                sent,
+                "origin body shorter than announced; closing"
+            );
             Ok(false)
         }
         ResponseFraming::Chunked => {

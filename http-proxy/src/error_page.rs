@@ -24,10 +24,17 @@ impl ErrorPage {
     /// A page with `status`, a short `kind` token and a human-readable `message`.
     pub fn new(status: StatusCode, kind: &'static str, message: impl AsRef<str>) -> Self {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(kind));
         let body = format!("c2w-net-proxy: {}\n", message.as_ref());
-        Self { status, headers, body: Bytes::from(body) }
+        Self {
+            status,
+            headers,
+            body: Bytes::from(body),
+        }
     }
 
     /// The answer to a request the transport could not carry.
@@ -50,6 +57,11 @@ impl ErrorPage {
                 StatusCode::BAD_REQUEST,
                 "invalid-request",
                 format!("the request to {url} cannot be sent: {reason}"),
+            ),
+            TransportError::Denied { url, reason } => Self::new(
+                StatusCode::FORBIDDEN,
+                "denied",
+                format!("requests to {url} are not allowed by this proxy's configuration: {reason}"),
             ),
             TransportError::BodyTooLarge { url, limit } => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -94,7 +94,10 @@ pub fn parse_request_head(
         .method
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
         .ok_or(HeadError::Malformed("invalid method"))?;
-    let target = request.path.ok_or(HeadError::Malformed("missing request-target"))?.to_string();
+    let target = request
+        .path
+        .ok_or(HeadError::Malformed("missing request-target"))?
+        .to_string();
     let mut headers = HeaderMap::with_capacity(request.headers.len());
     for header in request.headers.iter() {
         let name = HeaderName::from_bytes(header.name.as_bytes())
@@ -103,7 +106,15 @@ pub fn parse_request_head(
             .map_err(|_| HeadError::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
-    Ok(Some((RequestHead { method, target, version, headers }, len)))
+    Ok(Some((
+        RequestHead {
+            method,
+            target,
+            version,
+            headers,
+        },
+        len,
+    )))
 }
 
 fn describe(err: httparse::Error) -> &'static str {
@@ -169,31 +180,55 @@ mod tests {
 
     #[test]
     fn malformed_request_line() {
-        assert!(matches!(parse(b"GARBAGE\r\n\r\n"), Err(HeadError::Malformed(_))));
-        assert!(matches!(parse(b"GET / HTTP/2.0\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(
+            parse(b"GARBAGE\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/2.0\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
     }
 
     #[test]
     fn oversized_head_is_431() {
-        let limits = Limits { max_head_bytes: 64, ..Limits::default() };
+        let limits = Limits {
+            max_head_bytes: 64,
+            ..Limits::default()
+        };
         let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
         raw.extend_from_slice(&[b'a'; 100]);
         let err = parse_request_head(&raw, &limits).unwrap_err();
         assert_eq!(err, HeadError::TooLarge(64));
-        assert_eq!(err.status(), http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(
+            err.status(),
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
     }
 
     #[test]
     fn complete_head_over_limit_is_431() {
-        let limits = Limits { max_head_bytes: 32, ..Limits::default() };
+        let limits = Limits {
+            max_head_bytes: 32,
+            ..Limits::default()
+        };
         let raw = b"GET / HTTP/1.1\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-        assert_eq!(parse_request_head(raw, &limits).unwrap_err(), HeadError::TooLarge(32));
+        assert_eq!(
+            parse_request_head(raw, &limits).unwrap_err(),
+            HeadError::TooLarge(32)
+        );
     }
 
     #[test]
     fn too_many_headers_is_431() {
-        let limits = Limits { max_headers: 2, ..Limits::default() };
+        let limits = Limits {
+            max_headers: 2,
+            ..Limits::default()
+        };
         let raw = b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n";
-        assert_eq!(parse_request_head(raw, &limits).unwrap_err(), HeadError::TooManyHeaders(2));
+        assert_eq!(
+            parse_request_head(raw, &limits).unwrap_err(),
+            HeadError::TooManyHeaders(2)
+        );
     }
 }

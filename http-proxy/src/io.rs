@@ -28,7 +28,14 @@ pub(crate) struct Inbound<R> {
 
 impl<R: AsyncRead + Unpin> Inbound<R> {
     pub fn new(reader: R, read_size: usize, timer: Rc<dyn Timer>, timeout: Duration) -> Self {
-        Self { reader, buf: BytesMut::new(), read_size, timer, timeout, deadline: None }
+        Self {
+            reader,
+            buf: BytesMut::new(),
+            read_size,
+            timer,
+            timeout,
+            deadline: None,
+        }
     }
 
     /// Sets how long the next reads may wait for bytes.
@@ -63,7 +70,10 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
                 match deadline.poll_unpin(cx) {
                     Poll::Ready(()) => {
                         self.deadline = None;
-                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "guest stalled")))
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "guest stalled",
+                        )))
                     }
                     Poll::Pending => Poll::Pending,
                 }
@@ -90,7 +100,11 @@ pub(crate) struct Outbound<W> {
 
 impl<W: AsyncWrite + Unpin> Outbound<W> {
     pub fn new(writer: W, timer: Rc<dyn Timer>, timeout: Duration) -> Self {
-        Self { writer, timer, timeout }
+        Self {
+            writer,
+            timer,
+            timeout,
+        }
     }
 
     /// Writes all of `data`, failing with `TimedOut` if the guest does not take it in time.
@@ -100,7 +114,10 @@ impl<W: AsyncWrite + Unpin> Outbound<W> {
         futures::pin_mut!(write);
         match future::select(write, sleep).await {
             Either::Left((result, _)) => result,
-            Either::Right(((), _)) => Err(io::Error::new(io::ErrorKind::TimedOut, "guest stopped reading")),
+            Either::Right(((), _)) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "guest stopped reading",
+            )),
         }
     }
 
@@ -111,7 +128,9 @@ impl<W: AsyncWrite + Unpin> Outbound<W> {
         futures::pin_mut!(close);
         match future::select(close, sleep).await {
             Either::Left((result, _)) => result,
-            Either::Right(((), _)) => Err(io::Error::new(io::ErrorKind::TimedOut, "close timed out")),
+            Either::Right(((), _)) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "close timed out"))
+            }
         }
     }
 }

@@ -64,7 +64,12 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy sending requests through `transport`, timing out idle guests with `timer`.
     pub fn new(config: ProxyConfig, transport: Rc<dyn Transport>, timer: Rc<dyn Timer>) -> Self {
-        Self { config, transport, timer, counters: stats::Counters::default() }
+        Self {
+            config,
+            transport,
+            timer,
+            counters: stats::Counters::default(),
+        }
     }
 
     /// The configuration.
@@ -86,18 +91,27 @@ impl Proxy {
         stats::Counters::add(&self.counters.connections_total, 1);
         stats::Counters::add(&self.counters.connections_open, 1);
         let result = conn::serve(self, stream, mode).await;
-        self.counters.connections_open.set(self.counters.connections_open.get() - 1);
+        self.counters
+            .connections_open
+            .set(self.counters.connections_open.get() - 1);
         result
     }
 
     fn is_own_host(&self, host: &str) -> bool {
-        self.config.own_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+        self.config
+            .own_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// The proxy's own pages: a status page at `/`, the CA certificate at `/ca.pem`/`/ca.crt`.
     fn own_page(&self, method: &Method, path: &str) -> ErrorPage {
         if method != Method::GET && method != Method::HEAD {
-            return ErrorPage::new(StatusCode::METHOD_NOT_ALLOWED, "own-page", "only GET and HEAD are served here");
+            return ErrorPage::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "own-page",
+                "only GET and HEAD are served here",
+            );
         }
         let path = path.split('?').next().unwrap_or("/");
         match path {

@@ -59,13 +59,20 @@ impl<R: AsyncRead + Unpin> Stream for RequestBody<R> {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     state.failed = true;
-                    let reason = state.decoder.finish().err().map(|e| e.to_string()).unwrap_or_default();
+                    let reason = state
+                        .decoder
+                        .finish()
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
                     return Poll::Ready(Some(Err(BodyError::new(reason))));
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(err)) => {
                     state.failed = true;
-                    return Poll::Ready(Some(Err(BodyError::new(format!("reading request body: {err}")))));
+                    return Poll::Ready(Some(Err(BodyError::new(format!(
+                        "reading request body: {err}"
+                    )))));
                 }
             }
         }

@@ -47,7 +47,10 @@ impl Host {
     /// Parses a host as written in an authority (`[::1]`, `1.2.3.4`, `name`).
     pub fn parse(raw: &str) -> Result<Self, TargetError> {
         if let Some(inner) = raw.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            return inner.parse().map(Self::V6).map_err(|_| TargetError::InvalidHost);
+            return inner
+                .parse()
+                .map(Self::V6)
+                .map_err(|_| TargetError::InvalidHost);
         }
         if let Ok(v4) = raw.parse() {
             return Ok(Self::V4(v4));
@@ -55,7 +58,9 @@ impl Host {
         let name = raw.trim_end_matches('.').to_ascii_lowercase();
         let valid = !name.is_empty()
             && name.len() <= 253
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
         if valid {
             Ok(Self::Name(name))
         } else {
@@ -97,11 +102,21 @@ pub struct Origin {
 impl Origin {
     /// The absolute URL for `path_and_query` at this origin; the default port is omitted.
     pub fn url(&self, path_and_query: &str) -> String {
-        let path = if path_and_query.is_empty() { "/" } else { path_and_query };
+        let path = if path_and_query.is_empty() {
+            "/"
+        } else {
+            path_and_query
+        };
         if self.port == self.scheme.default_port() {
             format!("{}://{}{}", self.scheme.as_str(), self.host, path)
         } else {
-            format!("{}://{}:{}{}", self.scheme.as_str(), self.host, self.port, path)
+            format!(
+                "{}://{}:{}{}",
+                self.scheme.as_str(),
+                self.host,
+                self.port,
+                path
+            )
         }
     }
 
@@ -163,7 +178,10 @@ pub fn parse_target(target: &str, connect: bool) -> Result<Target, TargetError> 
             return Err(TargetError::Invalid);
         }
         let port = authority.port_u16().ok_or(TargetError::InvalidPort)?;
-        return Ok(Target::Authority { host: Host::parse(authority.host())?, port });
+        return Ok(Target::Authority {
+            host: Host::parse(authority.host())?,
+            port,
+        });
     }
     if target == "*" {
         return Ok(Target::Asterisk);
@@ -186,8 +204,15 @@ pub fn parse_target(target: &str, connect: bool) -> Result<Target, TargetError> 
         }
         _ => scheme.default_port(),
     };
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    Ok(Target::Absolute { origin: Origin { scheme, host, port }, path_and_query })
+    let path_and_query = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    Ok(Target::Absolute {
+        origin: Origin { scheme, host, port },
+        path_and_query,
+    })
 }
 
 /// Parses a Host header value (`name[:port]`) into an origin for `scheme`.
@@ -207,7 +232,10 @@ mod tests {
 
     fn absolute(t: &str) -> (Origin, String) {
         match parse_target(t, false).unwrap() {
-            Target::Absolute { origin, path_and_query } => (origin, path_and_query),
+            Target::Absolute {
+                origin,
+                path_and_query,
+            } => (origin, path_and_query),
             other => panic!("not absolute: {other:?}"),
         }
     }
@@ -215,7 +243,14 @@ mod tests {
     #[test]
     fn default_and_explicit_ports() {
         let (o, p) = absolute("http://Example.Test/a?b=1");
-        assert_eq!(o, Origin { scheme: Scheme::Http, host: Host::Name("example.test".into()), port: 80 });
+        assert_eq!(
+            o,
+            Origin {
+                scheme: Scheme::Http,
+                host: Host::Name("example.test".into()),
+                port: 80
+            }
+        );
         assert_eq!(p, "/a?b=1");
         assert_eq!(o.url(&p), "http://example.test/a?b=1");
         let (o, p) = absolute("http://127.0.0.1:8080");
@@ -247,22 +282,43 @@ mod tests {
     fn connect_authority_form() {
         assert_eq!(
             parse_target("example.test:443", true).unwrap(),
-            Target::Authority { host: Host::Name("example.test".into()), port: 443 }
+            Target::Authority {
+                host: Host::Name("example.test".into()),
+                port: 443
+            }
         );
         assert_eq!(
             parse_target("[::1]:8443", true).unwrap(),
-            Target::Authority { host: Host::V6("::1".parse().unwrap()), port: 8443 }
+            Target::Authority {
+                host: Host::V6("::1".parse().unwrap()),
+                port: 8443
+            }
         );
-        assert_eq!(parse_target("example.test", true), Err(TargetError::InvalidPort));
+        assert_eq!(
+            parse_target("example.test", true),
+            Err(TargetError::InvalidPort)
+        );
     }
 
     #[test]
     fn other_forms_and_errors() {
-        assert_eq!(parse_target("/x", false).unwrap(), Target::Origin("/x".into()));
+        assert_eq!(
+            parse_target("/x", false).unwrap(),
+            Target::Origin("/x".into())
+        );
         assert_eq!(parse_target("*", false).unwrap(), Target::Asterisk);
-        assert_eq!(parse_target("ftp://a/", false), Err(TargetError::UnsupportedScheme));
-        assert_eq!(parse_target("http://a b/", false), Err(TargetError::Invalid));
-        assert_eq!(parse_target("http://bad!host/", false).unwrap_err(), TargetError::InvalidHost);
+        assert_eq!(
+            parse_target("ftp://a/", false),
+            Err(TargetError::UnsupportedScheme)
+        );
+        assert_eq!(
+            parse_target("http://a b/", false),
+            Err(TargetError::Invalid)
+        );
+        assert_eq!(
+            parse_target("http://bad!host/", false).unwrap_err(),
+            TargetError::InvalidHost
+        );
     }
 
     #[test]

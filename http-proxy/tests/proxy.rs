@@ -28,9 +28,17 @@ struct Guest {
 }
 
 impl AsyncRead for Guest {
-    fn poll_read(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         if self.pos >= self.input.len() {
-            return if self.stall_at_end { Poll::Pending } else { Poll::Ready(Ok(0)) };
+            return if self.stall_at_end {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(0))
+            };
         }
         let n = buf.len().min(self.piece).min(self.input.len() - self.pos);
         buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
@@ -40,7 +48,11 @@ impl AsyncRead for Guest {
 }
 
 impl AsyncWrite for Guest {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.output.borrow_mut().extend_from_slice(buf);
         let mut max = self.max_write.borrow_mut();
         *max = (*max).max(buf.len());
@@ -87,10 +99,18 @@ struct Script {
 
 #[async_trait(?Send)]
 impl Transport for Script {
-    async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Body>, TransportError> {
+    async fn send(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, TransportError> {
         let (parts, body) = request.into_parts();
         let body = body.collect(1 << 30).await.map_err(|e| e.to_string());
-        let seen = Seen { method: parts.method.to_string(), url: parts.uri.to_string(), headers: parts.headers, body };
+        let seen = Seen {
+            method: parts.method.to_string(),
+            url: parts.uri.to_string(),
+            headers: parts.headers,
+            body,
+        };
         let response = (self.respond)(&seen);
         self.seen.borrow_mut().push(seen);
         response
@@ -98,7 +118,13 @@ impl Transport for Script {
 }
 
 fn ok_text(text: &'static str) -> Responder {
-    Box::new(move |_| Ok(http::Response::builder().status(200).header("content-type", "text/plain").body(Body::full(text)).unwrap()))
+    Box::new(move |_| {
+        Ok(http::Response::builder()
+            .status(200)
+            .header("content-type", "text/plain")
+            .body(Body::full(text))
+            .unwrap())
+    })
 }
 
 struct Run {
@@ -108,38 +134,84 @@ struct Run {
     max_write: usize,
 }
 
-fn run_with(input: &[u8], respond: Responder, mode: Mode, piece: usize, stall: bool, fire: bool, limits: Limits) -> Run {
-    let script = Rc::new(Script { seen: RefCell::new(Vec::new()), respond });
-    let config = ProxyConfig { limits, ca_certificate_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()), ..ProxyConfig::default() };
+fn run_with(
+    input: &[u8],
+    respond: Responder,
+    mode: Mode,
+    piece: usize,
+    stall: bool,
+    fire: bool,
+    limits: Limits,
+) -> Run {
+    let script = Rc::new(Script {
+        seen: RefCell::new(Vec::new()),
+        respond,
+    });
+    let config = ProxyConfig {
+        limits,
+        ca_certificate_pem: Some(
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        ),
+        ..ProxyConfig::default()
+    };
     let proxy = Proxy::new(config, script.clone(), Rc::new(TestTimer { fire }));
     let output = Rc::new(RefCell::new(Vec::new()));
     let max_write = Rc::new(RefCell::new(0));
-    let guest = Guest { input: input.to_vec(), pos: 0, piece, stall_at_end: stall, output: output.clone(), max_write: max_write.clone() };
+    let guest = Guest {
+        input: input.to_vec(),
+        pos: 0,
+        piece,
+        stall_at_end: stall,
+        output: output.clone(),
+        max_write: max_write.clone(),
+    };
     let _ = block_on(proxy.serve(guest, mode));
     assert_eq!(proxy.stats().connections_open, 0);
     let raw = output.borrow().clone();
     let seen = script.seen.borrow().clone();
     let max_write = *max_write.borrow();
-    Run { output: String::from_utf8_lossy(&raw).into_owned(), raw, seen, max_write }
+    Run {
+        output: String::from_utf8_lossy(&raw).into_owned(),
+        raw,
+        seen,
+        max_write,
+    }
 }
 
 fn run(input: &[u8], respond: Responder) -> Run {
-    run_with(input, respond, Mode::Forward, 7, false, false, Limits::default())
+    run_with(
+        input,
+        respond,
+        Mode::Forward,
+        7,
+        false,
+        false,
+        Limits::default(),
+    )
 }
 
 #[test]
 fn absolute_form_get_is_forwarded_and_framed_with_length() {
-    let r = run(b"GET http://example.test/a?b=1 HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\n\r\n", ok_text("hello"));
+    let r = run(
+        b"GET http://example.test/a?b=1 HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\n\r\n",
+        ok_text("hello"),
+    );
     assert_eq!(r.seen.len(), 1);
     assert_eq!(r.seen[0].method, "GET");
     assert_eq!(r.seen[0].url, "http://example.test/a?b=1");
     assert_eq!(r.seen[0].headers.get("accept").unwrap(), "*/*");
-    assert_eq!(r.output, "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello");
+    assert_eq!(
+        r.output,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello"
+    );
 }
 
 #[test]
 fn host_header_disagreeing_with_target_loses() {
-    let r = run(b"GET http://right.test:8080/x HTTP/1.1\r\nHost: wrong.test\r\n\r\n", ok_text("ok"));
+    let r = run(
+        b"GET http://right.test:8080/x HTTP/1.1\r\nHost: wrong.test\r\n\r\n",
+        ok_text("ok"),
+    );
     assert_eq!(r.seen[0].url, "http://right.test:8080/x");
 }
 
@@ -148,11 +220,25 @@ fn keep_alive_and_pipelined_requests_are_answered_in_order() {
     let input = b"GET http://a.test/1 HTTP/1.1\r\nHost: a.test\r\n\r\nGET http://a.test/2 HTTP/1.1\r\nHost: a.test\r\n\r\nGET http://a.test/3 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
     let respond: Responder = Box::new(|seen| {
         let body = seen.url.rsplit('/').next().unwrap().to_string();
-        Ok(http::Response::builder().status(200).body(Body::full(body)).unwrap())
+        Ok(http::Response::builder()
+            .status(200)
+            .body(Body::full(body))
+            .unwrap())
     });
-    let r = run_with(input, respond, Mode::Forward, 1000, false, false, Limits::default());
+    let r = run_with(
+        input,
+        respond,
+        Mode::Forward,
+        1000,
+        false,
+        false,
+        Limits::default(),
+    );
     let urls: Vec<_> = r.seen.iter().map(|s| s.url.as_str()).collect();
-    assert_eq!(urls, ["http://a.test/1", "http://a.test/2", "http://a.test/3"]);
+    assert_eq!(
+        urls,
+        ["http://a.test/1", "http://a.test/2", "http://a.test/3"]
+    );
     assert_eq!(
         r.output,
         "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n1HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\n3"
@@ -162,12 +248,28 @@ fn keep_alive_and_pipelined_requests_are_answered_in_order() {
 #[test]
 fn http10_client_gets_close_delimited_body_without_chunking() {
     let respond: Responder = Box::new(|_| {
-        let body = stream::iter(vec![Ok(Bytes::from_static(b"abc")), Ok(Bytes::from_static(b"def"))]);
-        Ok(http::Response::builder().status(200).body(Body::from_stream(body, None)).unwrap())
+        let body = stream::iter(vec![
+            Ok(Bytes::from_static(b"abc")),
+            Ok(Bytes::from_static(b"def")),
+        ]);
+        Ok(http::Response::builder()
+            .status(200)
+            .body(Body::from_stream(body, None))
+            .unwrap())
     });
-    let r = run(b"GET http://a.test/ HTTP/1.0\r\n\r\nGET http://a.test/again HTTP/1.0\r\n\r\n", respond);
-    assert_eq!(r.seen.len(), 1, "HTTP/1.0 closes after one response by default");
-    assert_eq!(r.output, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nabcdef");
+    let r = run(
+        b"GET http://a.test/ HTTP/1.0\r\n\r\nGET http://a.test/again HTTP/1.0\r\n\r\n",
+        respond,
+    );
+    assert_eq!(
+        r.seen.len(),
+        1,
+        "HTTP/1.0 closes after one response by default"
+    );
+    assert_eq!(
+        r.output,
+        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nabcdef"
+    );
 }
 
 #[test]
@@ -180,10 +282,19 @@ fn http10_keep_alive_with_known_length() {
 #[test]
 fn unknown_length_is_chunked_for_http11() {
     let respond: Responder = Box::new(|_| {
-        let body = stream::iter(vec![Ok(Bytes::from_static(b"hello ")), Ok(Bytes::from_static(b"world"))]);
-        Ok(http::Response::builder().status(200).body(Body::from_stream(body, None)).unwrap())
+        let body = stream::iter(vec![
+            Ok(Bytes::from_static(b"hello ")),
+            Ok(Bytes::from_static(b"world")),
+        ]);
+        Ok(http::Response::builder()
+            .status(200)
+            .body(Body::from_stream(body, None))
+            .unwrap())
     });
-    let r = run(b"GET http://a.test/ HTTP/1.1\r\nConnection: close\r\n\r\n", respond);
+    let r = run(
+        b"GET http://a.test/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+        respond,
+    );
     assert_eq!(r.output, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n");
 }
 
@@ -199,15 +310,30 @@ fn content_length_and_chunked_request_bodies_are_decoded() {
 #[test]
 fn expect_100_continue_is_answered_first() {
     let r = run(b"PUT http://a.test/ HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc", ok_text("ok"));
-    assert!(r.output.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), "{}", r.output);
+    assert!(
+        r.output
+            .starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{}",
+        r.output
+    );
     assert_eq!(r.seen[0].body.as_deref().unwrap(), b"abc");
 }
 
 #[test]
 fn head_204_304_have_no_body() {
     let respond: Responder = Box::new(|seen| {
-        let status = if seen.url.ends_with("204") { 204 } else if seen.url.ends_with("304") { 304 } else { 200 };
-        Ok(http::Response::builder().status(status).header("content-length", "42").body(Body::empty()).unwrap())
+        let status = if seen.url.ends_with("204") {
+            204
+        } else if seen.url.ends_with("304") {
+            304
+        } else {
+            200
+        };
+        Ok(http::Response::builder()
+            .status(status)
+            .header("content-length", "42")
+            .body(Body::empty())
+            .unwrap())
     });
     let input = b"HEAD http://a.test/ HTTP/1.1\r\n\r\nGET http://a.test/204 HTTP/1.1\r\n\r\nGET http://a.test/304 HTTP/1.1\r\nConnection: close\r\n\r\n";
     let r = run(input, respond);
@@ -220,7 +346,11 @@ fn head_204_304_have_no_body() {
 fn assert_rejected(input: &[u8], status: &str) -> Run {
     let r = run(input, ok_text("should not be reached"));
     assert!(r.seen.is_empty(), "transport must not be called");
-    assert!(r.output.starts_with(&format!("HTTP/1.1 {status}")), "expected {status}, got {}", r.output);
+    assert!(
+        r.output.starts_with(&format!("HTTP/1.1 {status}")),
+        "expected {status}, got {}",
+        r.output
+    );
     assert!(r.output.contains("connection: close"));
     assert!(r.output.contains("x-c2w-proxy-error"));
     r
@@ -234,70 +364,153 @@ fn bad_input_gets_a_clear_4xx_and_close() {
     assert_rejected(b"GARBAGE LINE\r\n\r\n", "400");
     assert_rejected(b"GET http://a.test/ HTTP/1.1\r\nNoColon\r\n\r\n", "400");
     assert_rejected(b"GET http://a.test/ HTTP/1.1\r\n: empty\r\n\r\n", "400");
-    assert_rejected(b"POST http://a.test/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "400");
+    assert_rejected(
+        b"POST http://a.test/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "400",
+    );
     assert_rejected(b"GET ftp://a.test/ HTTP/1.1\r\n\r\n", "400");
-    let r = assert_rejected(b"GET http://a.test/ HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", "501");
+    let r = assert_rejected(
+        b"GET http://a.test/ HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        "501",
+    );
     assert!(r.output.contains("WebSocket"));
     assert_rejected(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "501");
 }
 
 #[test]
 fn invalid_chunk_size_fails_the_request_body() {
-    let r = run(b"POST http://a.test/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", ok_text("ok"));
+    let r = run(
+        b"POST http://a.test/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ok_text("ok"),
+    );
     assert_eq!(r.seen.len(), 1);
-    assert!(r.seen[0].body.as_ref().unwrap_err().contains("invalid chunk size"));
+    assert!(r.seen[0]
+        .body
+        .as_ref()
+        .unwrap_err()
+        .contains("invalid chunk size"));
     assert!(r.output.contains("connection: close"), "{}", r.output);
 }
 
 fn error_output(err: TransportError) -> String {
     let respond: Responder = Box::new(move |_| Err(err.clone()));
-    run(b"GET http://a.test/x HTTP/1.1\r\nConnection: close\r\n\r\n", respond).output
+    run(
+        b"GET http://a.test/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+        respond,
+    )
+    .output
 }
 
 #[test]
 fn transport_errors_become_explained_responses() {
-    let out = error_output(TransportError::Blocked { url: "http://a.test/x".into(), reason: "TypeError: Failed to fetch".into() });
+    let out = error_output(TransportError::Blocked {
+        url: "http://a.test/x".into(),
+        reason: "TypeError: Failed to fetch".into(),
+    });
     assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{out}");
     assert!(out.contains("x-c2w-proxy-error: blocked"));
     assert!(out.contains("the browser refused the request to http://a.test/x"));
     assert!(out.contains("CORS"));
-    let out = error_output(TransportError::Timeout { url: "http://a.test/x".into(), reason: "30 s".into() });
+    let out = error_output(TransportError::Timeout {
+        url: "http://a.test/x".into(),
+        reason: "30 s".into(),
+    });
     assert!(out.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"), "{out}");
-    let out = error_output(TransportError::BodyTooLarge { url: "http://a.test/x".into(), limit: 10 });
-    assert!(out.starts_with("HTTP/1.1 413 Payload Too Large\r\n"), "{out}");
+    let out = error_output(TransportError::BodyTooLarge {
+        url: "http://a.test/x".into(),
+        limit: 10,
+    });
+    assert!(
+        out.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{out}"
+    );
 }
 
 #[test]
 fn origin_error_status_keeps_body() {
-    let respond: Responder = Box::new(|_| Ok(http::Response::builder().status(404).body(Body::full("no such page")).unwrap()));
-    let r = run(b"GET http://a.test/missing HTTP/1.1\r\nConnection: close\r\n\r\n", respond);
-    assert_eq!(r.output, "HTTP/1.1 404 Not Found\r\ncontent-length: 12\r\nconnection: close\r\n\r\nno such page");
+    let respond: Responder = Box::new(|_| {
+        Ok(http::Response::builder()
+            .status(404)
+            .body(Body::full("no such page"))
+            .unwrap())
+    });
+    let r = run(
+        b"GET http://a.test/missing HTTP/1.1\r\nConnection: close\r\n\r\n",
+        respond,
+    );
+    assert_eq!(
+        r.output,
+        "HTTP/1.1 404 Not Found\r\ncontent-length: 12\r\nconnection: close\r\n\r\nno such page"
+    );
 }
 
 #[test]
 fn origin_dying_mid_body_is_visible_to_the_guest() {
     let respond: Responder = Box::new(|_| {
-        let body = stream::iter(vec![Ok(Bytes::from_static(b"12345")), Err(BodyError::new("reset by origin"))]);
-        Ok(http::Response::builder().status(200).body(Body::from_stream(body, Some(10))).unwrap())
+        let body = stream::iter(vec![
+            Ok(Bytes::from_static(b"12345")),
+            Err(BodyError::new("reset by origin")),
+        ]);
+        Ok(http::Response::builder()
+            .status(200)
+            .body(Body::from_stream(body, Some(10)))
+            .unwrap())
     });
-    let r = run(b"GET http://a.test/ HTTP/1.1\r\n\r\nGET http://a.test/next HTTP/1.1\r\n\r\n", respond);
-    assert_eq!(r.seen.len(), 1, "the connection closes after a truncated response");
-    assert!(r.output.ends_with("content-length: 10\r\n\r\n12345"), "{}", r.output);
+    let r = run(
+        b"GET http://a.test/ HTTP/1.1\r\n\r\nGET http://a.test/next HTTP/1.1\r\n\r\n",
+        respond,
+    );
+    assert_eq!(
+        r.seen.len(),
+        1,
+        "the connection closes after a truncated response"
+    );
+    assert!(
+        r.output.ends_with("content-length: 10\r\n\r\n12345"),
+        "{}",
+        r.output
+    );
     let respond: Responder = Box::new(|_| {
-        let body = stream::iter(vec![Ok(Bytes::from_static(b"12345")), Err(BodyError::new("reset"))]);
-        Ok(http::Response::builder().status(200).body(Body::from_stream(body, None)).unwrap())
+        let body = stream::iter(vec![
+            Ok(Bytes::from_static(b"12345")),
+            Err(BodyError::new("reset")),
+        ]);
+        Ok(http::Response::builder()
+            .status(200)
+            .body(Body::from_stream(body, None))
+            .unwrap())
     });
     let r = run(b"GET http://a.test/ HTTP/1.1\r\n\r\n", respond);
-    assert!(r.output.ends_with("5\r\n12345\r\n"), "no terminating chunk: {}", r.output);
+    assert!(
+        r.output.ends_with("5\r\n12345\r\n"),
+        "no terminating chunk: {}",
+        r.output
+    );
 }
 
 #[test]
 fn stalled_guest_is_closed_by_the_timeout() {
     // The head never completes and the timer fires at once: serve() must return.
-    let r = run_with(b"GET http://a.test/ HTTP/1.1\r\nHost", ok_text("x"), Mode::Forward, 7, true, true, Limits::default());
+    let r = run_with(
+        b"GET http://a.test/ HTTP/1.1\r\nHost",
+        ok_text("x"),
+        Mode::Forward,
+        7,
+        true,
+        true,
+        Limits::default(),
+    );
     assert!(r.seen.is_empty());
     // An idle keep-alive connection after one response is closed too.
-    let r = run_with(b"GET http://a.test/ HTTP/1.1\r\n\r\n", ok_text("x"), Mode::Forward, 64, true, true, Limits::default());
+    let r = run_with(
+        b"GET http://a.test/ HTTP/1.1\r\n\r\n",
+        ok_text("x"),
+        Mode::Forward,
+        64,
+        true,
+        true,
+        Limits::default(),
+    );
     assert_eq!(r.seen.len(), 1);
 }
 
@@ -309,14 +522,25 @@ fn own_pages_status_and_ca() {
     assert!(r.output.contains("This is the HTTP proxy"));
     assert!(r.output.contains("content-type: application/x-pem-file"));
     assert!(r.output.ends_with("-----END CERTIFICATE-----\n"));
-    let r = run(b"GET /elsewhere HTTP/1.1\r\nConnection: close\r\n\r\n", ok_text("x"));
+    let r = run(
+        b"GET /elsewhere HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ok_text("x"),
+    );
     assert!(r.output.starts_with("HTTP/1.1 400"), "{}", r.output);
 }
 
 #[test]
 fn origin_mode_uses_host_header_or_fallback() {
     use http_proxy::target::{Host, Origin, Scheme};
-    let mode = Mode::Origin { scheme: Scheme::Https, fixed: None, fallback: Some(Origin { scheme: Scheme::Https, host: Host::Name("mapped.test".into()), port: 443 }) };
+    let mode = Mode::Origin {
+        scheme: Scheme::Https,
+        fixed: None,
+        fallback: Some(Origin {
+            scheme: Scheme::Https,
+            host: Host::Name("mapped.test".into()),
+            port: 443,
+        }),
+    };
     let r = run_with(b"GET /a HTTP/1.1\r\nHost: site.test:8443\r\n\r\nGET /b HTTP/1.1\r\nConnection: close\r\n\r\n", ok_text("x"), mode, 64, false, false, Limits::default());
     let urls: Vec<_> = r.seen.iter().map(|s| s.url.as_str()).collect();
     assert_eq!(urls, ["https://site.test:8443/a", "https://mapped.test/b"]);
@@ -329,11 +553,21 @@ fn large_response_streams_with_bounded_writes() {
     const PIECES: usize = 1024;
     let respond: Responder = Box::new(|_| {
         let body = stream::iter((0..PIECES).map(|_| Ok(Bytes::from(vec![7u8; PIECE]))));
-        Ok(http::Response::builder().status(200).body(Body::from_stream(body, None)).unwrap())
+        Ok(http::Response::builder()
+            .status(200)
+            .body(Body::from_stream(body, None))
+            .unwrap())
     });
-    let r = run(b"GET http://a.test/big HTTP/1.1\r\nConnection: close\r\n\r\n", respond);
+    let r = run(
+        b"GET http://a.test/big HTTP/1.1\r\nConnection: close\r\n\r\n",
+        respond,
+    );
     let head_len = r.output.find("\r\n\r\n").unwrap() + 4;
     let expected_body = PIECES * (PIECE + "10000\r\n".len() + 2) + 5;
     assert_eq!(r.raw.len() - head_len, expected_body);
-    assert!(r.max_write <= PIECE + 16, "largest single write {} bytes", r.max_write);
+    assert!(
+        r.max_write <= PIECE + 16,
+        "largest single write {} bytes",
+        r.max_write
+    );
 }

@@ -35,7 +35,10 @@ pub enum FramingError {
 }
 
 /// Works out a request's body framing from its headers, strictly.
-pub fn request_framing(headers: &HeaderMap, version: Version) -> Result<RequestFraming, FramingError> {
+pub fn request_framing(
+    headers: &HeaderMap,
+    version: Version,
+) -> Result<RequestFraming, FramingError> {
     let has_te = headers.contains_key(TRANSFER_ENCODING);
     let has_cl = headers.contains_key(CONTENT_LENGTH);
     if has_te && has_cl {
@@ -47,8 +50,15 @@ pub fn request_framing(headers: &HeaderMap, version: Version) -> Result<RequestF
         }
         let mut codings = Vec::new();
         for value in headers.get_all(TRANSFER_ENCODING) {
-            let value = value.to_str().map_err(|_| FramingError::UnsupportedTransferEncoding)?;
-            codings.extend(value.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()));
+            let value = value
+                .to_str()
+                .map_err(|_| FramingError::UnsupportedTransferEncoding)?;
+            codings.extend(
+                value
+                    .split(',')
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .filter(|c| !c.is_empty()),
+            );
         }
         return if codings == ["chunked"] {
             Ok(RequestFraming::Chunked)
@@ -132,7 +142,11 @@ impl Decoder {
             RequestFraming::Length(n) => State::Length { remaining: n },
             RequestFraming::Chunked => State::ChunkSize,
         };
-        Self { state, max_line, max_piece: max_piece.max(1) }
+        Self {
+            state,
+            max_line,
+            max_piece: max_piece.max(1),
+        }
     }
 
     /// True once the whole body has been decoded.
@@ -161,9 +175,15 @@ impl Decoder {
                     return Ok(Step::Data(data));
                 }
                 State::ChunkSize => {
-                    let Some(line) = self.take_line(buf)? else { return Ok(Step::NeedMore) };
+                    let Some(line) = self.take_line(buf)? else {
+                        return Ok(Step::NeedMore);
+                    };
                     let size = parse_chunk_size(&line)?;
-                    self.state = if size == 0 { State::Trailers } else { State::ChunkData { remaining: size } };
+                    self.state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData { remaining: size }
+                    };
                 }
                 State::ChunkDataEnd => {
                     if buf.len() < 2 {
@@ -176,7 +196,9 @@ impl Decoder {
                     self.state = State::ChunkSize;
                 }
                 State::Trailers => {
-                    let Some(line) = self.take_line(buf)? else { return Ok(Step::NeedMore) };
+                    let Some(line) = self.take_line(buf)? else {
+                        return Ok(Step::NeedMore);
+                    };
                     if line.is_empty() {
                         self.state = State::Done;
                     }
@@ -209,20 +231,30 @@ impl Decoder {
 }
 
 fn parse_chunk_size(line: &[u8]) -> Result<u64, DecodeError> {
-    let digits_end = line.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(line.len());
+    let digits_end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
     if digits_end == 0 || digits_end > 16 {
         return Err(DecodeError::InvalidChunkSize);
     }
     let rest = &line[digits_end..];
     let rest_ok = rest.iter().all(|&b| b == b' ' || b == b'\t') || {
-        let start = rest.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(rest.len());
+        let start = rest
+            .iter()
+            .position(|&b| b != b' ' && b != b'\t')
+            .unwrap_or(rest.len());
         let trimmed = &rest[start..];
-        trimmed.first() == Some(&b';') && trimmed.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        trimmed.first() == Some(&b';')
+            && trimmed
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
     };
     if !rest_ok {
         return Err(DecodeError::InvalidChunkSize);
     }
-    let text = std::str::from_utf8(&line[..digits_end]).map_err(|_| DecodeError::InvalidChunkSize)?;
+    let text =
+        std::str::from_utf8(&line[..digits_end]).map_err(|_| DecodeError::InvalidChunkSize)?;
     u64::from_str_radix(text, 16).map_err(|_| DecodeError::InvalidChunkSize)
 }
 
@@ -239,7 +271,11 @@ mod tests {
         map
     }
 
-    fn decode_all(framing: RequestFraming, input: &[u8], split: usize) -> Result<Vec<u8>, DecodeError> {
+    fn decode_all(
+        framing: RequestFraming,
+        input: &[u8],
+        split: usize,
+    ) -> Result<Vec<u8>, DecodeError> {
         let mut decoder = Decoder::new(framing, 64, 5);
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
@@ -264,13 +300,19 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        assert_eq!(request_framing(&headers(&[]), Version::Http11), Ok(RequestFraming::Empty));
+        assert_eq!(
+            request_framing(&headers(&[]), Version::Http11),
+            Ok(RequestFraming::Empty)
+        );
         assert_eq!(
             request_framing(&headers(&[("content-length", "10")]), Version::Http11),
             Ok(RequestFraming::Length(10))
         );
         assert_eq!(
-            request_framing(&headers(&[("content-length", "10"), ("content-length", "10")]), Version::Http11),
+            request_framing(
+                &headers(&[("content-length", "10"), ("content-length", "10")]),
+                Version::Http11
+            ),
             Ok(RequestFraming::Length(10))
         );
         assert_eq!(
@@ -282,19 +324,31 @@ mod tests {
             Err(FramingError::InvalidLength)
         );
         assert_eq!(
-            request_framing(&headers(&[("transfer-encoding", "chunked")]), Version::Http11),
+            request_framing(
+                &headers(&[("transfer-encoding", "chunked")]),
+                Version::Http11
+            ),
             Ok(RequestFraming::Chunked)
         );
         assert_eq!(
-            request_framing(&headers(&[("transfer-encoding", "chunked"), ("content-length", "3")]), Version::Http11),
+            request_framing(
+                &headers(&[("transfer-encoding", "chunked"), ("content-length", "3")]),
+                Version::Http11
+            ),
             Err(FramingError::Conflict)
         );
         assert_eq!(
-            request_framing(&headers(&[("transfer-encoding", "gzip, chunked")]), Version::Http11),
+            request_framing(
+                &headers(&[("transfer-encoding", "gzip, chunked")]),
+                Version::Http11
+            ),
             Err(FramingError::UnsupportedTransferEncoding)
         );
         assert_eq!(
-            request_framing(&headers(&[("transfer-encoding", "chunked")]), Version::Http10),
+            request_framing(
+                &headers(&[("transfer-encoding", "chunked")]),
+                Version::Http10
+            ),
             Err(FramingError::TransferEncodingInHttp10)
         );
     }
@@ -309,14 +363,20 @@ mod tests {
 
     #[test]
     fn content_length_eof_is_error() {
-        assert_eq!(decode_all(RequestFraming::Length(12), b"short", 3), Err(DecodeError::UnexpectedEof));
+        assert_eq!(
+            decode_all(RequestFraming::Length(12), b"short", 3),
+            Err(DecodeError::UnexpectedEof)
+        );
     }
 
     #[test]
     fn chunked_body_with_extensions_and_trailers() {
         let input = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n";
         for split in [1, 2, 5, 64] {
-            assert_eq!(decode_all(RequestFraming::Chunked, input, split).unwrap(), b"hello world");
+            assert_eq!(
+                decode_all(RequestFraming::Chunked, input, split).unwrap(),
+                b"hello world"
+            );
         }
     }
 
@@ -324,14 +384,24 @@ mod tests {
     fn chunked_leaves_next_request_in_buffer() {
         let mut decoder = Decoder::new(RequestFraming::Chunked, 64, 1024);
         let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n"[..]);
-        assert_eq!(decoder.decode(&mut buf), Ok(Step::Data(Bytes::from_static(b"abc"))));
+        assert_eq!(
+            decoder.decode(&mut buf),
+            Ok(Step::Data(Bytes::from_static(b"abc")))
+        );
         assert_eq!(decoder.decode(&mut buf), Ok(Step::Done));
         assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
     }
 
     #[test]
     fn invalid_chunk_sizes() {
-        for bad in [&b"\r\n"[..], b"zz\r\n", b"-1\r\n", b"1 2\r\n", b"11111111111111111\r\n", b"5x\r\n"] {
+        for bad in [
+            &b"\r\n"[..],
+            b"zz\r\n",
+            b"-1\r\n",
+            b"1 2\r\n",
+            b"11111111111111111\r\n",
+            b"5x\r\n",
+        ] {
             assert_eq!(
                 decode_all(RequestFraming::Chunked, bad, 64),
                 Err(DecodeError::InvalidChunkSize),
@@ -343,13 +413,22 @@ mod tests {
 
     #[test]
     fn missing_chunk_terminator_and_long_lines() {
-        assert_eq!(decode_all(RequestFraming::Chunked, b"3\r\nabcXY", 64), Err(DecodeError::MissingChunkTerminator));
+        assert_eq!(
+            decode_all(RequestFraming::Chunked, b"3\r\nabcXY", 64),
+            Err(DecodeError::MissingChunkTerminator)
+        );
         let long = [b'1'; 100];
-        assert_eq!(decode_all(RequestFraming::Chunked, &long, 100), Err(DecodeError::LineTooLong));
+        assert_eq!(
+            decode_all(RequestFraming::Chunked, &long, 100),
+            Err(DecodeError::LineTooLong)
+        );
     }
 
     #[test]
     fn chunked_eof_mid_body() {
-        assert_eq!(decode_all(RequestFraming::Chunked, b"5\r\nhel", 64), Err(DecodeError::UnexpectedEof));
+        assert_eq!(
+            decode_all(RequestFraming::Chunked, b"5\r\nhel", 64),
+            Err(DecodeError::UnexpectedEof)
+        );
     }
 }

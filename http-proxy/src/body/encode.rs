@@ -22,7 +22,12 @@ pub enum ResponseFraming {
 
 impl ResponseFraming {
     /// Picks the framing for a response of unknown or known `body_len`.
-    pub fn choose(method: &Method, status: StatusCode, body_len: Option<u64>, client: Version) -> Self {
+    pub fn choose(
+        method: &Method,
+        status: StatusCode,
+        body_len: Option<u64>,
+        client: Version,
+    ) -> Self {
         if method == Method::HEAD
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -47,7 +52,13 @@ impl ResponseFraming {
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
     )
 }
 
@@ -109,12 +120,30 @@ mod tests {
     #[test]
     fn framing_choice() {
         let get = Method::GET;
-        assert_eq!(ResponseFraming::choose(&Method::HEAD, StatusCode::OK, Some(5), Version::Http11), ResponseFraming::NoBody);
-        assert_eq!(ResponseFraming::choose(&get, StatusCode::NO_CONTENT, None, Version::Http11), ResponseFraming::NoBody);
-        assert_eq!(ResponseFraming::choose(&get, StatusCode::NOT_MODIFIED, None, Version::Http11), ResponseFraming::NoBody);
-        assert_eq!(ResponseFraming::choose(&get, StatusCode::OK, Some(5), Version::Http10), ResponseFraming::Length(5));
-        assert_eq!(ResponseFraming::choose(&get, StatusCode::OK, None, Version::Http11), ResponseFraming::Chunked);
-        assert_eq!(ResponseFraming::choose(&get, StatusCode::OK, None, Version::Http10), ResponseFraming::CloseDelimited);
+        assert_eq!(
+            ResponseFraming::choose(&Method::HEAD, StatusCode::OK, Some(5), Version::Http11),
+            ResponseFraming::NoBody
+        );
+        assert_eq!(
+            ResponseFraming::choose(&get, StatusCode::NO_CONTENT, None, Version::Http11),
+            ResponseFraming::NoBody
+        );
+        assert_eq!(
+            ResponseFraming::choose(&get, StatusCode::NOT_MODIFIED, None, Version::Http11),
+            ResponseFraming::NoBody
+        );
+        assert_eq!(
+            ResponseFraming::choose(&get, StatusCode::OK, Some(5), Version::Http10),
+            ResponseFraming::Length(5)
+        );
+        assert_eq!(
+            ResponseFraming::choose(&get, StatusCode::OK, None, Version::Http11),
+            ResponseFraming::Chunked
+        );
+        assert_eq!(
+            ResponseFraming::choose(&get, StatusCode::OK, None, Version::Http10),
+            ResponseFraming::CloseDelimited
+        );
     }
 
     #[test]
@@ -127,7 +156,14 @@ mod tests {
         headers.append("transfer-encoding", HeaderValue::from_static("chunked"));
         headers.append("content-length", HeaderValue::from_static("999"));
         let mut out = Vec::new();
-        write_response_head(&mut out, StatusCode::OK, &headers, ResponseFraming::Length(5), true, Version::Http11);
+        write_response_head(
+            &mut out,
+            StatusCode::OK,
+            &headers,
+            ResponseFraming::Length(5),
+            true,
+            Version::Http11,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nset-cookie: a=1\r\nset-cookie: b=2\r\ncontent-length: 5\r\n\r\n"
@@ -139,8 +175,18 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append("content-length", HeaderValue::from_static("1234"));
         let mut out = Vec::new();
-        write_response_head(&mut out, StatusCode::OK, &headers, ResponseFraming::NoBody, false, Version::Http10);
-        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 200 OK\r\ncontent-length: 1234\r\nconnection: close\r\n\r\n");
+        write_response_head(
+            &mut out,
+            StatusCode::OK,
+            &headers,
+            ResponseFraming::NoBody,
+            false,
+            Version::Http10,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\ncontent-length: 1234\r\nconnection: close\r\n\r\n"
+        );
     }
 
     #[test]
