@@ -343,7 +343,9 @@ impl CertificateAuthority {
 
     /// The CA certificate as PEM, to install in the guest's trust store (e.g. /.wasmenv/proxy.crt).
     pub fn certificate_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("CERTIFICATE", self.der.to_vec()))
+        // LF line endings (pem's default is CRLF): the file lands in Linux guests.
+        let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        pem::encode_config(&pem::Pem::new("CERTIFICATE", self.der.to_vec()), config)
     }
 
     /// The CA certificate as DER.
