@@ -375,12 +375,7 @@ fn rsa_leaf_keys_get_key_encipherment() {
     let issuer =
         Issuer::with_leaf_key(ca, IssuerConfig::default(), clock.clone(), RSA_2048_KEY).unwrap();
     let leaf = issuer.issue("rsa.example").unwrap();
-    let ku = parse(leaf_der(&leaf))
-        .key_usage()
-        .unwrap()
-        .unwrap()
-        .value
-        .clone();
+    let ku = *parse(leaf_der(&leaf)).key_usage().unwrap().unwrap().value;
     assert!(ku.digital_signature() && ku.key_encipherment());
 
     let ca = generate_ca(&clock);
