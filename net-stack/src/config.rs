@@ -1,0 +1,309 @@
+//! Static configuration of the virtual network, with the original c2w-net-proxy's defaults.
+
+use std::net::Ipv4Addr;
+
+use smoltcp::time::Duration;
+
+/// Everything that shapes the virtual network; `Config::default()` matches the original proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address of the gateway (DHCP and DNS server, default route).
+    pub gateway_ip: Ipv4Addr,
+    /// MAC address used for the gateway and every virtual IP.
+    pub gateway_mac: [u8; 6],
+    /// Prefix length of the guest network (24 for 192.168.127.0/24).
+    pub prefix_len: u8,
+    /// IP MTU of the link; frames longer than `mtu + 14` are dropped.
+    pub mtu: usize,
+    /// Further addresses that answer ARP and ICMP like the gateway (the proxy lives at .253).
+    pub virtual_ips: Vec<Ipv4Addr>,
+    /// DHCP server settings.
+    pub dhcp: DhcpConfig,
+    /// DNS server settings.
+    pub dns: DnsConfig,
+    /// TCP buffer sizes and limits.
+    pub tcp: TcpConfig,
+    /// Frames pushed but not yet processed by `poll`; beyond this they are dropped and counted.
+    pub max_queued_frames: usize,
+    /// Frames towards the guest not yet popped; beyond this TCP output waits and replies are dropped.
+    pub max_outbound_frames: usize,
+    /// Seed of smoltcp's pseudo-random numbers (TCP initial sequence numbers); fixed for reproducibility.
+    pub random_seed: u64,
+}
+
+/// DHCP server settings: the address pool and lease time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpConfig {
+    /// First address handed out (inclusive).
+    pub pool_start: Ipv4Addr,
+    /// Last address handed out (inclusive); the gateway and virtual IPs inside the range are skipped.
+    pub pool_end: Ipv4Addr,
+    /// Lease duration announced to clients.
+    pub lease_time: Duration,
+}
+
+/// DNS server settings: the static host table and the fake-IP pool for every other name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Names answered from this table (compared case-insensitively, without a trailing dot).
+    pub hosts: Vec<(String, Ipv4Addr)>,
+    /// Network of the fake-IP pool (198.18.0.0 by default).
+    pub fake_ip_net: Ipv4Addr,
+    /// Prefix length of the fake-IP pool (15 by default).
+    pub fake_ip_prefix_len: u8,
+    /// TTL of every answer, in seconds.
+    pub ttl: u32,
+}
+
+/// TCP settings: per-connection buffers (they bound the advertised window) and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpConfig {
+    /// Receive buffer per connection in bytes (the window the guest may fill).
+    pub rx_buffer: usize,
+    /// Transmit buffer per connection in bytes (what `TcpStream` writes may queue).
+    pub tx_buffer: usize,
+    /// Connections alive at once (handshaking, open or closing); SYNs beyond get RST.
+    pub max_connections: usize,
+    /// Connections per listener that are handshaking or waiting for `accept`; SYNs beyond get RST.
+    pub listen_backlog: usize,
+    /// How long a dropped stream's connection may linger (closing) before it is aborted.
+    pub orphan_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gateway_ip: Ipv4Addr::new(192, 168, 127, 1),
+            gateway_mac: [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd],
+            prefix_len: 24,
+            mtu: 1500,
+            virtual_ips: vec![Ipv4Addr::new(192, 168, 127, 253)],
+            dhcp: DhcpConfig::default(),
+            dns: DnsConfig::default(),
+            tcp: TcpConfig::default(),
+            max_queued_frames: 1024,
+            max_outbound_frames: 1024,
+            random_seed: 0x6332_772d_6e65_7421,
+        }
+    }
+}
+
+impl Default for DhcpConfig {
+    fn default() -> Self {
+        DhcpConfig {
+            pool_start: Ipv4Addr::new(192, 168, 127, 3),
+            pool_end: Ipv4Addr::new(192, 168, 127, 252),
+            lease_time: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            hosts: vec![
+                (
+                    "proxy.c2w.internal".to_string(),
+                    Ipv4Addr::new(192, 168, 127, 253),
+                ),
+                (
+                    "gateway.c2w.internal".to_string(),
+                    Ipv4Addr::new(192, 168, 127, 1),
+                ),
+            ],
+            fake_ip_net: Ipv4Addr::new(198, 18, 0, 0),
+            fake_ip_prefix_len: 15,
+            ttl: 60,
+        }
+    }
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            rx_buffer: 256 * 1024,
+            tx_buffer: 256 * 1024,
+            max_connections: 1024,
+            listen_backlog: 128,
+            orphan_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a `Config` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The guest network's prefix length must leave room for hosts.
+    #[error("prefix length {0} is not in 1..=30")]
+    PrefixLen(u8),
+    /// The MTU must carry a minimal IPv4 packet and fit a 16-bit length.
+    #[error("MTU {0} is not in 576..=65535")]
+    Mtu(usize),
+    /// The gateway MAC must be a unicast address.
+    #[error("gateway MAC is not a unicast address")]
+    GatewayMac,
+    /// An address that must be a host of the guest network is not.
+    #[error("{0} is not a host address of the guest network")]
+    NotInSubnet(Ipv4Addr),
+    /// The DHCP pool is empty or reversed.
+    #[error("DHCP pool {0}..={1} is empty")]
+    EmptyPool(Ipv4Addr, Ipv4Addr),
+    /// The fake-IP pool must be a valid network with room for hosts.
+    #[error("fake-IP pool {0}/{1} is not a valid network with host addresses")]
+    FakeIpNet(Ipv4Addr, u8),
+    /// The fake-IP pool must not overlap the guest network.
+    #[error("fake-IP pool overlaps the guest network")]
+    FakeIpOverlap,
+    /// A host table name is empty or not a DNS name.
+    #[error("host name {0:?} is not a valid DNS name")]
+    HostName(String),
+    /// A TCP buffer or limit is zero (or a buffer is beyond what TCP window scaling reaches).
+    #[error("TCP setting {0} is out of range")]
+    Tcp(&'static str),
+    /// A queue limit is zero.
+    #[error("queue limit {0} must be at least 1")]
+    Queue(&'static str),
+    /// The lease time must be between 1 s and u32::MAX s.
+    #[error("DHCP lease time is out of range")]
+    LeaseTime,
+}
+
+/// The netmask of a prefix length (0..=32).
+pub(crate) fn mask(prefix_len: u8) -> u32 {
+    if prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix_len.min(32)))
+    }
+}
+
+impl Config {
+    /// The guest network's netmask.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask(self.prefix_len))
+    }
+
+    /// The guest network's directed broadcast address.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.gateway_ip) | !mask(self.prefix_len))
+    }
+
+    /// True when `ip` is a host address (not network, not broadcast) of the guest network.
+    pub fn is_host_in_subnet(&self, ip: Ipv4Addr) -> bool {
+        let m = mask(self.prefix_len);
+        let ip = u32::from(ip);
+        let net = u32::from(self.gateway_ip) & m;
+        ip & m == net && ip != net && ip != net | !m
+    }
+
+    /// Checks every field; `Stack::new` calls this.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=30).contains(&self.prefix_len) {
+            return Err(ConfigError::PrefixLen(self.prefix_len));
+        }
+        if !(576..=65535).contains(&self.mtu) {
+            return Err(ConfigError::Mtu(self.mtu));
+        }
+        if self.gateway_mac[0] & 1 != 0 || self.gateway_mac == [0; 6] {
+            return Err(ConfigError::GatewayMac);
+        }
+        for ip in std::iter::once(&self.gateway_ip).chain(&self.virtual_ips) {
+            if !self.is_host_in_subnet(*ip) {
+                return Err(ConfigError::NotInSubnet(*ip));
+            }
+        }
+        let (start, end) = (self.dhcp.pool_start, self.dhcp.pool_end);
+        for ip in [start, end] {
+            if !self.is_host_in_subnet(ip) {
+                return Err(ConfigError::NotInSubnet(ip));
+            }
+        }
+        if u32::from(start) > u32::from(end) {
+            return Err(ConfigError::EmptyPool(start, end));
+        }
+        let secs = self.dhcp.lease_time.secs();
+        if secs == 0 || secs > u64::from(u32::MAX) {
+            return Err(ConfigError::LeaseTime);
+        }
+        let (fnet, flen) = (self.dns.fake_ip_net, self.dns.fake_ip_prefix_len);
+        if !(1..=30).contains(&flen) || u32::from(fnet) & !mask(flen) != 0 {
+            return Err(ConfigError::FakeIpNet(fnet, flen));
+        }
+        // Two prefixes overlap when the shorter one contains the other's network address.
+        let common = mask(flen.min(self.prefix_len));
+        if u32::from(fnet) & common == u32::from(self.gateway_ip) & common {
+            return Err(ConfigError::FakeIpOverlap);
+        }
+        for (name, _) in &self.dns.hosts {
+            if crate::wire::dns::encode_name(name).is_none() {
+                return Err(ConfigError::HostName(name.clone()));
+            }
+        }
+        let tcp = &self.tcp;
+        // smoltcp scales the window by at most 2^14, so buffers beyond 1 GiB cannot be advertised.
+        for (what, size) in [("rx_buffer", tcp.rx_buffer), ("tx_buffer", tcp.tx_buffer)] {
+            if size == 0 || size > (1 << 30) {
+                return Err(ConfigError::Tcp(what));
+            }
+        }
+        if tcp.max_connections == 0 {
+            return Err(ConfigError::Tcp("max_connections"));
+        }
+        if tcp.listen_backlog == 0 {
+            return Err(ConfigError::Tcp("listen_backlog"));
+        }
+        if self.max_queued_frames == 0 {
+            return Err(ConfigError::Queue("max_queued_frames"));
+        }
+        if self.max_outbound_frames == 0 {
+            return Err(ConfigError::Queue("max_outbound_frames"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_original() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(c.broadcast(), Ipv4Addr::new(192, 168, 127, 255));
+        assert_eq!(c.dhcp.pool_start, Ipv4Addr::new(192, 168, 127, 3));
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let mut c = Config::default();
+        c.virtual_ips.push(Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::NotInSubnet(Ipv4Addr::new(10, 0, 0, 1)))
+        );
+        let mut c = Config::default();
+        c.dhcp.pool_start = Ipv4Addr::new(192, 168, 127, 200);
+        c.dhcp.pool_end = Ipv4Addr::new(192, 168, 127, 100);
+        assert!(matches!(c.validate(), Err(ConfigError::EmptyPool(..))));
+        let mut c = Config::default();
+        c.dns.fake_ip_net = Ipv4Addr::new(192, 168, 0, 0);
+        c.dns.fake_ip_prefix_len = 16;
+        assert_eq!(c.validate(), Err(ConfigError::FakeIpOverlap));
+        let mut c = Config::default();
+        c.dns.fake_ip_net = Ipv4Addr::new(198, 18, 0, 1);
+        assert!(matches!(c.validate(), Err(ConfigError::FakeIpNet(..))));
+        let mut c = Config::default();
+        c.dns.hosts.push(("bad..name".into(), Ipv4Addr::LOCALHOST));
+        assert!(matches!(c.validate(), Err(ConfigError::HostName(_))));
+        let c = Config {
+            mtu: 100,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::Mtu(100)));
+        let mut c = Config::default();
+        c.tcp.max_connections = 0;
+        assert_eq!(c.validate(), Err(ConfigError::Tcp("max_connections")));
+    }
+}

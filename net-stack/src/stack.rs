@@ -1,0 +1,493 @@
+//! The stack: frames in, frames out. Ethernet, ARP, IPv4, ICMP and UDP (DHCP, DNS) are handled
+//! here directly; TCP segments go through smoltcp (`Medium::Ip`) for the connection machinery.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use smoltcp::iface::{self, Interface, SocketSet};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    DhcpPacket, DhcpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress,
+    Icmpv4Repr, IpAddress, IpCidr, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, DHCP_SERVER_PORT,
+    ETHERNET_HEADER_LEN,
+};
+
+use crate::arp::{self, ArpAction};
+use crate::config::{Config, ConfigError};
+use crate::device::IpDevice;
+use crate::dhcp::{DhcpOutcome, DhcpServer, Lease};
+use crate::dns::DnsServer;
+use crate::icmp::{self, IcmpAction};
+use crate::observer::{Direction, FrameObserver};
+use crate::stats::{Drop, Stats};
+use crate::tcp::{ListenAddr, ListenError, TcpListener, TcpTable};
+use crate::wire::emit;
+
+/// Most IP → MAC entries remembered (guests rarely use more than one address).
+const MAX_NEIGHBORS: usize = 1024;
+const DNS_PORT: u16 = 53;
+
+/// State shared by the `Stack` handle, listeners and streams.
+pub(crate) struct Shared {
+    pub(crate) inner: RefCell<Inner>,
+    wake: RefCell<WakeState>,
+}
+
+#[derive(Default)]
+struct WakeState {
+    pending: bool,
+    waker: Option<Waker>,
+}
+
+impl Shared {
+    /// Something changed outside `poll` that needs a `poll` (see `Stack::poll_wake`).
+    pub(crate) fn request_poll(&self) {
+        let waker = {
+            let mut wake = self.wake.borrow_mut();
+            wake.pending = true;
+            wake.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Everything mutable of the stack.
+pub(crate) struct Inner {
+    config: Config,
+    mac: EthernetAddress,
+    iface: Interface,
+    device: IpDevice,
+    pub(crate) sockets: SocketSet<'static>,
+    pub(crate) tcp: TcpTable,
+    inbound: VecDeque<Vec<u8>>,
+    outbound: VecDeque<Vec<u8>>,
+    neighbors: HashMap<Ipv4Addr, EthernetAddress>,
+    dhcp: DhcpServer,
+    dns: DnsServer,
+    stats: Stats,
+    observer: Option<Box<dyn FrameObserver>>,
+    /// Time of the latest `poll` (used when a stream is dropped between polls).
+    pub(crate) now: Instant,
+}
+
+/// The virtual network: a cheap clonable handle (single-threaded, `!Send`).
+#[derive(Clone)]
+pub struct Stack {
+    shared: Rc<Shared>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").finish_non_exhaustive()
+    }
+}
+
+impl Stack {
+    /// A stack with `config` (checked with `Config::validate`).
+    pub fn new(config: Config) -> Result<Stack, ConfigError> {
+        config.validate()?;
+        let mut device = IpDevice::new(config.mtu);
+        let mut iface_config = iface::Config::new(HardwareAddress::Ip);
+        iface_config.random_seed = config.random_seed;
+        let mut iface = Interface::new(iface_config, &mut device, Instant::ZERO);
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(
+                IpAddress::Ipv4(config.gateway_ip),
+                config.prefix_len,
+            ));
+        });
+        // Accept TCP for every destination: virtual IPs and fake IPs are served by sockets
+        // bound to them, everything else gets smoltcp's RST.
+        iface.set_any_ip(true);
+        let _ = iface.routes_mut().add_default_ipv4_route(config.gateway_ip);
+        let inner = Inner {
+            mac: EthernetAddress(config.gateway_mac),
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            tcp: TcpTable::new(config.tcp.clone()),
+            inbound: VecDeque::new(),
+            outbound: VecDeque::new(),
+            neighbors: HashMap::new(),
+            dhcp: DhcpServer::new(&config),
+            dns: DnsServer::new(&config.dns),
+            stats: Stats::default(),
+            observer: None,
+            now: Instant::ZERO,
+            config,
+        };
+        Ok(Stack {
+            shared: Rc::new(Shared {
+                inner: RefCell::new(inner),
+                wake: RefCell::new(WakeState::default()),
+            }),
+        })
+    }
+
+    /// Queues one Ethernet frame from the guest; `poll` processes it.
+    pub fn push_frame(&self, frame: &[u8]) {
+        let mut inner = self.shared.inner.borrow_mut();
+        inner.stats.frames_in += 1;
+        inner.stats.bytes_in += frame.len() as u64;
+        if inner.inbound.len() >= inner.config.max_queued_frames {
+            inner.stats.drop(Drop::QueueFull);
+            return;
+        }
+        inner.inbound.push_back(frame.to_vec());
+    }
+
+    /// Processes queued frames, timers and socket I/O at time `now`, producing frames for `pop_frame`.
+    pub fn poll(&self, now: Instant) {
+        self.shared.inner.borrow_mut().poll(now);
+    }
+
+    /// The next frame towards the guest.
+    pub fn pop_frame(&self) -> Option<Vec<u8>> {
+        self.shared.inner.borrow_mut().outbound.pop_front()
+    }
+
+    /// How long until `poll` must run again at the latest; None means only on new input.
+    pub fn poll_delay(&self, now: Instant) -> Option<Duration> {
+        let mut inner = self.shared.inner.borrow_mut();
+        if !inner.inbound.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let Inner {
+            iface,
+            sockets,
+            tcp,
+            ..
+        } = &mut *inner;
+        let smoltcp = iface.poll_delay(now, sockets);
+        let orphans = tcp
+            .poll_at()
+            .map(|at| if at > now { at - now } else { Duration::ZERO });
+        match (smoltcp, orphans) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ready once something happened outside `poll` that needs a `poll` (a stream was read,
+    /// written, closed or dropped, a listener dropped); otherwise keeps the waker, Pending.
+    pub fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut wake = self.shared.wake.borrow_mut();
+        if wake.pending {
+            wake.pending = false;
+            Poll::Ready(())
+        } else {
+            wake.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    /// Accepts TCP connections to `addr:port`.
+    pub fn listen(&self, addr: ListenAddr, port: u16) -> Result<TcpListener, ListenError> {
+        let mut inner = self.shared.inner.borrow_mut();
+        if let ListenAddr::Ip(ip) = addr {
+            if !inner.is_ours(ip) {
+                return Err(ListenError::NotLocal(ip));
+            }
+        }
+        let id = inner.tcp.listen(addr, port)?;
+        Ok(TcpListener::new(self.shared.clone(), id, port))
+    }
+
+    /// The name a fake IP handed out by the DNS server stands for.
+    pub fn fake_ip_name(&self, ip: Ipv4Addr) -> Option<String> {
+        let inner = self.shared.inner.borrow();
+        inner.dns.fake_ips.name_of(ip).map(str::to_string)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let inner = self.shared.inner.borrow();
+        let mut stats = inner.stats;
+        stats.tcp_open = inner.tcp.open() as u64;
+        stats
+    }
+
+    /// Installs (or removes) the observer that sees every frame both ways.
+    pub fn set_frame_observer(&self, observer: Option<Box<dyn FrameObserver>>) {
+        self.shared.inner.borrow_mut().observer = observer;
+    }
+
+    /// Current DHCP leases.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.shared.inner.borrow().dhcp.leases()
+    }
+}
+
+impl Inner {
+    /// The gateway or a virtual IP.
+    fn is_ours(&self, ip: Ipv4Addr) -> bool {
+        ip == self.config.gateway_ip || self.config.virtual_ips.contains(&ip)
+    }
+
+    fn poll(&mut self, now: Instant) {
+        self.now = now;
+        while let Some(frame) = self.inbound.pop_front() {
+            if let Some(observer) = self.observer.as_mut() {
+                observer.on_frame(Direction::FromGuest, &frame, now);
+            }
+            if let Err(reason) = self.process_frame(&frame, now) {
+                self.stats.drop(reason);
+            }
+        }
+        let Inner {
+            tcp,
+            sockets,
+            stats,
+            ..
+        } = self;
+        tcp.maintain(sockets, now, stats);
+        self.device.tx_room = self
+            .config
+            .max_outbound_frames
+            .saturating_sub(self.outbound.len());
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        self.flush_device();
+        self.tcp.reclaim(&mut self.sockets);
+    }
+
+    /// Queues a frame towards the guest (observer, counters, outbound limit).
+    fn send(&mut self, frame: Vec<u8>) {
+        if self.outbound.len() >= self.config.max_outbound_frames {
+            self.stats.drop(Drop::OutboundFull);
+            return;
+        }
+        if let Some(observer) = self.observer.as_mut() {
+            observer.on_frame(Direction::ToGuest, &frame, self.now);
+        }
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += frame.len() as u64;
+        self.outbound.push_back(frame);
+    }
+
+    /// Wraps the IP packets smoltcp produced into Ethernet frames towards their neighbor.
+    fn flush_device(&mut self) {
+        for _ in 0..std::mem::take(&mut self.device.tx_dropped) {
+            self.stats.drop(Drop::OutboundFull);
+        }
+        while let Some(packet) = self.device.tx.pop_front() {
+            let dst = Ipv4Packet::new_checked(&packet[..])
+                .ok()
+                .map(|p| p.dst_addr());
+            match dst.and_then(|ip| self.neighbors.get(&ip).copied()) {
+                Some(mac) => {
+                    let frame = emit::ipv4_frame(self.mac, mac, &packet);
+                    self.send(frame);
+                }
+                None => self.stats.drop(Drop::NoNeighbor),
+            }
+        }
+    }
+
+    fn learn(&mut self, ip: Ipv4Addr, mac: EthernetAddress) {
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || !mac.is_unicast() {
+            return;
+        }
+        if self.neighbors.len() < MAX_NEIGHBORS || self.neighbors.contains_key(&ip) {
+            self.neighbors.insert(ip, mac);
+        }
+    }
+
+    fn process_frame(&mut self, frame: &[u8], now: Instant) -> Result<(), Drop> {
+        if frame.len() > self.config.mtu + ETHERNET_HEADER_LEN {
+            return Err(Drop::Oversized);
+        }
+        let eth = EthernetFrame::new_checked(frame).map_err(|_| Drop::Malformed)?;
+        let dst = eth.dst_addr();
+        if dst != self.mac && !dst.is_broadcast() {
+            return Err(Drop::NotForUs);
+        }
+        let src = eth.src_addr();
+        match eth.ethertype() {
+            EthernetProtocol::Arp => {
+                let (action, learned) = arp::handle(eth.payload(), self.mac, |ip| self.is_ours(ip));
+                if let Some((ip, mac)) = learned {
+                    self.learn(ip, mac);
+                }
+                match action {
+                    ArpAction::Reply(reply) => {
+                        self.stats.arp_replies += 1;
+                        self.send(reply);
+                        Ok(())
+                    }
+                    ArpAction::Ignore => Ok(()),
+                    ArpAction::Malformed => Err(Drop::Malformed),
+                }
+            }
+            EthernetProtocol::Ipv4 => {
+                self.process_ipv4(src, dst.is_broadcast(), eth.payload(), now)
+            }
+            _ => Err(Drop::Unsupported),
+        }
+    }
+
+    fn process_ipv4(
+        &mut self,
+        src_mac: EthernetAddress,
+        l2_broadcast: bool,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), Drop> {
+        let packet = Ipv4Packet::new_checked(payload).map_err(|_| Drop::Malformed)?;
+        if packet.version() != 4 || !packet.verify_checksum() {
+            return Err(Drop::Malformed);
+        }
+        if packet.more_frags() || packet.frag_offset() != 0 {
+            return Err(Drop::Unsupported);
+        }
+        let (src, dst) = (packet.src_addr(), packet.dst_addr());
+        // The exact IP packet, without Ethernet padding.
+        let ip_bytes = &payload[..usize::from(packet.total_len())];
+        let body = packet.payload();
+        if !src_mac.is_unicast() {
+            return Err(Drop::Malformed);
+        }
+        self.learn(src, src_mac);
+        match packet.next_header() {
+            IpProtocol::Icmp => {
+                if !self.is_ours(dst) {
+                    return Err(Drop::NotForUs);
+                }
+                match icmp::handle(body) {
+                    IcmpAction::EchoReply {
+                        ident,
+                        seq_no,
+                        data,
+                    } => {
+                        let reply = Icmpv4Repr::EchoReply {
+                            ident,
+                            seq_no,
+                            data,
+                        };
+                        let frame = emit::icmp_frame(self.mac, src_mac, dst, src, &reply);
+                        self.stats.icmp_echo_replies += 1;
+                        self.send(frame);
+                        Ok(())
+                    }
+                    IcmpAction::Ignore => Ok(()),
+                    IcmpAction::Malformed => Err(Drop::Malformed),
+                }
+            }
+            IpProtocol::Udp => self.process_udp(src_mac, src, dst, body, now),
+            IpProtocol::Tcp => {
+                if l2_broadcast || dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified()
+                {
+                    return Err(Drop::NotForUs);
+                }
+                self.process_tcp(src, dst, body, ip_bytes, now)
+            }
+            _ => Err(Drop::Unsupported),
+        }
+    }
+
+    fn process_udp(
+        &mut self,
+        src_mac: EthernetAddress,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        body: &[u8],
+        now: Instant,
+    ) -> Result<(), Drop> {
+        let udp = UdpPacket::new_checked(body).map_err(|_| Drop::Malformed)?;
+        if udp.checksum() != 0 && !udp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst))
+        {
+            return Err(Drop::Malformed);
+        }
+        let port = udp.dst_port();
+        if port == DHCP_SERVER_PORT && (dst.is_broadcast() || dst == self.config.gateway_ip) {
+            let packet = DhcpPacket::new_checked(udp.payload()).map_err(|_| Drop::Malformed)?;
+            let repr = DhcpRepr::parse(&packet).map_err(|_| Drop::Malformed)?;
+            let (reply, outcome) = self.dhcp.handle(&repr, now);
+            match outcome {
+                DhcpOutcome::Offer => self.stats.dhcp_offers += 1,
+                DhcpOutcome::Ack => self.stats.dhcp_acks += 1,
+                DhcpOutcome::Nak => self.stats.dhcp_naks += 1,
+                DhcpOutcome::PoolExhausted => self.stats.dhcp_pool_exhausted += 1,
+                DhcpOutcome::Silent => {}
+            }
+            if let Some(reply) = reply {
+                let frame = emit::udp_frame(
+                    self.mac,
+                    reply.dst.mac,
+                    SocketAddrV4::new(self.config.gateway_ip, DHCP_SERVER_PORT),
+                    SocketAddrV4::new(reply.dst.ip, reply.dst.port),
+                    &reply.payload,
+                );
+                self.send(frame);
+            }
+            return Ok(());
+        }
+        if port == DNS_PORT && dst == self.config.gateway_ip {
+            let (reply, outcome) = self.dns.answer(udp.payload());
+            let Some(reply) = reply else {
+                return Err(Drop::Malformed);
+            };
+            self.stats.dns_queries += 1;
+            self.stats.dns_fake_ips += u64::from(outcome.new_fake_ip);
+            self.stats.dns_errors += u64::from(outcome.error);
+            let frame = emit::udp_frame(
+                self.mac,
+                src_mac,
+                SocketAddrV4::new(dst, DNS_PORT),
+                SocketAddrV4::new(src, udp.src_port()),
+                &reply,
+            );
+            self.send(frame);
+            return Ok(());
+        }
+        if self.is_ours(dst) || dst.is_broadcast() {
+            Err(Drop::Unsupported)
+        } else {
+            Err(Drop::NotForUs)
+        }
+    }
+
+    fn process_tcp(
+        &mut self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        body: &[u8],
+        ip_bytes: &[u8],
+        now: Instant,
+    ) -> Result<(), Drop> {
+        let segment = TcpPacket::new_checked(body).map_err(|_| Drop::Malformed)?;
+        if !segment.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst)) {
+            return Err(Drop::Malformed);
+        }
+        if segment.syn() && !segment.ack() && !segment.rst() {
+            let is_fake = self.dns.fake_ips.contains(dst);
+            let Inner {
+                tcp,
+                sockets,
+                stats,
+                ..
+            } = self;
+            tcp.on_syn(
+                sockets,
+                SocketAddrV4::new(src, segment.src_port()),
+                SocketAddrV4::new(dst, segment.dst_port()),
+                is_fake,
+                stats,
+            );
+        }
+        self.device.tx_room = self
+            .config
+            .max_outbound_frames
+            .saturating_sub(self.outbound.len());
+        self.device.rx = Some(ip_bytes.to_vec());
+        self.iface
+            .poll_ingress_single(now, &mut self.device, &mut self.sockets);
+        self.device.rx = None;
+        self.flush_device();
+        Ok(())
+    }
+}

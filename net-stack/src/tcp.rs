@@ -1,0 +1,509 @@
+//! TCP listeners and streams over smoltcp sockets.
+//!
+//! smoltcp sockets accept one connection each, so the stack looks at every incoming SYN before
+//! smoltcp does: when a listener matches and no socket has that 4-tuple, a fresh socket listening
+//! on exactly (destination IP, port) is created and takes the SYN. Sockets then move from the
+//! listener's handshaking set to its accept queue once established, become `TcpStream`s on
+//! `accept`, and are removed from the `SocketSet` once their stream is dropped and they closed.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp::{self, RecvError, SendError, State};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{IpAddress, IpListenEndpoint};
+
+use crate::config::TcpConfig;
+use crate::stack::{Inner, Shared};
+use crate::stats::Stats;
+
+/// Where a listener accepts connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// One address of ours: the gateway or a virtual IP.
+    Ip(Ipv4Addr),
+    /// Any address of the DNS fake-IP pool (for transparent proxying of names).
+    FakeIps,
+}
+
+/// Why `Stack::listen` failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ListenError {
+    /// The address is neither the gateway nor a virtual IP.
+    #[error("{0} is not the gateway or a virtual IP")]
+    NotLocal(Ipv4Addr),
+    /// Port 0 cannot be listened on.
+    #[error("port 0 cannot be listened on")]
+    PortZero,
+    /// Another live listener already has this address and port.
+    #[error("address and port already have a listener")]
+    InUse,
+}
+
+/// How long a handshake may take before its socket is given up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct ListenerState {
+    addr: ListenAddr,
+    port: u16,
+    handshaking: Vec<SocketHandle>,
+    ready: VecDeque<SocketHandle>,
+    waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+    /// Set while handshaking or waiting in an accept queue.
+    listener: Option<u64>,
+    /// Set once no `TcpStream` (and no listener) refers to the socket any more.
+    orphaned_at: Option<Instant>,
+}
+
+/// Listeners and connections of the stack.
+#[derive(Debug)]
+pub(crate) struct TcpTable {
+    config: TcpConfig,
+    listeners: HashMap<u64, ListenerState>,
+    next_listener: u64,
+    conns: HashMap<SocketHandle, Conn>,
+}
+
+/// What the stack decided for an incoming SYN (for tests and counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SynVerdict {
+    /// A socket for this 4-tuple exists (a retransmitted SYN); smoltcp handles it.
+    Existing,
+    /// A fresh socket now listens for it.
+    Created,
+    /// Nobody listens: smoltcp answers RST.
+    NoListener,
+    /// A limit was reached: no socket, smoltcp answers RST.
+    Limit,
+}
+
+impl TcpTable {
+    pub(crate) fn new(config: TcpConfig) -> Self {
+        TcpTable {
+            config,
+            listeners: HashMap::new(),
+            next_listener: 1,
+            conns: HashMap::new(),
+        }
+    }
+
+    /// Connections holding a socket.
+    pub(crate) fn open(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Registers a listener; the caller checked that `Ip` addresses are ours.
+    pub(crate) fn listen(&mut self, addr: ListenAddr, port: u16) -> Result<u64, ListenError> {
+        if port == 0 {
+            return Err(ListenError::PortZero);
+        }
+        if self
+            .listeners
+            .values()
+            .any(|l| l.addr == addr && l.port == port)
+        {
+            return Err(ListenError::InUse);
+        }
+        let id = self.next_listener;
+        self.next_listener += 1;
+        self.listeners.insert(
+            id,
+            ListenerState {
+                addr,
+                port,
+                handshaking: Vec::new(),
+                ready: VecDeque::new(),
+                waker: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Inspects a SYN (without ACK) before smoltcp sees it and creates a socket for it when a
+    /// listener matches.
+    pub(crate) fn on_syn(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        is_fake_ip: bool,
+        stats: &mut Stats,
+    ) -> SynVerdict {
+        if self
+            .conns
+            .values()
+            .any(|c| c.local == dst && c.remote == src)
+        {
+            return SynVerdict::Existing;
+        }
+        let matching = self.listeners.iter_mut().find(|(_, l)| {
+            l.port == dst.port()
+                && match l.addr {
+                    ListenAddr::Ip(ip) => ip == *dst.ip(),
+                    ListenAddr::FakeIps => is_fake_ip,
+                }
+        });
+        let Some((&id, listener)) = matching else {
+            stats.tcp_refused += 1;
+            return SynVerdict::NoListener;
+        };
+        if self.conns.len() >= self.config.max_connections
+            || listener.handshaking.len() + listener.ready.len() >= self.config.listen_backlog
+        {
+            stats.tcp_refused += 1;
+            stats.tcp_refused_limit += 1;
+            return SynVerdict::Limit;
+        }
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; self.config.rx_buffer]),
+            tcp::SocketBuffer::new(vec![0u8; self.config.tx_buffer]),
+        );
+        // Small writes of a proxy (headers, TLS records) should leave at once.
+        socket.set_nagle_enabled(false);
+        socket.set_timeout(Some(HANDSHAKE_TIMEOUT));
+        let endpoint = IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(*dst.ip())),
+            port: dst.port(),
+        };
+        if socket.listen(endpoint).is_err() {
+            return SynVerdict::NoListener;
+        }
+        let handle = sockets.add(socket);
+        listener.handshaking.push(handle);
+        self.conns.insert(
+            handle,
+            Conn {
+                local: dst,
+                remote: src,
+                listener: Some(id),
+                orphaned_at: None,
+            },
+        );
+        SynVerdict::Created
+    }
+
+    /// After smoltcp processed input: moves established sockets to accept queues, forgets
+    /// handshakes that failed, drains and times out orphaned connections.
+    pub(crate) fn maintain(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        now: Instant,
+        stats: &mut Stats,
+    ) {
+        let mut forget = Vec::new();
+        for listener in self.listeners.values_mut() {
+            listener.handshaking.retain(|&handle| {
+                let socket = sockets.get_mut::<tcp::Socket>(handle);
+                match socket.state() {
+                    State::SynReceived => true,
+                    // The SYN never reached it, or the guest reset the handshake.
+                    State::Listen | State::Closed | State::TimeWait => {
+                        forget.push(handle);
+                        false
+                    }
+                    _ => {
+                        socket.set_timeout(None);
+                        listener.ready.push_back(handle);
+                        stats.tcp_accepted += 1;
+                        if let Some(waker) = listener.waker.take() {
+                            waker.wake();
+                        }
+                        false
+                    }
+                }
+            });
+        }
+        for handle in forget {
+            self.conns.remove(&handle);
+            sockets.remove(handle);
+        }
+        for (&handle, conn) in self.conns.iter_mut() {
+            let Some(since) = conn.orphaned_at else {
+                continue;
+            };
+            let socket = sockets.get_mut::<tcp::Socket>(handle);
+            // Nobody will read: discard data so the guest is not stuck on a zero window.
+            while socket.can_recv() {
+                if socket.recv(|data| (data.len(), ())).is_err() {
+                    break;
+                }
+            }
+            if now >= since + self.config.orphan_timeout && socket.is_open() {
+                socket.abort();
+            }
+        }
+    }
+
+    /// After smoltcp transmitted: removes sockets of orphaned connections that are closed.
+    pub(crate) fn reclaim(&mut self, sockets: &mut SocketSet<'static>) {
+        self.conns.retain(|&handle, conn| {
+            if conn.orphaned_at.is_none() {
+                return true;
+            }
+            let state = sockets.get::<tcp::Socket>(handle).state();
+            if matches!(state, State::Closed | State::TimeWait) {
+                sockets.remove(handle);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// The earliest orphan deadline, for `poll_delay`.
+    pub(crate) fn poll_at(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter_map(|c| c.orphaned_at)
+            .map(|since| since + self.config.orphan_timeout)
+            .min()
+    }
+
+    /// Next established connection of a listener, or registers the waker.
+    fn poll_accept(
+        &mut self,
+        id: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<(SocketHandle, SocketAddrV4, SocketAddrV4)> {
+        let Some(listener) = self.listeners.get_mut(&id) else {
+            return Poll::Pending;
+        };
+        match listener.ready.pop_front() {
+            Some(handle) => {
+                let conn = self
+                    .conns
+                    .get_mut(&handle)
+                    .expect("queued socket has a connection");
+                conn.listener = None;
+                Poll::Ready((handle, conn.local, conn.remote))
+            }
+            None => {
+                listener.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Drops a listener: its handshakes and unaccepted connections are reset.
+    fn close_listener(&mut self, id: u64, sockets: &mut SocketSet<'static>, now: Instant) {
+        let Some(listener) = self.listeners.remove(&id) else {
+            return;
+        };
+        for handle in listener.handshaking.into_iter().chain(listener.ready) {
+            sockets.get_mut::<tcp::Socket>(handle).abort();
+            if let Some(conn) = self.conns.get_mut(&handle) {
+                conn.listener = None;
+                conn.orphaned_at = Some(now);
+            }
+        }
+    }
+
+    /// A stream was dropped: close the socket (FIN after queued data) and reclaim it later.
+    fn orphan(&mut self, handle: SocketHandle, sockets: &mut SocketSet<'static>, now: Instant) {
+        let socket = sockets.get_mut::<tcp::Socket>(handle);
+        socket.close();
+        socket.set_timeout(Some(self.config.orphan_timeout));
+        if let Some(conn) = self.conns.get_mut(&handle) {
+            conn.orphaned_at = Some(now);
+        }
+    }
+}
+
+/// Accepts TCP connections to one (address, port); dropping it resets connections not yet
+/// accepted and makes new SYNs get RST.
+pub struct TcpListener {
+    shared: Rc<Shared>,
+    id: u64,
+    port: u16,
+}
+
+impl TcpListener {
+    pub(crate) fn new(shared: Rc<Shared>, id: u64, port: u16) -> Self {
+        TcpListener { shared, id, port }
+    }
+
+    /// The next established connection, or Pending (the waker is woken by `Stack::poll`).
+    pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<TcpStream> {
+        let mut inner = self.shared.inner.borrow_mut();
+        inner
+            .tcp
+            .poll_accept(self.id, cx)
+            .map(|(handle, local, peer)| TcpStream {
+                shared: self.shared.clone(),
+                handle,
+                local,
+                peer,
+                write_closed: false,
+            })
+    }
+
+    /// Waits for the next established connection.
+    pub async fn accept(&self) -> TcpStream {
+        futures::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// The port this listener accepts on.
+    pub fn local_port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl std::fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.shared.inner.try_borrow_mut() {
+            let Inner {
+                tcp, sockets, now, ..
+            } = &mut *inner;
+            tcp.close_listener(self.id, sockets, *now);
+            drop(inner);
+            self.shared.request_poll();
+        }
+    }
+}
+
+/// One accepted TCP connection as an async byte stream with smoltcp's buffers as the only
+/// buffering: a slow reader shrinks the advertised window, writes wait for transmit space.
+pub struct TcpStream {
+    shared: Rc<Shared>,
+    handle: SocketHandle,
+    local: SocketAddrV4,
+    peer: SocketAddrV4,
+    write_closed: bool,
+}
+
+impl TcpStream {
+    /// The address and port the guest connected to (a virtual IP, the gateway or a fake IP).
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    /// The guest's address and port.
+    pub fn peer_addr(&self) -> SocketAddrV4 {
+        self.peer
+    }
+
+    fn with_socket<R>(&self, f: impl FnOnce(&mut tcp::Socket<'static>) -> R) -> R {
+        let mut inner = self.shared.inner.borrow_mut();
+        f(inner.sockets.get_mut::<tcp::Socket>(self.handle))
+    }
+}
+
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("local", &self.local)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+fn reset() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "connection reset by the guest",
+    )
+}
+
+impl futures::io::AsyncRead for TcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let result = self.with_socket(|socket| match socket.recv_slice(buf) {
+            Ok(0) => {
+                socket.register_recv_waker(cx.waker());
+                Poll::Pending
+            }
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(RecvError::Finished) => Poll::Ready(Ok(0)),
+            Err(RecvError::InvalidState) => Poll::Ready(Err(reset())),
+        });
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                // The window opened: smoltcp may owe the guest a window update.
+                self.shared.request_poll();
+            }
+        }
+        result
+    }
+}
+
+impl futures::io::AsyncWrite for TcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let write_closed = self.write_closed;
+        let result = self.with_socket(|socket| match socket.send_slice(buf) {
+            Ok(0) => {
+                socket.register_send_waker(cx.waker());
+                Poll::Pending
+            }
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(SendError::InvalidState) if write_closed => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after close",
+            ))),
+            Err(SendError::InvalidState) => Poll::Ready(Err(reset())),
+        });
+        if let Poll::Ready(Ok(_)) = result {
+            self.shared.request_poll();
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Written data is in smoltcp's transmit buffer; the next `Stack::poll` sends it.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.write_closed {
+            self.write_closed = true;
+            self.with_socket(|socket| socket.close());
+            self.shared.request_poll();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.shared.inner.try_borrow_mut() {
+            let Inner {
+                tcp, sockets, now, ..
+            } = &mut *inner;
+            tcp.orphan(self.handle, sockets, *now);
+            drop(inner);
+            self.shared.request_poll();
+        }
+    }
+}
