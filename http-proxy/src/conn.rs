@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use fetch_transport::Body;
+use futures::future::LocalBoxFuture;
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use futures::StreamExt;
 use http::header::{self, HeaderValue};
@@ -16,7 +17,7 @@ use crate::body::decode::{request_framing, Decoder, RequestFraming};
 use crate::body::encode::{encode_chunk, write_response_head, ResponseFraming, LAST_CHUNK};
 use crate::error_page::ErrorPage;
 use crate::head::{parse_request_head, RequestHead, Version};
-use crate::io::{Inbound, Outbound};
+use crate::io::{BoxedStream, Inbound, Outbound, Prefixed};
 use crate::request_body::{DecoderState, RequestBody};
 use crate::stats::Counters;
 use crate::target::{origin_from_host_header, parse_target, Origin, Scheme, Target};
@@ -24,7 +25,7 @@ use crate::Proxy;
 
 /// How request-targets on a connection are interpreted.
 #[derive(Debug, Clone)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// A forward proxy: absolute-form requests; origin-form requests are for the proxy's own
     /// pages.
     Forward,
@@ -53,26 +54,52 @@ pub enum ServeError {
 enum Outcome {
     KeepAlive,
     Close,
+    /// CONNECT was accepted: the rest of the stream is a tunnel to this origin.
+    Tunnel(Origin),
 }
 
 /// Serves HTTP/1.1 on `stream` until the guest closes it, an error closes it, or keep-alive
-/// ends.
-pub(crate) async fn serve<S>(proxy: &Proxy, stream: S, mode: Mode) -> Result<(), ServeError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
-    let limits = &proxy.config.limits;
-    let (reader, writer) = stream.split();
-    let inbound = Rc::new(RefCell::new(Inbound::new(
-        reader,
-        limits.max_body_piece,
-        proxy.timer.clone(),
-        limits.idle_timeout,
-    )));
-    let mut out = Outbound::new(writer, proxy.timer.clone(), limits.io_timeout);
-    let result = serve_requests(proxy, &inbound, &mut out, &mode).await;
-    let _ = out.close().await;
-    result
+/// ends. A CONNECT continues as a tunnel on the same stream (boxed: it recurses).
+pub(crate) fn serve<'a>(
+    proxy: &'a Proxy,
+    stream: BoxedStream,
+    mode: Mode,
+) -> LocalBoxFuture<'a, Result<(), ServeError>> {
+    Box::pin(async move {
+        let limits = &proxy.config.limits;
+        let (reader, writer) = stream.split();
+        let inbound = Rc::new(RefCell::new(Inbound::new(
+            reader,
+            limits.max_body_piece,
+            proxy.timer.clone(),
+            limits.idle_timeout,
+        )));
+        let mut out = Outbound::new(writer, proxy.timer.clone(), limits.io_timeout);
+        let result = serve_requests(proxy, &inbound, &mut out, &mode).await;
+        match result {
+            Ok(Some(origin)) => {
+                // Hand the same byte stream, with what was read ahead, to the tunnel.
+                let Ok(inbound) = Rc::try_unwrap(inbound) else {
+                    let _ = out.close().await;
+                    return Ok(());
+                };
+                let (reader, read_ahead) = inbound.into_inner().into_parts();
+                let Ok(stream) = reader.reunite(out.into_inner()) else {
+                    return Ok(());
+                };
+                let stream: BoxedStream = Box::new(Prefixed::new(read_ahead, stream));
+                crate::tls::tunnel(proxy, stream, origin).await
+            }
+            Ok(None) => {
+                let _ = out.close().await;
+                Ok(())
+            }
+            Err(err) => {
+                let _ = out.close().await;
+                Err(err)
+            }
+        }
+    })
 }
 
 async fn serve_requests<R, W>(
@@ -80,7 +107,7 @@ async fn serve_requests<R, W>(
     inbound: &Rc<RefCell<Inbound<R>>>,
     out: &mut Outbound<W>,
     mode: &Mode,
-) -> Result<(), ServeError>
+) -> Result<Option<Origin>, ServeError>
 where
     R: AsyncRead + Unpin + 'static,
     W: AsyncWrite + Unpin,
@@ -88,19 +115,20 @@ where
     loop {
         let head = match read_head(proxy, inbound).await {
             Ok(Some(head)) => head,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(None),
             Err(HeadRead::Rejected(page)) => {
                 Counters::add(&proxy.counters.bad_requests, 1);
                 write_page(proxy, out, &page, Version::Http11, false).await?;
-                return Ok(());
+                return Ok(None);
             }
-            Err(HeadRead::Io(err)) if err.kind() == io::ErrorKind::TimedOut => return Ok(()),
+            Err(HeadRead::Io(err)) if err.kind() == io::ErrorKind::TimedOut => return Ok(None),
             Err(HeadRead::Io(err)) => return Err(err.into()),
         };
         Counters::add(&proxy.counters.requests, 1);
         match handle_request(proxy, inbound, out, mode, head).await? {
             Outcome::KeepAlive => continue,
-            Outcome::Close => return Ok(()),
+            Outcome::Close => return Ok(None),
+            Outcome::Tunnel(origin) => return Ok(Some(origin)),
         }
     }
 }
@@ -268,12 +296,7 @@ where
         return reject_and_close(proxy, out, &page, version).await;
     }
     if head.method == Method::CONNECT {
-        let page = reject(
-            StatusCode::NOT_IMPLEMENTED,
-            "unsupported",
-            "CONNECT is not supported on this entry point",
-        );
-        return reject_and_close(proxy, out, &page, version).await;
+        return connect(proxy, inbound, out, mode, &head).await;
     }
     let framing = match request_framing(&head.headers, version) {
         Ok(f) => f,
@@ -401,6 +424,66 @@ where
     } else {
         Outcome::Close
     })
+}
+
+/// Accepts a CONNECT: answers 200 and turns the connection into a tunnel whose TLS the proxy
+/// terminates with a leaf for the target.
+async fn connect<R, W>(
+    proxy: &Proxy,
+    inbound: &Rc<RefCell<Inbound<R>>>,
+    out: &mut Outbound<W>,
+    mode: &Mode,
+    head: &RequestHead,
+) -> Result<Outcome, ServeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let version = head.version;
+    let unsupported = |msg: &str| ErrorPage::new(StatusCode::NOT_IMPLEMENTED, "unsupported", msg);
+    if !matches!(mode, Mode::Forward) {
+        return reject_and_close(
+            proxy,
+            out,
+            &unsupported("CONNECT is only accepted by the forward proxy port"),
+            version,
+        )
+        .await;
+    }
+    if proxy.issuer.is_none() {
+        let page = unsupported("this proxy has no CA, so it cannot terminate TLS for CONNECT");
+        return reject_and_close(proxy, out, &page, version).await;
+    }
+    let (host, port) = match parse_target(&head.target, true) {
+        Ok(Target::Authority { host, port }) => (host, port),
+        Ok(_) | Err(_) => {
+            let page = ErrorPage::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "CONNECT needs a host:port target",
+            );
+            return reject_and_close(proxy, out, &page, version).await;
+        }
+    };
+    if !matches!(
+        request_framing(&head.headers, version),
+        Ok(RequestFraming::Empty)
+    ) {
+        let page = ErrorPage::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "CONNECT must not have a body",
+        );
+        return reject_and_close(proxy, out, &page, version).await;
+    }
+    let _ = inbound;
+    out.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await?;
+    Ok(Outcome::Tunnel(Origin {
+        scheme: Scheme::Https,
+        host,
+        port,
+    }))
 }
 
 fn expects_continue(head: &RequestHead) -> bool {

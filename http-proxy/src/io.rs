@@ -81,6 +81,11 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
         }
     }
 
+    /// Takes the reader and the bytes read ahead back (to hand the stream to TLS).
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.reader, self.buf)
+    }
+
     /// Awaits [`Self::poll_fill`].
     pub async fn fill(&mut self) -> io::Result<usize> {
         future::poll_fn(|cx| self.poll_fill(cx)).await
@@ -121,6 +126,11 @@ impl<W: AsyncWrite + Unpin> Outbound<W> {
         }
     }
 
+    /// Takes the writer back (to hand the stream to TLS).
+    pub fn into_inner(self) -> W {
+        self.writer
+    }
+
     /// Flushes and closes the write side (sends FIN), bounded by the timeout.
     pub async fn close(&mut self) -> io::Result<()> {
         let sleep = self.timer.sleep(self.timeout);
@@ -132,5 +142,57 @@ impl<W: AsyncWrite + Unpin> Outbound<W> {
                 Err(io::Error::new(io::ErrorKind::TimedOut, "close timed out"))
             }
         }
+    }
+}
+
+/// Any guest byte stream, type-erased so that a stream can be wrapped (TLS inside a CONNECT
+/// tunnel) without the connection code becoming infinitely generic.
+pub trait GuestStream: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> GuestStream for T {}
+
+/// A boxed [`GuestStream`].
+pub(crate) type BoxedStream = Box<dyn GuestStream>;
+
+/// A stream whose first bytes come from a buffer already read from it (bytes read ahead
+/// while parsing the CONNECT request, or while sniffing for a TLS ClientHello).
+pub(crate) struct Prefixed<S> {
+    prefix: BytesMut,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: BytesMut, inner: S) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.prefix.is_empty() {
+            let n = buf.len().min(self.prefix.len());
+            buf[..n].copy_from_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }

@@ -16,16 +16,43 @@ mod request_body;
 mod stats;
 pub mod target;
 mod timer;
+mod tls;
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use fetch_transport::Transport;
 use futures::io::{AsyncRead, AsyncWrite};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, StatusCode};
+use mitm_ca::Issuer;
 
-pub use conn::{Mode, ServeError};
+use conn::Mode;
+pub use conn::ServeError;
+pub use io::GuestStream;
+use target::{Origin, Scheme};
+
+/// Which service of the proxy a guest connection reached; decides how its bytes are read.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// The forward proxy port (`http_proxy`): absolute-form requests, and CONNECT tunnels
+    /// whose TLS is terminated with a leaf for the target.
+    ForwardProxy,
+    /// Plain HTTP addressed to an origin (transparent interception): the Host header names
+    /// the origin, else `fallback` (e.g. the name a fake IP stands for).
+    Http {
+        /// The origin used when a request has no Host header.
+        fallback: Option<Origin>,
+    },
+    /// TLS addressed to an origin or to the proxy itself: terminated with a leaf for the SNI
+    /// (else `fallback`'s host, else the proxy's own name); requests inside go to the Host
+    /// header, else `fallback`, else the SNI.
+    Tls {
+        /// The origin used when neither SNI nor Host header says more.
+        fallback: Option<Origin>,
+    },
+}
 pub use error_page::{ErrorPage, PROXY_ERROR_HEADER};
 pub use limits::Limits;
 pub use stats::ProxyStats;
@@ -58,6 +85,7 @@ pub struct Proxy {
     config: ProxyConfig,
     transport: Rc<dyn Transport>,
     timer: Rc<dyn Timer>,
+    issuer: Option<Arc<Issuer>>,
     counters: stats::Counters,
 }
 
@@ -68,8 +96,19 @@ impl Proxy {
             config,
             transport,
             timer,
+            issuer: None,
             counters: stats::Counters::default(),
         }
+    }
+
+    /// Enables TLS termination (CONNECT, port 443, transparent HTTPS) with leaves from
+    /// `issuer`; its CA certificate is served at `/ca.pem` unless the config names another.
+    pub fn with_issuer(mut self, issuer: Arc<Issuer>) -> Self {
+        if self.config.ca_certificate_pem.is_none() {
+            self.config.ca_certificate_pem = Some(issuer.ca().certificate_pem());
+        }
+        self.issuer = Some(issuer);
+        self
     }
 
     /// The configuration.
@@ -84,13 +123,45 @@ impl Proxy {
 
     /// Serves one guest connection until it ends. Never panics on guest input; every error
     /// the guest caused was answered before this returns.
-    pub async fn serve<S>(&self, stream: S, mode: Mode) -> Result<(), ServeError>
+    pub async fn serve<S>(&self, stream: S, entry: Entry) -> Result<(), ServeError>
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         stats::Counters::add(&self.counters.connections_total, 1);
         stats::Counters::add(&self.counters.connections_open, 1);
-        let result = conn::serve(self, stream, mode).await;
+        let stream: io::BoxedStream = Box::new(stream);
+        let result = match entry {
+            Entry::ForwardProxy => conn::serve(self, stream, Mode::Forward).await,
+            Entry::Http { fallback } => {
+                conn::serve(
+                    self,
+                    stream,
+                    Mode::Origin {
+                        scheme: Scheme::Http,
+                        fixed: None,
+                        fallback,
+                    },
+                )
+                .await
+            }
+            Entry::Tls { fallback } => {
+                let default_host = match &fallback {
+                    Some(origin) => origin.host.bare(),
+                    None => self
+                        .config
+                        .own_hosts
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "localhost".into()),
+                };
+                let mode = Mode::Origin {
+                    scheme: Scheme::Https,
+                    fixed: None,
+                    fallback,
+                };
+                tls::terminate(self, stream, &default_host, mode).await
+            }
+        };
         self.counters
             .connections_open
             .set(self.counters.connections_open.get() - 1);

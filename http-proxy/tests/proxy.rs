@@ -15,7 +15,7 @@ use futures::executor::block_on;
 use futures::future::{self, LocalBoxFuture};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::stream;
-use http_proxy::{Limits, Mode, Proxy, ProxyConfig, Timer};
+use http_proxy::{Entry, Limits, Proxy, ProxyConfig, Timer};
 
 /// A guest: reads come from `input` in pieces of `piece` bytes; then EOF, or a stall forever.
 struct Guest {
@@ -137,7 +137,7 @@ struct Run {
 fn run_with(
     input: &[u8],
     respond: Responder,
-    mode: Mode,
+    mode: Entry,
     piece: usize,
     stall: bool,
     fire: bool,
@@ -182,7 +182,7 @@ fn run(input: &[u8], respond: Responder) -> Run {
     run_with(
         input,
         respond,
-        Mode::Forward,
+        Entry::ForwardProxy,
         7,
         false,
         false,
@@ -228,7 +228,7 @@ fn keep_alive_and_pipelined_requests_are_answered_in_order() {
     let r = run_with(
         input,
         respond,
-        Mode::Forward,
+        Entry::ForwardProxy,
         1000,
         false,
         false,
@@ -494,7 +494,7 @@ fn stalled_guest_is_closed_by_the_timeout() {
     let r = run_with(
         b"GET http://a.test/ HTTP/1.1\r\nHost",
         ok_text("x"),
-        Mode::Forward,
+        Entry::ForwardProxy,
         7,
         true,
         true,
@@ -505,7 +505,7 @@ fn stalled_guest_is_closed_by_the_timeout() {
     let r = run_with(
         b"GET http://a.test/ HTTP/1.1\r\n\r\n",
         ok_text("x"),
-        Mode::Forward,
+        Entry::ForwardProxy,
         64,
         true,
         true,
@@ -532,18 +532,16 @@ fn own_pages_status_and_ca() {
 #[test]
 fn origin_mode_uses_host_header_or_fallback() {
     use http_proxy::target::{Host, Origin, Scheme};
-    let mode = Mode::Origin {
-        scheme: Scheme::Https,
-        fixed: None,
+    let mode = Entry::Http {
         fallback: Some(Origin {
-            scheme: Scheme::Https,
+            scheme: Scheme::Http,
             host: Host::Name("mapped.test".into()),
-            port: 443,
+            port: 80,
         }),
     };
     let r = run_with(b"GET /a HTTP/1.1\r\nHost: site.test:8443\r\n\r\nGET /b HTTP/1.1\r\nConnection: close\r\n\r\n", ok_text("x"), mode, 64, false, false, Limits::default());
     let urls: Vec<_> = r.seen.iter().map(|s| s.url.as_str()).collect();
-    assert_eq!(urls, ["https://site.test:8443/a", "https://mapped.test/b"]);
+    assert_eq!(urls, ["http://site.test:8443/a", "http://mapped.test/b"]);
 }
 
 #[test]
