@@ -1,36 +1,108 @@
 //! The services behind the virtual network's addresses: which TCP listeners exist and which
-//! proxy entry point serves each. Shared by the native runner and the browser build.
+//! proxy entry serves each. Shared by the native runner and the browser build.
+//!
+//! - `proxy_ip:80`: the forward proxy (`http_proxy`/`https_proxy`), CONNECT included.
+//! - `proxy_ip:443`: TLS to the proxy itself (the original listens there too).
+//! - any fake IP from the DNS server, ports 80 and 443: transparent interception for programs
+//!   that ignore the proxy variables; the fake IP's name is the fallback origin. Other ports
+//!   on fake IPs, and every unserved port, are refused at once with RST by the stack.
 
 use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use futures::future::LocalBoxFuture;
-use http_proxy::{Mode, Proxy};
-use net_stack::{ListenAddr, ListenError, Stack, TcpListener};
+use http_proxy::target::{Host, Origin, Scheme};
+use http_proxy::{Entry, Proxy};
+use net_stack::{ListenAddr, ListenError, Stack, TcpListener, TcpStream};
 
 /// Spawns a task on the embedder's single-threaded executor.
 pub type Spawner = Rc<dyn Fn(LocalBoxFuture<'static, ()>)>;
 
+/// Which entry a listener's connections get.
+#[derive(Debug, Clone, Copy)]
+enum Service {
+    ForwardProxy,
+    ProxyTls,
+    TransparentHttp,
+    TransparentHttps,
+}
+
 /// Opens the proxy's listeners on `stack` and spawns their accept loops with `spawn`.
-///
-/// Port 80 of `proxy_ip` is the plain forward proxy (`http_proxy`). Every connection is
-/// served on its own task.
-pub fn start(stack: &Stack, proxy: Rc<Proxy>, proxy_ip: Ipv4Addr, spawn: Spawner) -> Result<(), ListenError> {
-    let listener = stack.listen(ListenAddr::Ip(proxy_ip), 80)?;
-    spawn(Box::pin(accept_loop(listener, proxy, Mode::Forward, spawn.clone())));
+pub fn start(
+    stack: &Stack,
+    proxy: Rc<Proxy>,
+    proxy_ip: Ipv4Addr,
+    spawn: Spawner,
+) -> Result<(), ListenError> {
+    let listeners = [
+        (
+            stack.listen(ListenAddr::Ip(proxy_ip), 80)?,
+            Service::ForwardProxy,
+        ),
+        (
+            stack.listen(ListenAddr::Ip(proxy_ip), 443)?,
+            Service::ProxyTls,
+        ),
+        (
+            stack.listen(ListenAddr::FakeIps, 80)?,
+            Service::TransparentHttp,
+        ),
+        (
+            stack.listen(ListenAddr::FakeIps, 443)?,
+            Service::TransparentHttps,
+        ),
+    ];
+    for (listener, service) in listeners {
+        let task = accept_loop(
+            listener,
+            stack.clone(),
+            proxy.clone(),
+            service,
+            spawn.clone(),
+        );
+        spawn(Box::pin(task));
+    }
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, proxy: Rc<Proxy>, mode: Mode, spawn: Spawner) {
+/// The origin a transparently intercepted connection stands for: the name its fake IP was
+/// handed out for.
+fn fake_ip_origin(stack: &Stack, stream: &TcpStream, scheme: Scheme) -> Option<Origin> {
+    let local = stream.local_addr();
+    let name = stack.fake_ip_name(*local.ip())?;
+    let host = Host::parse(&name).ok()?;
+    Some(Origin {
+        scheme,
+        host,
+        port: local.port(),
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    stack: Stack,
+    proxy: Rc<Proxy>,
+    service: Service,
+    spawn: Spawner,
+) {
     loop {
         let stream = listener.accept().await;
         let peer = stream.peer_addr();
         let local = stream.local_addr();
-        tracing::debug!(%peer, %local, "guest connection");
+        let entry = match service {
+            Service::ForwardProxy => Entry::ForwardProxy,
+            Service::ProxyTls => Entry::Tls { fallback: None },
+            Service::TransparentHttp => Entry::Http {
+                fallback: fake_ip_origin(&stack, &stream, Scheme::Http),
+            },
+            Service::TransparentHttps => Entry::Tls {
+                fallback: fake_ip_origin(&stack, &stream, Scheme::Https),
+            },
+        };
+        tracing::debug!(%peer, %local, ?service, "guest connection");
         let proxy = proxy.clone();
-        let mode = mode.clone();
         spawn(Box::pin(async move {
-            if let Err(err) = proxy.serve(stream, mode).await {
+            if let Err(err) = proxy.serve(stream, entry).await {
                 tracing::debug!(%peer, %local, error = %err, "guest connection ended with an error");
             }
         }));

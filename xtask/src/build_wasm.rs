@@ -14,7 +14,15 @@ pub fn run_build(_args: &[String]) -> Result<PathBuf> {
     ensure_wasm_toolchain()?;
     let root = workspace_root();
     run(Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-unknown-unknown", "-p", "c2w-net-proxy", "--lib"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-unknown-unknown",
+            "-p",
+            "c2w-net-proxy",
+            "--lib",
+        ])
         .current_dir(&root))?;
     let wasm = root.join("target/wasm32-unknown-unknown/release/c2w_net_proxy.wasm");
     let dist = root.join("dist");
@@ -29,12 +37,19 @@ pub fn run_build(_args: &[String]) -> Result<PathBuf> {
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .typescript(true)
         .out_name("c2w_net_proxy");
-    bindgen.generate(&dist).map_err(|e| anyhow::anyhow!("wasm-bindgen: {e}"))?;
+    bindgen
+        .generate(&dist)
+        .map_err(|e| anyhow::anyhow!("wasm-bindgen: {e}"))?;
     write_package_json(&dist)?;
     let out_wasm = dist.join("c2w_net_proxy_bg.wasm");
     let raw = std::fs::metadata(&out_wasm)?.len();
     let gz = gzip_size(&out_wasm)?;
-    println!("dist/: {} bytes wasm ({} bytes gzip), in {}", raw, gz, dist.display());
+    println!(
+        "dist/: {} bytes wasm ({} bytes gzip), in {}",
+        raw,
+        gz,
+        dist.display()
+    );
     Ok(dist)
 }
 

@@ -25,19 +25,26 @@ pub fn register(action: Action) -> Action {
             std::process::exit(130);
         });
     });
-    ACTIONS.lock().unwrap_or_else(|e| e.into_inner()).push(action.clone());
+    ACTIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(action.clone());
     action
 }
 
 /// Runs one registered action now and forgets it.
 pub fn run_one(action: &Action) {
     execute(action);
-    ACTIONS.lock().unwrap_or_else(|e| e.into_inner()).retain(|a| a != action);
+    ACTIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|a| a != action);
 }
 
 /// Runs every registered action, most recent first.
 pub fn run_all() {
-    let actions: Vec<Action> = std::mem::take(&mut *ACTIONS.lock().unwrap_or_else(|e| e.into_inner()));
+    let actions: Vec<Action> =
+        std::mem::take(&mut *ACTIONS.lock().unwrap_or_else(|e| e.into_inner()));
     for action in actions.iter().rev() {
         execute(action);
     }

@@ -29,9 +29,16 @@ impl GuestNs {
         let netns_dir = PathBuf::from("/etc/netns").join(name);
         let action = cleanup::register(Action::DeleteNetns(name.to_string()));
         std::fs::create_dir_all(&netns_dir).context("creating /etc/netns entry")?;
-        std::fs::write(netns_dir.join("resolv.conf"), "# written by cargo xtask for a test namespace\n")?;
+        std::fs::write(
+            netns_dir.join("resolv.conf"),
+            "# written by cargo xtask for a test namespace\n",
+        )?;
         run(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Self { name: name.to_string(), iface: String::new(), action };
+        let ns = Self {
+            name: name.to_string(),
+            iface: String::new(),
+            action,
+        };
         ns.run(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
         ns.run(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
         ns.run(&["ip", "link", "set", "lo", "up"])?;
@@ -63,13 +70,18 @@ impl GuestNs {
     /// Runs a command inside the namespace with a time limit, capturing its output.
     pub fn output_within(&self, args: &[&str], limit: Duration) -> Result<Output> {
         let mut cmd = Command::new("timeout");
-        cmd.arg("--kill-after=2").arg(format!("{}", limit.as_secs_f64())).args(["ip", "netns", "exec", &self.name]).args(args);
-        cmd.output().with_context(|| format!("running {args:?} in the guest"))
+        cmd.arg("--kill-after=2")
+            .arg(format!("{}", limit.as_secs_f64()))
+            .args(["ip", "netns", "exec", &self.name])
+            .args(args);
+        cmd.output()
+            .with_context(|| format!("running {args:?} in the guest"))
     }
 
     /// The guest's resolv.conf as its programs see it.
     pub fn resolv_conf(&self) -> String {
-        std::fs::read_to_string(Path::new("/etc/netns").join(&self.name).join("resolv.conf")).unwrap_or_default()
+        std::fs::read_to_string(Path::new("/etc/netns").join(&self.name).join("resolv.conf"))
+            .unwrap_or_default()
     }
 }
 
@@ -91,7 +103,8 @@ impl Runner {
     /// Starts `binary` on a new TAP device `tap` with `extra` arguments and waits until the
     /// interface exists.
     pub fn start_tap(binary: &Path, tap: &str, extra: &[String], log: PathBuf) -> Result<Self> {
-        let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(binary)
             .args(["--tap", tap, "--log", "info"])
             .args(extra)
@@ -110,7 +123,10 @@ impl Runner {
                 bail!("the runner exited with {status}: {}", runner.log_tail());
             }
             if Instant::now() > deadline {
-                bail!("the runner did not create {tap} within 10 s: {}", runner.log_tail());
+                bail!(
+                    "the runner did not create {tap} within 10 s: {}",
+                    runner.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -139,7 +155,16 @@ impl Drop for Runner {
 /// Builds the runner binary (debug profile) and returns its path.
 pub fn build_runner() -> Result<PathBuf> {
     let root = crate::tools::workspace_root();
-    run(Command::new("cargo").args(["build", "--quiet", "-p", "c2w-net-proxy", "--bin", "c2w-net-proxy"]).current_dir(&root))?;
+    run(Command::new("cargo")
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "c2w-net-proxy",
+            "--bin",
+            "c2w-net-proxy",
+        ])
+        .current_dir(&root))?;
     let path = root.join("target/debug/c2w-net-proxy");
     let _ = output(Command::new(&path).arg("--version"))?;
     Ok(path)

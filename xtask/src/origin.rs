@@ -33,14 +33,24 @@ pub fn blob(len: usize) -> Vec<u8> {
 
 /// Hex sha256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Origin {
     /// Starts the server on 127.0.0.1 with `workers` threads.
     pub fn start(workers: usize) -> Result<Self> {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").map_err(|e| anyhow::anyhow!("{e}")).context("origin server")?);
-        let addr = server.server_addr().to_ip().context("origin server address")?;
+        let server = Arc::new(
+            tiny_http::Server::http("127.0.0.1:0")
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("origin server")?,
+        );
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .context("origin server address")?;
         let threads = (0..workers)
             .map(|_| {
                 let server = server.clone();
@@ -51,7 +61,11 @@ impl Origin {
                 })
             })
             .collect();
-        Ok(Self { server, threads, addr })
+        Ok(Self {
+            server,
+            threads,
+            addr,
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -75,11 +89,17 @@ impl Drop for Origin {
 fn handle(mut request: tiny_http::Request) {
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("/");
-    let header = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header");
+    let header = |k: &str, v: &str| {
+        tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
+    };
     let result = if let Some(len) = path.strip_prefix("/blob/") {
         match len.parse::<usize>() {
-            Ok(len) if len <= 1 << 30 => request.respond(tiny_http::Response::from_data(blob(len)).with_header(header("Content-Type", "application/octet-stream"))),
-            _ => request.respond(tiny_http::Response::from_string("bad length").with_status_code(400)),
+            Ok(len) if len <= 1 << 30 => request.respond(
+                tiny_http::Response::from_data(blob(len))
+                    .with_header(header("Content-Type", "application/octet-stream")),
+            ),
+            _ => request
+                .respond(tiny_http::Response::from_string("bad length").with_status_code(400)),
         }
     } else if path == "/echo" {
         // Answers with the sha256 and length of the request body.
@@ -88,7 +108,10 @@ fn handle(mut request: tiny_http::Request) {
         let text = format!("{} {}\n", body.len(), sha256_hex(&body));
         request.respond(tiny_http::Response::from_string(text))
     } else if path == "/hello" {
-        request.respond(tiny_http::Response::from_string("hello from the origin\n").with_header(header("Content-Type", "text/plain")))
+        request.respond(
+            tiny_http::Response::from_string("hello from the origin\n")
+                .with_header(header("Content-Type", "text/plain")),
+        )
     } else {
         request.respond(tiny_http::Response::from_string("not found here\n").with_status_code(404))
     };

@@ -18,9 +18,25 @@ pub fn run_all(args: &[String]) -> Result<()> {
     // Tests use the system's curl and openssl as real clients and verifiers.
     ensure_programs(&[("curl", "curl"), ("openssl", "openssl"), ("node", "nodejs")])?;
     cargo(&["fmt", "--all", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     cargo(&[
-        "clippy", "--workspace", "--exclude", "xtask", "--all-targets", "--target", "wasm32-unknown-unknown", "--", "-D", "warnings",
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--all-targets",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--",
+        "-D",
+        "warnings",
     ])?;
     cargo(&["test", "--workspace"])?;
     println!("xtask: wasm32 tests under node");

@@ -65,9 +65,16 @@ impl Args {
 pub fn build_transport(args: &Args) -> Result<Rc<dyn Transport>, RunnerError> {
     let mut builder = fetch_transport::NativeTransport::builder();
     for path in &args.trust_ca {
-        let pem = std::fs::read(path).map_err(|source| RunnerError::File { path: path.display().to_string(), source })?;
-        builder = builder.add_root_pem(&pem).map_err(|e| RunnerError::Transport(format!("{}: {e}", path.display())))?;
+        let pem = std::fs::read(path).map_err(|source| RunnerError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
+        builder = builder
+            .add_root_pem(&pem)
+            .map_err(|e| RunnerError::Transport(format!("{}: {e}", path.display())))?;
     }
-    let transport = builder.build().map_err(|e| RunnerError::Transport(e.to_string()))?;
+    let transport = builder
+        .build()
+        .map_err(|e| RunnerError::Transport(e.to_string()))?;
     Ok(Rc::new(transport))
 }

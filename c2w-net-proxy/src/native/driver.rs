@@ -24,7 +24,9 @@ pub struct Clock {
 impl Clock {
     /// A clock starting now.
     pub fn new() -> Self {
-        Self { start: std::time::Instant::now() }
+        Self {
+            start: std::time::Instant::now(),
+        }
     }
 
     /// The current time for the stack.
@@ -50,8 +52,13 @@ pub async fn serve(stack: &Stack, clock: &Clock, target: &ListenTarget) -> Resul
             Ok(())
         }
         ListenTarget::Tcp(addr) => {
-            let socket_err = |source| RunnerError::Socket { addr: addr.clone(), source };
-            let listener = tokio::net::TcpListener::bind(addr.as_str()).await.map_err(socket_err)?;
+            let socket_err = |source| RunnerError::Socket {
+                addr: addr.clone(),
+                source,
+            };
+            let listener = tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .map_err(socket_err)?;
             tracing::info!(address = %listener.local_addr().map_err(socket_err)?, "waiting for QEMU (tcp)");
             loop {
                 let (socket, peer) = listener.accept().await.map_err(socket_err)?;
@@ -61,7 +68,10 @@ pub async fn serve(stack: &Stack, clock: &Clock, target: &ListenTarget) -> Resul
             }
         }
         ListenTarget::Unix(path) => {
-            let socket_err = |source| RunnerError::Socket { addr: path.display().to_string(), source };
+            let socket_err = |source| RunnerError::Socket {
+                addr: path.display().to_string(),
+                source,
+            };
             let _ = std::fs::remove_file(path);
             let listener = tokio::net::UnixListener::bind(path).map_err(socket_err)?;
             tracing::info!(path = %path.display(), "waiting for QEMU (unix)");
@@ -77,7 +87,9 @@ pub async fn serve(stack: &Stack, clock: &Clock, target: &ListenTarget) -> Resul
 async fn serve_stream(stack: &Stack, clock: &Clock, mut link: Link) {
     match run_link(stack, clock, &mut link).await {
         Ok(()) => tracing::info!(dropped_frames = link.dropped(), "guest disconnected"),
-        Err(err) => tracing::warn!(error = %err, "guest link failed; waiting for the next connection"),
+        Err(err) => {
+            tracing::warn!(error = %err, "guest link failed; waiting for the next connection")
+        }
     }
 }
 

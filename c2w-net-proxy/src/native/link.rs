@@ -46,12 +46,20 @@ pub enum Link {
 impl Link {
     /// Wraps an open TAP device.
     pub fn tap(tap: Tap) -> io::Result<Self> {
-        Ok(Self::Tap(AsyncFd::new(tap)?))
+        // SAFETY: `Tap` owns its descriptor, which stays open and unchanged until the
+        // `AsyncFd` (which owns the `Tap`) is dropped.
+        let fd = unsafe { AsyncFd::register(tap) }?;
+        Ok(Self::Tap(fd))
     }
 
     /// Wraps a connected QEMU stream.
     pub fn stream(io: Box<dyn ByteStream>) -> Self {
-        Self::Stream { io, decoder: FrameDecoder::new(MAX_FRAME), buf: vec![0; 64 * 1024], out: Vec::new() }
+        Self::Stream {
+            io,
+            decoder: FrameDecoder::new(MAX_FRAME),
+            buf: vec![0; 64 * 1024],
+            out: Vec::new(),
+        }
     }
 
     /// The next frame from the guest; `None` when the link closed. Cancel-safe: bytes read
@@ -72,7 +80,9 @@ impl Link {
                     }
                 }
             }
-            Self::Stream { io, decoder, buf, .. } => loop {
+            Self::Stream {
+                io, decoder, buf, ..
+            } => loop {
                 if let Some(frame) = decoder.next_frame()? {
                     return Ok(Some(frame));
                 }

@@ -65,8 +65,14 @@ pub enum RunnerError {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("c2w-net-proxy: cannot start the runtime: {err}");
@@ -97,24 +103,38 @@ impl Timer for TokioTimer {
 /// signal (SIGINT, SIGTERM) arrives. Must run inside a tokio `LocalSet`.
 pub async fn run(args: Args) -> Result<(), RunnerError> {
     let config = Config::default();
-    let proxy_ip = config.virtual_ips.first().copied().unwrap_or(std::net::Ipv4Addr::new(192, 168, 127, 253));
+    let proxy_ip = config
+        .virtual_ips
+        .first()
+        .copied()
+        .unwrap_or(std::net::Ipv4Addr::new(192, 168, 127, 253));
     let stack = Stack::new(config)?;
     if let Some(path) = &args.pcap {
-        let file = File::create(path).map_err(|source| RunnerError::File { path: path.display().to_string(), source })?;
-        let writer = PcapWriter::new(BufWriter::new(file))
-            .map_err(|source| RunnerError::File { path: path.display().to_string(), source })?;
+        let file = File::create(path).map_err(|source| RunnerError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let writer = PcapWriter::new(BufWriter::new(file)).map_err(|source| RunnerError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
         stack.set_frame_observer(Some(Box::new(writer)));
     }
     let transport = cli::build_transport(&args)?;
-    let proxy = Rc::new(Proxy::new(ProxyConfig::default(), transport, Rc::new(TokioTimer)));
+    let proxy = Rc::new(Proxy::new(
+        ProxyConfig::default(),
+        transport,
+        Rc::new(TokioTimer),
+    ));
     let spawner: services::Spawner = Rc::new(|task| {
         tokio::task::spawn_local(task);
     });
     services::start(&stack, proxy.clone(), proxy_ip, spawner)?;
 
     let clock = Clock::new();
+    let target = args.listen();
     let result = tokio::select! {
-        result = driver::serve(&stack, &clock, &args.listen()) => result,
+        result = driver::serve(&stack, &clock, &target) => result,
         () = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())

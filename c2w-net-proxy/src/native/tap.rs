@@ -28,17 +28,32 @@ pub struct Tap {
 impl Tap {
     /// Creates the TAP interface `name` (or attaches to an existing one of that name).
     pub fn open(name: &str) -> io::Result<Self> {
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.bytes().any(|b| b == 0 || b == b'/') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid interface name {name:?}")));
+        if name.is_empty()
+            || name.len() >= libc::IFNAMSIZ
+            || name.bytes().any(|b| b == 0 || b == b'/')
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid interface name {name:?}"),
+            ));
         }
         // SAFETY: a plain open(2) of a constant NUL-terminated path.
-        let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        let raw = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a freshly opened descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
         for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
             *dst = src as libc::c_char;
         }
@@ -48,7 +63,9 @@ impl Tap {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the kernel wrote a NUL-terminated name into the IFNAMSIZ buffer.
-        let name = unsafe { CStr::from_ptr(req.name.as_ptr()) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(req.name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
         Ok(Self { fd, name })
     }
 

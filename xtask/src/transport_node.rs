@@ -1,0 +1,277 @@
+//! `transport-node`: fetch-transport's browser backend (`FetchTransport`, wasm32) under node,
+//! whose global `fetch()` it calls, against a local origin server started here on 127.0.0.1.
+//!
+//! The tests live in `fetch-transport/tests/node.rs`; they find the origin through
+//! `FETCH_TRANSPORT_ORIGIN` and a closed port through `FETCH_TRANSPORT_REFUSED` (node inherits
+//! the environment from wasm-bindgen-test-runner). Extra arguments go to the test binary's
+//! `cargo test` command line (e.g. a test name filter).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::tools;
+
+/// How long `/slow` waits for `/release` before sending the rest anyway (and saying so).
+const SLOW_FALLBACK: Duration = Duration::from_secs(60);
+
+/// Runs the node tests of fetch-transport's browser backend against a local origin.
+pub fn run(args: &[String]) -> Result<()> {
+    tools::ensure_wasm_toolchain()?;
+    tools::ensure_programs(&[("node", "nodejs")])?;
+    let runner = tools::ensure_wasm_bindgen_test_runner()?;
+    let origin = start_origin()?;
+    let refused = closed_port_url()?;
+    eprintln!("xtask: transport-node: origin at {origin}, refused port at {refused}");
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "test",
+        "--target",
+        "wasm32-unknown-unknown",
+        "-p",
+        "fetch-transport",
+        "--test",
+        "node",
+    ])
+    .args(args)
+    .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", runner)
+    .env("FETCH_TRANSPORT_ORIGIN", &origin)
+    .env("FETCH_TRANSPORT_REFUSED", &refused)
+    .current_dir(tools::workspace_root());
+    tools::run(&mut cmd)
+}
+
+/// A URL on 127.0.0.1 whose port nothing listens on (bound, then released).
+fn closed_port_url() -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    Ok(format!("http://127.0.0.1:{port}/"))
+}
+
+/// Counts `/release` requests so `/slow` knows when to finish.
+#[derive(Default)]
+struct Release {
+    count: Mutex<u64>,
+    signal: Condvar,
+}
+
+/// Starts the origin on a free port in a background thread; returns its base URL.
+fn start_origin() -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding the origin server")?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let release = Arc::new(Release::default());
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let release = Arc::clone(&release);
+            thread::spawn(move || {
+                if let Err(err) = serve(conn, &release) {
+                    eprintln!("xtask: transport-node origin: {err}");
+                }
+            });
+        }
+    });
+    Ok(base)
+}
+
+struct Head {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+fn read_head(r: &mut impl BufRead) -> io::Result<Option<Head>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut words = line.split_whitespace();
+    let method = words.next().unwrap_or_default().to_string();
+    let path = words.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = l.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    Ok(Some(Head {
+        method,
+        path,
+        headers,
+    }))
+}
+
+fn respond(w: &mut impl Write, status: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
+    write!(
+        w,
+        "HTTP/1.1 {status}\r\nConnection: close\r\nAccess-Control-Allow-Origin: *\r\n"
+    )?;
+    for (n, v) in headers {
+        write!(w, "{n}: {v}\r\n")?;
+    }
+    write!(w, "Content-Length: {}\r\n\r\n", body.len())?;
+    w.write_all(body)?;
+    w.flush()
+}
+
+fn chunk(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
+    write!(w, "{:x}\r\n", data.len())?;
+    w.write_all(data)?;
+    w.write_all(b"\r\n")?;
+    w.flush()
+}
+
+fn serve(stream: TcpStream, release: &Release) -> io::Result<()> {
+    let mut r = BufReader::new(stream.try_clone()?);
+    let mut w = stream;
+    let Some(head) = read_head(&mut r)? else {
+        return Ok(());
+    };
+    let len: usize = head
+        .headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    match head.path.as_str() {
+        "/page" => respond(
+            &mut w,
+            "200 OK",
+            &[("Content-Type", "text/plain")],
+            b"hello page",
+        ),
+        "/redirect" => respond(&mut w, "302 Found", &[("Location", "/page")], b""),
+        "/missing" => respond(
+            &mut w,
+            "404 Not Found",
+            &[("X-Origin", "test")],
+            b"no such page",
+        ),
+        "/gzip" => respond(
+            &mut w,
+            "200 OK",
+            &[("Content-Encoding", "gzip")],
+            &gzip_stored(b"hello gzip, decoded by fetch"),
+        ),
+        "/echo" => {
+            let mut out = format!("{}\n", head.method);
+            for (n, v) in &head.headers {
+                out.push_str(&format!("{n}: {v}\n"));
+            }
+            out.push('\n');
+            let mut out = out.into_bytes();
+            out.extend_from_slice(&body);
+            respond(&mut w, "200 OK", &[], &out)
+        }
+        "/slow" => {
+            let start = *release.count.lock().unwrap();
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nAccess-Control-Allow-Origin: *\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n"
+            )?;
+            chunk(&mut w, b"first-chunk;")?;
+            let guard = release.count.lock().unwrap();
+            let (_guard, wait) = release
+                .signal
+                .wait_timeout_while(guard, SLOW_FALLBACK, |count| *count == start)
+                .unwrap();
+            let rest: &[u8] = if wait.timed_out() {
+                b"rest;released-by-timeout"
+            } else {
+                b"rest;released-by-signal"
+            };
+            chunk(&mut w, rest)?;
+            w.write_all(b"0\r\n\r\n")?;
+            w.flush()
+        }
+        "/release" => {
+            *release.count.lock().unwrap() += 1;
+            release.signal.notify_all();
+            respond(&mut w, "200 OK", &[], b"released")
+        }
+        "/hang" => {
+            // Never answer; return once the client gives up and closes the connection.
+            let mut byte = [0; 1];
+            while r.read(&mut byte)? > 0 {}
+            Ok(())
+        }
+        _ => respond(&mut w, "404 Not Found", &[], b"unknown path"),
+    }
+}
+
+/// `data` as a gzip member made of stored (uncompressed) deflate blocks: valid gzip that any
+/// decoder, fetch() included, must decode.
+fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    let blocks: Vec<&[u8]> = if data.is_empty() {
+        vec![&[]]
+    } else {
+        data.chunks(usize::from(u16::MAX)).collect()
+    };
+    for (i, block) in blocks.iter().enumerate() {
+        let last = i + 1 == blocks.len();
+        out.push(u8::from(last));
+        let len = block.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// CRC-32 (IEEE 802.3, reflected), as gzip's trailer needs.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = u32::MAX;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn gzip_stored_frames_blocks() {
+        let data = vec![7u8; 70_000];
+        let gz = gzip_stored(&data);
+        // Header, two blocks (5-byte headers), trailer.
+        assert_eq!(gz.len(), 10 + 5 + 65_535 + 5 + 4_465 + 8);
+        assert_eq!(gz[10], 0);
+        assert_eq!(gz[10 + 5 + 65_535], 1);
+        assert_eq!(&gz[gz.len() - 4..], &70_000u32.to_le_bytes());
+    }
+}
