@@ -115,7 +115,12 @@ fn read_head(r: &mut impl BufRead) -> io::Result<Option<Head>> {
     }))
 }
 
-fn respond(w: &mut impl Write, status: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
+fn respond(
+    w: &mut impl Write,
+    status: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<()> {
     write!(
         w,
         "HTTP/1.1 {status}\r\nConnection: close\r\nAccess-Control-Allow-Origin: *\r\n"
