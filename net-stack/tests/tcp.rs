@@ -1,0 +1,343 @@
+//! TCP end to end in memory: a smoltcp interface plays the guest, frame by frame, against the
+//! Stack; the server side uses TcpListener/TcpStream as the proxy would.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use common::*;
+use futures::task::ArcWake;
+use net_stack::{Config, ListenAddr, TcpStream};
+use smoltcp::socket::tcp::State;
+
+fn accept_now(listener: &net_stack::TcpListener) -> Option<TcpStream> {
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    match listener.poll_accept(&mut cx) {
+        Poll::Ready(s) => Some(s),
+        Poll::Pending => None,
+    }
+}
+
+/// Reads everything available right now.
+fn read_available(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Poll::Ready(Ok(n)) = try_read(stream, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+#[test]
+fn connect_send_echo_fin_and_socket_reclaimed() {
+    let mut net = Net::new(Config::default());
+    let rec = net.recorder.clone();
+    with_dump(&rec, "tcp_echo", move || {
+        let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+        let client = net.connect(PROXY_IP, 80, 65536, 65536);
+        net.pump();
+        assert_eq!(net.socket(client).state(), State::Established);
+        let mut stream = accept_now(&listener).expect("accepted");
+        assert_eq!(stream.local_addr(), "192.168.127.253:80".parse().unwrap());
+        assert_eq!(stream.peer_addr(), "192.168.127.3:40000".parse().unwrap());
+
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            net.socket(client).send_slice(request).unwrap(),
+            request.len()
+        );
+        net.pump();
+        assert_eq!(read_available(&mut stream), request);
+        // Nothing more: Pending, not EOF.
+        assert!(try_read(&mut stream, &mut [0u8; 16]).is_pending());
+
+        let reply: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut written = 0;
+        let mut received = Vec::new();
+        while received.len() < reply.len() {
+            if written < reply.len() {
+                if let Poll::Ready(n) = try_write(&mut stream, &reply[written..]) {
+                    written += n.unwrap();
+                }
+            }
+            net.pump();
+            let sock = net.socket(client);
+            while sock.can_recv() {
+                sock.recv(|d| {
+                    received.extend_from_slice(d);
+                    (d.len(), ())
+                })
+                .unwrap();
+            }
+        }
+        assert_eq!(received, reply);
+
+        // Guest FIN: the stream reads EOF.
+        net.socket(client).close();
+        net.pump();
+        assert!(matches!(
+            try_read(&mut stream, &mut [0u8; 16]),
+            Poll::Ready(Ok(0))
+        ));
+        // Our close sends FIN; the guest sees the connection end.
+        assert!(try_close(&mut stream).is_ready());
+        net.pump();
+        assert!(matches!(
+            net.socket(client).state(),
+            State::TimeWait | State::Closed
+        ));
+        assert_eq!(net.stack.stats().tcp_open, 1);
+        drop(stream);
+        net.pump();
+        let stats = net.stack.stats();
+        assert_eq!((stats.tcp_open, stats.tcp_accepted), (0, 1));
+    });
+}
+
+#[test]
+fn unread_stream_limits_the_guest_to_the_window() {
+    let mut config = Config::default();
+    config.tcp.rx_buffer = 8192;
+    let mut net = Net::new(config);
+    let rec = net.recorder.clone();
+    with_dump(&rec, "tcp_backpressure", move || {
+        let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+        let client = net.connect(PROXY_IP, 80, 4096, 200_000);
+        net.pump();
+        let mut stream = accept_now(&listener).unwrap();
+        let data: Vec<u8> = (0..150_000u32).map(|i| (i * 7) as u8).collect();
+        assert_eq!(net.socket(client).send_slice(&data).unwrap(), data.len());
+        net.pump();
+        // Only our receive buffer's worth left the guest.
+        let queued = net.socket(client).send_queue();
+        assert_eq!(
+            data.len() - queued,
+            8192,
+            "bytes accepted beyond the window"
+        );
+        let out_before = net.stack.stats().frames_out;
+        // Reading frees window: the guest continues, and all data arrives in order.
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            got.extend(read_available(&mut stream));
+            net.pump();
+            if got.len() == data.len() {
+                break;
+            }
+        }
+        got.extend(read_available(&mut stream));
+        assert_eq!(got.len(), data.len());
+        assert!(got == data);
+        assert!(net.stack.stats().frames_out > out_before);
+    });
+}
+
+#[test]
+fn writes_wait_when_the_transmit_buffer_is_full() {
+    let mut config = Config::default();
+    config.tcp.tx_buffer = 4096;
+    let mut net = Net::new(config);
+    let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+    // The guest has a tiny receive window and does not read.
+    let client = net.connect(PROXY_IP, 80, 1024, 1024);
+    net.pump();
+    let mut stream = accept_now(&listener).unwrap();
+    let big = vec![0x55u8; 20_000];
+    let mut total = 0;
+    while let Poll::Ready(n) = try_write(&mut stream, &big) {
+        total += n.unwrap();
+        net.pump();
+    }
+    // 4 KiB in our buffer + what the guest's 1 KiB window let through.
+    assert!(total <= 4096 + 1024, "wrote {total}");
+    assert!(total >= 4096);
+    // The guest reads: the write proceeds again.
+    let mut drained = 0;
+    for _ in 0..10 {
+        let sock = net.socket(client);
+        while sock.can_recv() {
+            drained += sock.recv(|d| (d.len(), d.len())).unwrap();
+        }
+        net.pump();
+    }
+    assert!(drained >= 4096);
+    assert!(try_write(&mut stream, &big).is_ready());
+}
+
+#[test]
+fn many_concurrent_connections_to_one_listener() {
+    let mut net = Net::new(Config::default());
+    let rec = net.recorder.clone();
+    with_dump(&rec, "tcp_many", move || {
+        let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+        let clients: Vec<_> = (0..8)
+            .map(|_| net.connect(PROXY_IP, 80, 8192, 8192))
+            .collect();
+        net.pump();
+        let mut streams: Vec<TcpStream> = std::iter::from_fn(|| accept_now(&listener)).collect();
+        assert_eq!(streams.len(), 8);
+        for (i, c) in clients.iter().enumerate() {
+            net.socket(*c)
+                .send_slice(format!("hello {i}").as_bytes())
+                .unwrap();
+        }
+        net.pump();
+        for stream in &mut streams {
+            let got = read_available(stream);
+            let port = stream.peer_addr().port();
+            let i = usize::from(port - 40000);
+            assert_eq!(got, format!("hello {i}").as_bytes());
+            assert!(try_write(stream, format!("bye {i}").as_bytes()).is_ready());
+        }
+        net.pump();
+        for (i, c) in clients.iter().enumerate() {
+            let mut buf = [0u8; 64];
+            let n = net.socket(*c).recv_slice(&mut buf).unwrap();
+            assert_eq!(&buf[..n], format!("bye {i}").as_bytes());
+        }
+        assert_eq!(net.stack.stats().tcp_open, 8);
+        // Dropping the streams closes them; once the guest closes too, every socket is gone.
+        drop(streams);
+        net.pump();
+        for c in &clients {
+            net.socket(*c).close();
+        }
+        net.pump();
+        assert_eq!(net.stack.stats().tcp_open, 0);
+    });
+}
+
+#[test]
+fn dropped_stream_sends_fin_and_is_reclaimed_even_if_the_guest_keeps_sending() {
+    let mut config = Config::default();
+    config.tcp.rx_buffer = 4096;
+    let mut net = Net::new(config);
+    let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+    let client = net.connect(PROXY_IP, 80, 4096, 65536);
+    net.pump();
+    let stream = accept_now(&listener).unwrap();
+    drop(stream);
+    net.pump();
+    // The guest got our FIN: it can no longer receive but may still send.
+    assert_eq!(net.socket(client).state(), State::CloseWait);
+    net.socket(client).send_slice(&[1u8; 30_000]).unwrap();
+    net.pump();
+    // Data of an orphaned connection is discarded, so the guest is never stuck on a zero window.
+    assert_eq!(net.socket(client).send_queue(), 0);
+    net.socket(client).close();
+    net.pump();
+    assert_eq!(net.stack.stats().tcp_open, 0);
+}
+
+#[test]
+fn guest_rst_makes_reads_and_writes_fail() {
+    let mut net = Net::new(Config::default());
+    let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+    let client = net.connect(PROXY_IP, 80, 4096, 4096);
+    net.pump();
+    let mut stream = accept_now(&listener).unwrap();
+    net.socket(client).abort();
+    net.pump();
+    match try_read(&mut stream, &mut [0u8; 8]) {
+        Poll::Ready(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+        other => panic!("read after RST: {other:?}"),
+    }
+    match try_write(&mut stream, b"x") {
+        Poll::Ready(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+        other => panic!("write after RST: {other:?}"),
+    }
+    drop(stream);
+    net.pump();
+    assert_eq!(net.stack.stats().tcp_open, 0);
+}
+
+#[test]
+fn dropping_the_listener_refuses_new_connections() {
+    let mut net = Net::new(Config::default());
+    let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+    // Established but never accepted: reset when the listener goes.
+    let queued = net.connect(PROXY_IP, 80, 4096, 4096);
+    net.pump();
+    assert_eq!(net.socket(queued).state(), State::Established);
+    drop(listener);
+    net.pump();
+    assert_eq!(net.socket(queued).state(), State::Closed);
+    let late = net.connect(PROXY_IP, 80, 4096, 4096);
+    net.pump();
+    assert_eq!(net.socket(late).state(), State::Closed);
+    let stats = net.stack.stats();
+    assert_eq!((stats.tcp_open, stats.tcp_refused), (0, 1));
+}
+
+struct CountingWaker(AtomicUsize);
+
+impl ArcWake for CountingWaker {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn poll_wake_fires_after_stream_activity_and_accept_wakes_the_listener() {
+    let mut net = Net::new(Config::default());
+    let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = futures::task::waker(counter.clone());
+    let mut cx = Context::from_waker(&waker);
+    assert!(listener.poll_accept(&mut cx).is_pending());
+    assert!(net.stack.poll_wake(&mut cx).is_pending());
+    let client = net.connect(PROXY_IP, 80, 4096, 4096);
+    net.pump();
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        1,
+        "accept waker woken once"
+    );
+    let mut stream = accept_now(&listener).unwrap();
+    net.socket(client).send_slice(b"abc").unwrap();
+    net.pump();
+    assert!(net.stack.poll_wake(&mut cx).is_pending());
+    assert_eq!(read_available(&mut stream), b"abc");
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        2,
+        "stack waker woken by the read"
+    );
+    assert!(net.stack.poll_wake(&mut cx).is_ready());
+    assert!(net.stack.poll_wake(&mut cx).is_pending());
+    // An async accept through the executor works too.
+    let second = net.connect(PROXY_IP, 80, 4096, 4096);
+    net.pump();
+    let s2 = futures::executor::block_on(listener.accept());
+    assert_eq!(s2.peer_addr().port(), 40001);
+    let _ = second;
+}
+
+#[test]
+fn poll_delay_reports_pending_timers() {
+    let mut net = Net::new(Config::default());
+    assert_eq!(net.stack.poll_delay(net.now), None);
+    let _listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+    let client = net.connect(PROXY_IP, 80, 4096, 4096);
+    net.pump();
+    net.socket(client).send_slice(b"x").unwrap();
+    let g = &mut net.guest;
+    g.iface.poll(net.now, &mut g.dev, &mut g.sockets);
+    while let Some(f) = g.dev.tx.pop_front() {
+        net.stack.push_frame(&f);
+    }
+    assert_eq!(
+        net.stack.poll_delay(net.now),
+        Some(net_stack::Duration::ZERO)
+    );
+    net.stack.poll(net.now);
+    // The data needs an ACK, which smoltcp delays: a timer is pending.
+    let delay = net.stack.poll_delay(net.now).expect("ack timer");
+    assert!(delay <= net_stack::Duration::from_millis(10), "{delay}");
+}
