@@ -5,6 +5,7 @@
 //! Natively ([`native`]) it runs on a tokio current-thread runtime behind a TAP device or a
 //! QEMU stream socket; in the browser (`wasm`) it is driven from JavaScript.
 
+pub mod clock;
 pub mod services;
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -1,10 +1,15 @@
 //! Command-line arguments of the native runner.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
-use fetch_transport::Transport;
+use fetch_transport::{NativeTransport, Transport, TransportConfig};
+use mitm_ca::{CaParams, CertificateAuthority, Clock, Issuer, IssuerConfig};
+
+use crate::clock::WallClock;
 
 use super::RunnerError;
 
@@ -34,6 +39,35 @@ pub struct Args {
     /// Also trust this PEM CA certificate for origins' TLS (repeatable).
     #[arg(long, value_name = "PATH")]
     pub trust_ca: Vec<PathBuf>,
+
+    /// Use this CA (PEM certificate) to issue the guest-facing leaf certificates, with
+    /// `--ca-key`; without both, a fresh CA is generated at start.
+    #[arg(long, value_name = "PATH", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// The PKCS#8 PEM private key of `--ca-cert`.
+    #[arg(long, value_name = "PATH", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+
+    /// Write the CA certificate (PEM, never the key) here, for the guest to trust.
+    #[arg(long, value_name = "PATH")]
+    pub ca_cert_out: Option<PathBuf>,
+
+    /// Only allow these destinations (host, `*.suffix`, IP, CIDR or `loopback`; repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub allow: Vec<String>,
+
+    /// Refuse these destinations with 403 (same patterns as --allow; repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub deny: Vec<String>,
+
+    /// Per-request timeout for origins, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+
+    /// Behave like the browser's fetch(): decoded bodies, forbidden headers removed.
+    #[arg(long)]
+    pub browser_like: bool,
 }
 
 /// Where the runner gets its guest from.
@@ -61,20 +95,50 @@ impl Args {
     }
 }
 
-/// The native transport with the extra trusted CAs from `--trust-ca`.
+fn read_file(path: &Path) -> Result<Vec<u8>, RunnerError> {
+    std::fs::read(path).map_err(|source| RunnerError::File {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The native transport with the destinations, timeout and extra trusted CAs from the
+/// command line.
 pub fn build_transport(args: &Args) -> Result<Rc<dyn Transport>, RunnerError> {
-    let mut builder = fetch_transport::NativeTransport::builder();
+    let mut config = TransportConfig::builder().timeout(Duration::from_secs(args.timeout));
+    for pattern in &args.allow {
+        config = config.allow(pattern.as_str());
+    }
+    for pattern in &args.deny {
+        config = config.deny(pattern.as_str());
+    }
+    let mut builder = NativeTransport::builder()
+        .config(config.build()?)
+        .browser_like(args.browser_like);
     for path in &args.trust_ca {
-        let pem = std::fs::read(path).map_err(|source| RunnerError::File {
+        builder = builder.add_root_pem(&read_file(path)?)?;
+    }
+    Ok(Rc::new(builder.build()?))
+}
+
+/// The CA that issues the guest-facing leaves: imported from `--ca-cert`/`--ca-key`, or
+/// generated; written to `--ca-cert-out` when asked.
+pub fn build_issuer(args: &Args) -> Result<Arc<Issuer>, RunnerError> {
+    let clock: Arc<dyn Clock> = Arc::new(WallClock);
+    let ca = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => {
+            let cert_pem = String::from_utf8_lossy(&read_file(cert)?).into_owned();
+            let key_pem = String::from_utf8_lossy(&read_file(key)?).into_owned();
+            CertificateAuthority::from_pem(&cert_pem, &key_pem, clock.as_ref())?
+        }
+        _ => CertificateAuthority::generate(&CaParams::default(), clock.as_ref())?,
+    };
+    tracing::info!(subject = ca.subject(), "CA ready");
+    if let Some(path) = &args.ca_cert_out {
+        std::fs::write(path, ca.certificate_pem()).map_err(|source| RunnerError::File {
             path: path.display().to_string(),
             source,
         })?;
-        builder = builder
-            .add_root_pem(&pem)
-            .map_err(|e| RunnerError::Transport(format!("{}: {e}", path.display())))?;
     }
-    let transport = builder
-        .build()
-        .map_err(|e| RunnerError::Transport(e.to_string()))?;
-    Ok(Rc::new(transport))
+    Ok(Arc::new(Issuer::new(ca, IssuerConfig::default(), clock)?))
 }

@@ -58,7 +58,16 @@ pub enum RunnerError {
     },
     /// The transport could not be built.
     #[error("transport: {0}")]
-    Transport(String),
+    Transport(#[from] fetch_transport::ConfigError),
+    /// The CA could not be generated.
+    #[error("CA: {0}")]
+    CaGenerate(#[from] mitm_ca::CaError),
+    /// The CA given on the command line was rejected.
+    #[error("CA import: {0}")]
+    CaImport(#[from] mitm_ca::ImportError),
+    /// The leaf issuer could not be set up.
+    #[error("leaf issuer: {0}")]
+    Issuer(#[from] mitm_ca::IssueError),
 }
 
 /// Entry point of the `c2w-net-proxy` binary.
@@ -121,11 +130,9 @@ pub async fn run(args: Args) -> Result<(), RunnerError> {
         stack.set_frame_observer(Some(Box::new(writer)));
     }
     let transport = cli::build_transport(&args)?;
-    let proxy = Rc::new(Proxy::new(
-        ProxyConfig::default(),
-        transport,
-        Rc::new(TokioTimer),
-    ));
+    let issuer = cli::build_issuer(&args)?;
+    let proxy = Proxy::new(ProxyConfig::default(), transport, Rc::new(TokioTimer));
+    let proxy = Rc::new(proxy.with_issuer(issuer));
     let spawner: services::Spawner = Rc::new(|task| {
         tokio::task::spawn_local(task);
     });
