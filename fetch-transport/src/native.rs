@@ -212,6 +212,10 @@ impl Transport for NativeTransport {
         // through unchecked (hyper rejects a body that does not match it).
         headers.remove(CONTENT_LENGTH);
         let upload = if body.is_empty() {
+            // Like a browser: an empty POST/PUT/… still says `Content-Length: 0`.
+            if method != Method::GET && method != Method::HEAD {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(0u64));
+            }
             None
         } else {
             if let Some(len) = body.len() {

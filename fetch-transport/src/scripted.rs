@@ -84,7 +84,8 @@ impl ScriptedTransport {
         }
     }
 
-    /// Queues a response for the next request.
+    /// Queues a response for the next request; the request body is read whole first (into
+    /// [`RecordedRequest::body`]), so use [`ScriptedTransport::handle`] for stalling bodies.
     pub fn respond(&self, response: http::Response<Body>) -> &Self {
         self.push(Step::Reply(Ok(response)))
     }

@@ -661,3 +661,21 @@ async fn extra_root_certificates_are_trusted() {
     }
     assert!(NativeTransport::builder().add_root_pem(b"not pem").is_err());
 }
+
+#[tokio::test]
+async fn empty_post_says_content_length_zero() {
+    let origin = Origin::start();
+    let request = http::Request::post(origin.url("/echo"))
+        .body(Body::empty())
+        .unwrap();
+    let echo = text(transport(loopback()).send(request).await.unwrap()).await;
+    assert!(echo.contains("content-length: 0\n"), "{echo}");
+    let echo = text(
+        transport(loopback())
+            .send(get(&origin.url("/echo")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(!echo.contains("content-length"), "{echo}");
+}
