@@ -5,7 +5,7 @@
 //! [`http::Request`] / [`http::Response`] carrying a streaming [`Body`].
 
 //!
-//! Backends: [`FetchTransport`] (wasm32, the browser's `fetch()`), [`NativeTransport`] (other
+//! Backends: `FetchTransport` (wasm32, the browser's `fetch()`), `NativeTransport` (other
 //! targets, reqwest + rustls/ring) and [`ScriptedTransport`] (tests, `scripted` feature). All
 //! apply the same [`TransportConfig`] and [`policy`].
 //!
