@@ -239,7 +239,8 @@ impl Issuer {
         Ok(key)
     }
 
-    /// A rustls server configuration (TLS 1.2 + 1.3, ALPN "http/1.1", no client auth) whose
+    /// A rustls server configuration (TLS 1.2 + 1.3, ALPN "http/1.1" or "http/1.0" — clients
+    /// such as `curl -0` offer only the latter —, no client auth) whose
     /// certificate is issued for the ClientHello's SNI, else for `fallback_host`.
     pub fn server_config(self: &Arc<Self>, fallback_host: Option<&str>) -> Arc<ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -249,7 +250,7 @@ impl Issuer {
             .expect("the ring provider supports the default TLS versions")
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(LeafResolver::new(self.clone(), fallback_host)));
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
         Arc::new(config)
     }
 
