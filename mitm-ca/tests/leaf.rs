@@ -466,3 +466,38 @@ fn issuer_is_send_and_sync() {
     assert_send_sync::<mitm_ca::LeafResolver>();
     let _ = FixedClock::new(0);
 }
+
+#[test]
+fn clock_before_the_ca_is_an_error() {
+    let clock = clock();
+    let issuer = issuer(clock.clone());
+    clock.set(NOW - 2 * DAY); // the CA's notBefore is NOW - 1 day
+    assert!(matches!(
+        issuer.issue("early.example"),
+        Err(IssueError::CaNotYetValid { not_before }) if not_before.as_secs() == NOW - DAY
+    ));
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn concurrent_issuance_from_threads() {
+    let clock = clock();
+    let issuer = issuer(clock);
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let issuer = issuer.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let host = format!("h{}.example", (i + t) % 20);
+                    let leaf = issuer.issue(&host).unwrap();
+                    let cert = parse(leaf_der(&leaf));
+                    assert_eq!(common_name(&cert), Some(host.as_str()));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(issuer.cache_len(), 20);
+}
