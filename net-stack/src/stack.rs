@@ -147,8 +147,18 @@ impl Stack {
     }
 
     /// The next frame towards the guest.
+    ///
+    /// Popping from a full outbound queue requests a poll (see `poll_wake`): TCP output that
+    /// waited for room can go out.
     pub fn pop_frame(&self) -> Option<Vec<u8>> {
-        self.shared.inner.borrow_mut().outbound.pop_front()
+        let mut inner = self.shared.inner.borrow_mut();
+        let was_full = inner.outbound.len() >= inner.config.max_outbound_frames;
+        let frame = inner.outbound.pop_front();
+        drop(inner);
+        if was_full && frame.is_some() {
+            self.shared.request_poll();
+        }
+        frame
     }
 
     /// How long until `poll` must run again at the latest; None means only on new input.
@@ -157,13 +167,20 @@ impl Stack {
         if !inner.inbound.is_empty() {
             return Some(Duration::ZERO);
         }
+        let outbound_full = inner.outbound.len() >= inner.config.max_outbound_frames;
         let Inner {
             iface,
             sockets,
             tcp,
             ..
         } = &mut *inner;
-        let smoltcp = iface.poll_delay(now, sockets);
+        // With the outbound queue full smoltcp cannot send anyway; `pop_frame` wakes us instead
+        // of a zero delay making the driver spin.
+        let smoltcp = if outbound_full {
+            None
+        } else {
+            iface.poll_delay(now, sockets)
+        };
         let orphans = tcp
             .poll_at()
             .map(|at| if at > now { at - now } else { Duration::ZERO });

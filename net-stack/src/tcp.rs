@@ -203,6 +203,7 @@ impl TcpTable {
         stats: &mut Stats,
     ) {
         let mut forget = Vec::new();
+        let conns = &mut self.conns;
         for listener in self.listeners.values_mut() {
             listener.handshaking.retain(|&handle| {
                 let socket = sockets.get_mut::<tcp::Socket>(handle);
@@ -215,6 +216,19 @@ impl TcpTable {
                     }
                     _ => {
                         socket.set_timeout(None);
+                        // smoltcp hands a SYN to the first free socket listening on its endpoint,
+                        // which may not be the one created for it: take the tuple from the socket.
+                        if let (Some(conn), Some(local), Some(remote)) = (
+                            conns.get_mut(&handle),
+                            socket.local_endpoint(),
+                            socket.remote_endpoint(),
+                        ) {
+                            // IPv4 is the only protocol compiled into smoltcp here.
+                            let (IpAddress::Ipv4(l), IpAddress::Ipv4(r)) =
+                                (local.addr, remote.addr);
+                            conn.local = SocketAddrV4::new(l, local.port);
+                            conn.remote = SocketAddrV4::new(r, remote.port);
+                        }
                         listener.ready.push_back(handle);
                         stats.tcp_accepted += 1;
                         if let Some(waker) = listener.waker.take() {

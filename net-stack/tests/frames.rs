@@ -488,6 +488,7 @@ struct Segment {
     syn: bool,
     ack: bool,
     rst: bool,
+    seq_number: u32,
     ack_number: u32,
     window: u16,
     mss: Option<u16>,
@@ -523,6 +524,7 @@ fn segment(frame: &[u8]) -> Segment {
         syn: tcp.syn(),
         ack: tcp.ack(),
         rst: tcp.rst(),
+        seq_number: tcp.seq_number().0 as u32,
         ack_number: tcp.ack_number().0 as u32,
         window: tcp.window_len(),
         mss,
@@ -658,4 +660,39 @@ fn observer_sees_both_directions() {
     assert_eq!(seen[0].1, request);
     assert_eq!(seen[1].0, net_stack::Direction::ToGuest);
     assert_eq!(seen[1].2, T);
+}
+
+#[test]
+fn accepted_stream_reports_the_tuple_smoltcp_actually_served() {
+    // SYN from port 40020, RST of that handshake, then a SYN from 40021, all in one poll: smoltcp
+    // gives the second SYN to the first socket (back in LISTEN), not to the one created for it.
+    let (stack, rec) = stack_with(Config::default());
+    with_dump(&rec, "tcp_tuple", || {
+        let listener = stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+        stack.push_frame(&tcp_frame(PROXY_IP, 40020, 80, TcpControl::Syn, 100, None));
+        stack.push_frame(&tcp_frame(PROXY_IP, 40020, 80, TcpControl::Rst, 101, None));
+        stack.push_frame(&tcp_frame(PROXY_IP, 40021, 80, TcpControl::Syn, 500, None));
+        stack.poll(T);
+        let out: Vec<_> = std::iter::from_fn(|| stack.pop_frame()).collect();
+        let synack = out
+            .iter()
+            .map(|f| segment(f))
+            .find(|s| s.syn && s.ack_number == 501)
+            .unwrap();
+        let ack = tcp_frame(
+            PROXY_IP,
+            40021,
+            80,
+            TcpControl::None,
+            501,
+            Some(synack.seq_number.wrapping_add(1)),
+        );
+        exchange(&stack, &ack, T);
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        let std::task::Poll::Ready(stream) = listener.poll_accept(&mut cx) else {
+            panic!("not accepted");
+        };
+        assert_eq!(stream.peer_addr().port(), 40021);
+        assert_eq!(stack.stats().tcp_open, 1);
+    });
 }

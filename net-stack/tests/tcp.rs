@@ -341,3 +341,53 @@ fn poll_delay_reports_pending_timers() {
     let delay = net.stack.poll_delay(net.now).expect("ack timer");
     assert!(delay <= net_stack::Duration::from_millis(10), "{delay}");
 }
+
+#[test]
+fn full_outbound_queue_holds_tcp_back_and_pop_requests_a_poll() {
+    let config = Config {
+        max_outbound_frames: 4,
+        ..Config::default()
+    };
+    let mut net = Net::new(config);
+    let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+    let client = net.connect(PROXY_IP, 80, 65536, 4096);
+    net.pump();
+    let mut stream = accept_now(&listener).unwrap();
+    let data: Vec<u8> = (0..30_000u32).map(|i| (i % 253) as u8).collect();
+    let mut written = 0;
+    while let Poll::Ready(n) = try_write(&mut stream, &data[written..]) {
+        written += n.unwrap();
+        if written == data.len() {
+            break;
+        }
+    }
+    net.stack.poll(net.now);
+    let waker = futures::task::noop_waker_ref();
+    let mut cx = Context::from_waker(waker);
+    while net.stack.poll_wake(&mut cx).is_ready() {}
+    // Four frames wait; smoltcp keeps the rest of the data instead of dropping segments, and
+    // poll_delay does not ask for a busy loop.
+    assert_eq!(net.stack.stats().dropped_outbound_full, 0);
+    assert_eq!(net.stack.poll_delay(net.now), None);
+    let first = net.stack.pop_frame().unwrap();
+    assert!(net.stack.poll_wake(&mut cx).is_ready());
+    net.guest.dev.rx.push_back(first);
+    let mut received = Vec::new();
+    for _ in 0..50 {
+        net.pump();
+        let sock = net.socket(client);
+        while sock.can_recv() {
+            sock.recv(|d| {
+                received.extend_from_slice(d);
+                (d.len(), ())
+            })
+            .unwrap();
+        }
+        if written < data.len() {
+            if let Poll::Ready(n) = try_write(&mut stream, &data[written..]) {
+                written += n.unwrap();
+            }
+        }
+    }
+    assert_eq!(received, data);
+}

@@ -43,6 +43,7 @@ impl Recorder {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixture-failures");
         std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.canonicalize().unwrap();
         let path = dir.join(format!("{name}.pcap"));
         let mut w = PcapWriter::new(std::fs::File::create(&path).unwrap()).unwrap();
         for (_, frame, now) in self.0.borrow().iter() {
