@@ -17,6 +17,8 @@ pub const GUEST_MAC: &str = "52:54:00:c2:00:03";
 pub struct GuestNs {
     /// Namespace name.
     pub name: String,
+    /// The guest's HOME: programs inside see a clean environment, not the host's.
+    home: PathBuf,
     /// Interface name inside it.
     pub iface: String,
     action: Action,
@@ -24,8 +26,9 @@ pub struct GuestNs {
 
 impl GuestNs {
     /// Creates the namespace with loopback up, IPv6 off, and its own resolv.conf (so nothing
-    /// in it ever touches the host's).
-    pub fn create(name: &str) -> Result<Self> {
+    /// in it ever touches the host's). Programs run with HOME=`home` and no other variables
+    /// than PATH and LANG, like a freshly booted guest.
+    pub fn create(name: &str, home: &Path) -> Result<Self> {
         let netns_dir = PathBuf::from("/etc/netns").join(name);
         let action = cleanup::register(Action::DeleteNetns(name.to_string()));
         std::fs::create_dir_all(&netns_dir).context("creating /etc/netns entry")?;
@@ -36,6 +39,7 @@ impl GuestNs {
         run(Command::new("ip").args(["netns", "add", name]))?;
         let ns = Self {
             name: name.to_string(),
+            home: home.to_path_buf(),
             iface: String::new(),
             action,
         };
@@ -58,7 +62,9 @@ impl GuestNs {
     /// A command that runs inside the namespace.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd.args(["netns", "exec", &self.name])
+            .args(self.clean_env())
+            .args(args);
         cmd
     }
 
@@ -73,9 +79,24 @@ impl GuestNs {
         cmd.arg("--kill-after=2")
             .arg(format!("{}", limit.as_secs_f64()))
             .args(["ip", "netns", "exec", &self.name])
+            .args(self.clean_env())
             .args(args);
         cmd.output()
             .with_context(|| format!("running {args:?} in the guest"))
+    }
+
+    /// `env -i` with the few variables a guest's shell would have.
+    fn clean_env(&self) -> Vec<String> {
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        vec![
+            "env".into(),
+            "-i".into(),
+            format!("PATH={path}"),
+            format!("HOME={}", self.home.display()),
+            "LANG=C.UTF-8".into(),
+            "GIT_CONFIG_NOSYSTEM=1".into(),
+            "PIP_CONFIG_FILE=/dev/null".into(),
+        ]
     }
 
     /// The guest's resolv.conf as its programs see it.

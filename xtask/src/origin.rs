@@ -1,12 +1,24 @@
-//! A local origin server for end-to-end tests, on the host's loopback only. It serves
-//! deterministic bodies whose sha256 the checks compare against.
+//! Local origin servers for end-to-end tests, on the host's loopback only, over HTTP and
+//! HTTPS (with a test CA made by openssl). They serve deterministic bodies whose sha256 the
+//! checks compare against, echo uploads, a pip "simple" index with one wheel, and a git
+//! repository through `git http-backend` (CGI).
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+
+use crate::tools::run;
+
+/// Content of the file in the test git repository.
+pub const GIT_README: &str = "cloned through c2w-net-proxy\n";
+/// The test wheel's project name and version.
+pub const WHEEL_PROJECT: &str = "c2w-probe";
 
 /// A running origin server; stops when dropped.
 pub struct Origin {
@@ -14,12 +26,25 @@ pub struct Origin {
     threads: Vec<thread::JoinHandle<()>>,
     /// Where it listens (127.0.0.1, a free port).
     pub addr: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
 }
 
-/// The deterministic body served at `/blob/<len>`: a repeating pattern no compressor or
-/// dedup can fake, derived from the byte index.
+/// Files the origins serve and the test CA of the HTTPS origin.
+#[derive(Debug, Clone)]
+pub struct OriginFiles {
+    /// Directory holding everything.
+    pub dir: PathBuf,
+    /// The test CA certificate (PEM) that signed the HTTPS origin's certificate.
+    pub ca_cert: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+/// The deterministic body served at `/blob/<len>`: xorshift output no compressor or dedup
+/// can fake.
 pub fn blob(len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
+    let mut out = Vec::with_capacity(len + 4);
     let mut x: u32 = 0x9e37_79b9;
     while out.len() < len {
         x ^= x << 13;
@@ -39,14 +64,172 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
+impl OriginFiles {
+    /// Creates the test CA, the origin's certificate (for 127.0.0.1 and localhost), a wheel
+    /// and a git repository under `dir`.
+    pub fn create(dir: &Path) -> Result<Self> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        let p = |name: &str| dir.join(name);
+        let quiet = |cmd: &mut Command| run(cmd.stdout(Stdio::null()).stderr(Stdio::null()));
+        quiet(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-days",
+                    "2",
+                ])
+                .args(["-subj", "/CN=xtask origin test CA"])
+                .args([
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ])
+                .arg("-keyout")
+                .arg(p("ca.key"))
+                .arg("-out")
+                .arg(p("ca.pem")),
+        )?;
+        quiet(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-new",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(p("server.key"))
+                .arg("-out")
+                .arg(p("server.csr")),
+        )?;
+        std::fs::write(
+            p("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )?;
+        quiet(
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "2"])
+                .arg("-in")
+                .arg(p("server.csr"))
+                .arg("-CA")
+                .arg(p("ca.pem"))
+                .arg("-CAkey")
+                .arg(p("ca.key"))
+                .arg("-CAcreateserial")
+                .arg("-out")
+                .arg(p("server.pem"))
+                .arg("-extfile")
+                .arg(p("server.ext")),
+        )?;
+        make_wheel(dir)?;
+        make_git_repo(&dir.join("git"))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            ca_cert: p("ca.pem"),
+            server_cert: p("server.pem"),
+            server_key: p("server.key"),
+        })
+    }
+}
+
+fn wheel_name() -> String {
+    format!("{}-1.0-py3-none-any.whl", WHEEL_PROJECT.replace('-', "_"))
+}
+
+/// Writes a minimal, valid pure-Python wheel (with a RECORD of sha256 digests).
+fn make_wheel(dir: &Path) -> Result<()> {
+    let script = r#"
+import base64, hashlib, sys, zipfile
+path = sys.argv[1]
+files = {
+    "c2w_probe/__init__.py": b"VALUE = 'installed through c2w-net-proxy'\n",
+    "c2w_probe-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: c2w-probe\nVersion: 1.0\n",
+    "c2w_probe-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: xtask\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = ""
+for name, data in files.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record += f"{name},sha256={digest},{len(data)}\n"
+record += "c2w_probe-1.0.dist-info/RECORD,,\n"
+files["c2w_probe-1.0.dist-info/RECORD"] = record.encode()
+with zipfile.ZipFile(path, "w") as z:
+    for name, data in files.items():
+        z.writestr(name, data)
+"#;
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dir.join(wheel_name())))
+}
+
+/// A git repository with one commit holding README.
+fn make_git_repo(dir: &Path) -> Result<()> {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo)?;
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()))
+    };
+    git(&["init", "-q", "-b", "main"])?;
+    std::fs::write(repo.join("README"), GIT_README)?;
+    git(&["add", "README"])?;
+    git(&[
+        "-c",
+        "user.name=xtask",
+        "-c",
+        "user.email=xtask@localhost",
+        "commit",
+        "-q",
+        "-m",
+        "test repository",
+    ])?;
+    git(&["config", "http.receivepack", "false"])?;
+    Ok(())
+}
+
 impl Origin {
-    /// Starts the server on 127.0.0.1 with `workers` threads.
-    pub fn start(workers: usize) -> Result<Self> {
-        let server = Arc::new(
-            tiny_http::Server::http("127.0.0.1:0")
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("origin server")?,
-        );
+    /// Starts a plain HTTP origin on 127.0.0.1 with `workers` threads.
+    pub fn http(files: &OriginFiles, workers: usize) -> Result<Self> {
+        let server = tiny_http::Server::http("127.0.0.1:0").map_err(|e| anyhow::anyhow!("{e}"))?;
+        Self::spawn(server, files, workers, "http")
+    }
+
+    /// Starts an HTTPS origin on 127.0.0.1 (certificate for 127.0.0.1 from the test CA).
+    pub fn https(files: &OriginFiles, workers: usize) -> Result<Self> {
+        let ssl = tiny_http::SslConfig {
+            certificate: std::fs::read(&files.server_cert)?,
+            private_key: std::fs::read(&files.server_key)?,
+        };
+        let server =
+            tiny_http::Server::https("127.0.0.1:0", ssl).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Self::spawn(server, files, workers, "https")
+    }
+
+    fn spawn(
+        server: tiny_http::Server,
+        files: &OriginFiles,
+        workers: usize,
+        scheme: &'static str,
+    ) -> Result<Self> {
+        let server = Arc::new(server);
         let addr = server
             .server_addr()
             .to_ip()
@@ -54,9 +237,10 @@ impl Origin {
         let threads = (0..workers)
             .map(|_| {
                 let server = server.clone();
+                let files = files.clone();
                 thread::spawn(move || {
                     for request in server.incoming_requests() {
-                        handle(request);
+                        handle(request, &files);
                     }
                 })
             })
@@ -65,19 +249,19 @@ impl Origin {
             server,
             threads,
             addr,
+            scheme,
         })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http(s)://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 }
 
 impl Drop for Origin {
     fn drop(&mut self) {
-        self.server.unblock();
-        for _ in 1..self.threads.len() {
+        for _ in 0..self.threads.len() {
             self.server.unblock();
         }
         for t in self.threads.drain(..) {
@@ -86,34 +270,159 @@ impl Drop for Origin {
     }
 }
 
-fn handle(mut request: tiny_http::Request) {
+fn header(k: &str, v: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
+}
+
+fn handle(mut request: tiny_http::Request, files: &OriginFiles) {
     let url = request.url().to_string();
-    let path = url.split('?').next().unwrap_or("/");
-    let header = |k: &str, v: &str| {
-        tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let path = path.to_string();
+    let query = query.to_string();
+    let text = |s: String| {
+        tiny_http::Response::from_string(s).with_header(header("Content-Type", "text/plain"))
     };
-    let result = if let Some(len) = path.strip_prefix("/blob/") {
+    let _ = if let Some(len) = path.strip_prefix("/blob/") {
         match len.parse::<usize>() {
             Ok(len) if len <= 1 << 30 => request.respond(
                 tiny_http::Response::from_data(blob(len))
                     .with_header(header("Content-Type", "application/octet-stream")),
             ),
-            _ => request
-                .respond(tiny_http::Response::from_string("bad length").with_status_code(400)),
+            _ => request.respond(text("bad length\n".into()).with_status_code(400)),
         }
     } else if path == "/echo" {
-        // Answers with the sha256 and length of the request body.
+        // The request body's length and sha256, and how it was framed.
+        let chunked = request
+            .headers()
+            .iter()
+            .any(|h| h.field.equiv("Transfer-Encoding"));
         let mut body = Vec::new();
         let _ = request.as_reader().read_to_end(&mut body);
-        let text = format!("{} {}\n", body.len(), sha256_hex(&body));
-        request.respond(tiny_http::Response::from_string(text))
+        let method = request.method().to_string();
+        request.respond(text(format!(
+            "{method} {} {} chunked={chunked}\n",
+            body.len(),
+            sha256_hex(&body)
+        )))
     } else if path == "/hello" {
+        request.respond(text("hello from the origin\n".into()))
+    } else if path == "/headers" {
+        let mut s = String::new();
+        for h in request.headers() {
+            s.push_str(&format!("{}: {}\n", h.field, h.value));
+        }
+        request.respond(text(s))
+    } else if path == "/redirect" {
+        request.respond(tiny_http::Response::empty(302).with_header(header("Location", "/hello")))
+    } else if path == "/simple/" || path == format!("/simple/{WHEEL_PROJECT}/") {
+        let body = if path == "/simple/" {
+            format!("<!DOCTYPE html><html><body><a href=\"/simple/{WHEEL_PROJECT}/\">{WHEEL_PROJECT}</a></body></html>\n")
+        } else {
+            let wheel = std::fs::read(files.dir.join(wheel_name())).unwrap_or_default();
+            format!(
+                "<!DOCTYPE html><html><body><a href=\"/files/{0}#sha256={1}\">{0}</a></body></html>\n",
+                wheel_name(),
+                sha256_hex(&wheel)
+            )
+        };
         request.respond(
-            tiny_http::Response::from_string("hello from the origin\n")
-                .with_header(header("Content-Type", "text/plain")),
+            tiny_http::Response::from_string(body).with_header(header("Content-Type", "text/html")),
         )
+    } else if path == format!("/files/{}", wheel_name()) {
+        match std::fs::read(files.dir.join(wheel_name())) {
+            Ok(data) => request.respond(
+                tiny_http::Response::from_data(data)
+                    .with_header(header("Content-Type", "application/octet-stream")),
+            ),
+            Err(_) => request.respond(text("missing wheel\n".into()).with_status_code(500)),
+        }
+    } else if path.starts_with("/git/") {
+        git_cgi(request, files, &path, &query)
     } else {
-        request.respond(tiny_http::Response::from_string("not found here\n").with_status_code(404))
+        request.respond(text("not found here\n".into()).with_status_code(404))
     };
-    let _ = result;
+}
+
+/// Runs `git http-backend` as a CGI program for the smart HTTP protocol.
+fn git_cgi(
+    mut request: tiny_http::Request,
+    files: &OriginFiles,
+    path: &str,
+    query: &str,
+) -> std::io::Result<()> {
+    let result = (|| -> Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+        let mut body = Vec::new();
+        request.as_reader().read_to_end(&mut body)?;
+        let content_type = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Content-Type"))
+            .map(|h| h.value.to_string())
+            .unwrap_or_default();
+        let mut child = Command::new("git")
+            .arg("http-backend")
+            .env("GIT_PROJECT_ROOT", files.dir.join("git"))
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .env("REQUEST_METHOD", request.method().to_string())
+            .env("PATH_INFO", path.trim_start_matches("/git"))
+            .env("QUERY_STRING", query)
+            .env("CONTENT_TYPE", content_type)
+            .env("CONTENT_LENGTH", body.len().to_string())
+            .env("REMOTE_ADDR", "127.0.0.1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        let writer = thread::spawn(move || {
+            let _ = stdin.write_all(&body);
+        });
+        let out = child.wait_with_output()?;
+        let _ = writer.join();
+        let split = out
+            .stdout
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| (p, 4))
+            .or_else(|| {
+                out.stdout
+                    .windows(2)
+                    .position(|w| w == b"\n\n")
+                    .map(|p| (p, 2))
+            });
+        let Some((at, sep)) = split else {
+            bail!("git http-backend wrote no header")
+        };
+        let head = String::from_utf8_lossy(&out.stdout[..at]).into_owned();
+        let mut status = 200;
+        let mut headers = Vec::new();
+        for line in head.lines() {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            if k.eq_ignore_ascii_case("Status") {
+                status = v
+                    .trim()
+                    .split(' ')
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(500);
+            } else {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        Ok((status, headers, out.stdout[at + sep..].to_vec()))
+    })();
+    match result {
+        Ok((status, headers, body)) => {
+            let mut response = tiny_http::Response::from_data(body).with_status_code(status);
+            for (k, v) in headers {
+                response.add_header(header(&k, &v));
+            }
+            request.respond(response)
+        }
+        Err(err) => request.respond(
+            tiny_http::Response::from_string(format!("cgi error: {err:#}\n")).with_status_code(500),
+        ),
+    }
 }
