@@ -123,7 +123,7 @@ impl Default for TcpConfig {
         TcpConfig {
             rx_buffer: 256 * 1024,
             tx_buffer: 256 * 1024,
-            max_connections: 1024,
+            max_connections: 256,
             listen_backlog: 128,
             orphan_timeout: Duration::from_secs(60),
         }

@@ -696,3 +696,36 @@ fn accepted_stream_reports_the_tuple_smoltcp_actually_served() {
         assert_eq!(stack.stats().tcp_open, 1);
     });
 }
+
+#[test]
+fn listen_backlog_refuses_with_rst() {
+    let mut config = Config::default();
+    config.tcp.listen_backlog = 2;
+    let (stack, rec) = stack_with(config);
+    with_dump(&rec, "tcp_backlog", || {
+        let _listener = stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+        let _other = stack.listen(ListenAddr::Ip(GW_IP), 8080).unwrap();
+        for port in [40030, 40031] {
+            let out = exchange(
+                &stack,
+                &tcp_frame(PROXY_IP, port, 80, TcpControl::Syn, 1, None),
+                T,
+            );
+            assert!(segment(&out[0]).syn);
+        }
+        let out = exchange(
+            &stack,
+            &tcp_frame(PROXY_IP, 40032, 80, TcpControl::Syn, 1, None),
+            T,
+        );
+        assert!(segment(&out[0]).rst);
+        // The backlog is per listener.
+        let out = exchange(
+            &stack,
+            &tcp_frame(GW_IP, 40033, 8080, TcpControl::Syn, 1, None),
+            T,
+        );
+        assert!(segment(&out[0]).syn);
+        assert_eq!(stack.stats().tcp_refused_limit, 1);
+    });
+}

@@ -391,3 +391,73 @@ fn full_outbound_queue_holds_tcp_back_and_pop_requests_a_poll() {
     }
     assert_eq!(received, data);
 }
+
+#[test]
+fn orphan_that_the_guest_never_closes_is_aborted_after_the_timeout() {
+    let mut net = Net::new(Config::default());
+    let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+    let client = net.connect(PROXY_IP, 80, 4096, 4096);
+    net.pump();
+    drop(accept_now(&listener).unwrap());
+    net.pump();
+    // The guest half-closes never: our side sits in FIN-WAIT-2.
+    assert_eq!(net.socket(client).state(), State::CloseWait);
+    assert_eq!(net.stack.stats().tcp_open, 1);
+    let delay = net.stack.poll_delay(net.now).expect("orphan deadline");
+    assert!(delay <= net_stack::Duration::from_secs(60), "{delay}");
+    net.now += net_stack::Duration::from_secs(61);
+    net.pump();
+    assert_eq!(net.stack.stats().tcp_open, 0);
+    // The guest was told with an RST.
+    assert_eq!(net.socket(client).state(), State::Closed);
+}
+
+/// Throughput of the in-memory path (guest smoltcp → Stack → TcpStream and back), printed for
+/// the record; run with `cargo test --release -p net-stack --test tcp -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_in_memory_throughput() {
+    let mut net = Net::new(Config::default());
+    let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+    let client = net.connect(PROXY_IP, 80, 256 * 1024, 256 * 1024);
+    net.pump();
+    let mut stream = accept_now(&listener).unwrap();
+    let total = 64 * 1024 * 1024;
+    let chunk = vec![0xa5u8; 64 * 1024];
+    let (mut sent, mut got) = (0usize, 0usize);
+    let mut buf = vec![0u8; 64 * 1024];
+    let started = std::time::Instant::now();
+    while got < total {
+        let sock = net.socket(client);
+        if sent < total && sock.can_send() {
+            sent += sock
+                .send_slice(&chunk[..chunk.len().min(total - sent)])
+                .unwrap();
+        }
+        let g = &mut net.guest;
+        g.iface.poll(net.now, &mut g.dev, &mut g.sockets);
+        while let Some(f) = g.dev.tx.pop_front() {
+            net.stack.push_frame(&f);
+        }
+        net.stack.poll(net.now);
+        while let Some(f) = net.stack.pop_frame() {
+            g.dev.rx.push_back(f);
+        }
+        while let Poll::Ready(Ok(n)) = try_read(&mut stream, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            assert!(buf[..n].iter().all(|b| *b == 0xa5));
+            got += n;
+        }
+        net.now += net_stack::Duration::from_micros(100);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "guest -> stream: {} MiB in {secs:.2} s = {:.0} MiB/s (frames in {}, out {})",
+        total >> 20,
+        (total >> 20) as f64 / secs,
+        net.stack.stats().frames_in,
+        net.stack.stats().frames_out
+    );
+}
