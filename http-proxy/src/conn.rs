@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use fetch_transport::Body;
-use futures::future::LocalBoxFuture;
+use futures::future::{self, LocalBoxFuture};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use futures::StreamExt;
 use http::header::{self, HeaderValue};
@@ -142,42 +142,14 @@ async fn read_head<R: AsyncRead + Unpin>(
     proxy: &Proxy,
     inbound: &Rc<RefCell<Inbound<R>>>,
 ) -> Result<Option<RequestHead>, HeadRead> {
-    let limits = &proxy.config.limits;
-    let mut inbound = inbound.borrow_mut();
     loop {
-        // Tolerate the empty lines some clients send between requests (RFC 9112 §2.2).
-        while inbound.buf.starts_with(b"\r\n") {
-            let _ = inbound.buf.split_to(2);
-        }
-        if inbound.buf.starts_with(b"PRI * HTTP/2") {
-            let page = ErrorPage::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "unsupported",
-                "HTTP/2 with prior knowledge is not supported; use HTTP/1.1",
-            );
-            return Err(HeadRead::Rejected(page));
-        }
-        if !inbound.buf.is_empty() {
-            match parse_request_head(&inbound.buf, limits) {
-                Ok(Some((head, len))) => {
-                    let _ = inbound.buf.split_to(len);
-                    return Ok(Some(head));
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    let page = ErrorPage::new(err.status(), "bad-request", err.to_string());
-                    return Err(HeadRead::Rejected(page));
-                }
-            }
-        }
-        let timeout = if inbound.buf.is_empty() {
-            limits.idle_timeout
-        } else {
-            limits.io_timeout
+        let empty = match parse_buffered_head(proxy, &mut inbound.borrow_mut()) {
+            HeadStep::Done(result) => return result,
+            HeadStep::NeedMore { empty } => empty,
         };
-        inbound.set_timeout(timeout);
-        match inbound.fill().await {
-            Ok(0) if inbound.buf.is_empty() => return Ok(None),
+        // Borrow only inside each poll: the RefCell is never held across the await.
+        match future::poll_fn(|cx| inbound.borrow_mut().poll_fill(cx)).await {
+            Ok(0) if empty => return Ok(None),
             Ok(0) => {
                 let page = ErrorPage::new(
                     StatusCode::BAD_REQUEST,
@@ -190,6 +162,49 @@ async fn read_head<R: AsyncRead + Unpin>(
             Err(err) => return Err(HeadRead::Io(err)),
         }
     }
+}
+
+enum HeadStep {
+    Done(Result<Option<RequestHead>, HeadRead>),
+    NeedMore { empty: bool },
+}
+
+/// Parses a head from the bytes already buffered, or says more are needed (and sets the
+/// read timeout: idle between requests, I/O inside one).
+fn parse_buffered_head<R: AsyncRead + Unpin>(proxy: &Proxy, inbound: &mut Inbound<R>) -> HeadStep {
+    let limits = &proxy.config.limits;
+    // Tolerate the empty lines some clients send between requests (RFC 9112 §2.2).
+    while inbound.buf.starts_with(b"\r\n") {
+        let _ = inbound.buf.split_to(2);
+    }
+    if inbound.buf.starts_with(b"PRI * HTTP/2") {
+        let page = ErrorPage::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported",
+            "HTTP/2 with prior knowledge is not supported; use HTTP/1.1",
+        );
+        return HeadStep::Done(Err(HeadRead::Rejected(page)));
+    }
+    if !inbound.buf.is_empty() {
+        match parse_request_head(&inbound.buf, limits) {
+            Ok(Some((head, len))) => {
+                let _ = inbound.buf.split_to(len);
+                return HeadStep::Done(Ok(Some(head)));
+            }
+            Ok(None) => {}
+            Err(err) => {
+                let page = ErrorPage::new(err.status(), "bad-request", err.to_string());
+                return HeadStep::Done(Err(HeadRead::Rejected(page)));
+            }
+        }
+    }
+    let empty = inbound.buf.is_empty();
+    inbound.set_timeout(if empty {
+        limits.idle_timeout
+    } else {
+        limits.io_timeout
+    });
+    HeadStep::NeedMore { empty }
 }
 
 /// True when the request asks for the connection to stay open.
@@ -217,8 +232,8 @@ enum Route {
     OwnPage(String),
 }
 
-fn route(proxy: &Proxy, head: &RequestHead, mode: &Mode) -> Result<Route, ErrorPage> {
-    let bad = |msg: String| ErrorPage::new(StatusCode::BAD_REQUEST, "bad-request", msg);
+fn route(proxy: &Proxy, head: &RequestHead, mode: &Mode) -> Result<Route, Box<ErrorPage>> {
+    let bad = |msg: String| Box::new(ErrorPage::new(StatusCode::BAD_REQUEST, "bad-request", msg));
     let target = parse_target(&head.target, false).map_err(|e| bad(e.to_string()))?;
     match (mode, target) {
         (

@@ -85,11 +85,6 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
     pub fn into_parts(self) -> (R, BytesMut) {
         (self.reader, self.buf)
     }
-
-    /// Awaits [`Self::poll_fill`].
-    pub async fn fill(&mut self) -> io::Result<usize> {
-        future::poll_fn(|cx| self.poll_fill(cx)).await
-    }
 }
 
 /// Shared access to the read half: the request body stream handed to the transport and the

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: everything the project needs beyond `cargo build`, installing what
 //! it needs itself (Debian packages, the wasm target, wasm-bindgen's test runner).
 
+mod bench;
 mod build_wasm;
 mod cleanup;
 mod e2e;
@@ -9,6 +10,7 @@ mod origin;
 mod report;
 mod test;
 mod tools;
+mod transport_node;
 
 use anyhow::{bail, Result};
 
@@ -17,7 +19,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test         fmt check, clippy (native + wasm32), unit tests (native + wasm32), build-wasm, e2e
   build-wasm   build the browser package into dist/
-  e2e          end to end with a real Linux guest in a network namespace (needs root)
+  e2e [FILTER] end to end with a real Linux guest in a network namespace (needs root)
+  transport-node  fetch-transport's browser backend under node against a local origin
   fixtures     re-capture the pcap fixtures under net-stack/tests/fixtures (needs root)
   bench        benchmarks; writes docs/benchmarks.md and target/bench/results.json";
 
@@ -38,6 +41,8 @@ fn run(args: &[String]) -> Result<()> {
         "test" => test::run_all(rest),
         "build-wasm" => build_wasm::run_build(rest).map(|_| ()),
         "e2e" => e2e::run(rest),
+        "bench" => bench::run(rest),
+        "transport-node" => transport_node::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

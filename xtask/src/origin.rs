@@ -343,6 +343,9 @@ fn handle(mut request: tiny_http::Request, files: &OriginFiles) {
     };
 }
 
+/// A CGI program's answer: status, headers, body.
+type CgiResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// Runs `git http-backend` as a CGI program for the smart HTTP protocol.
 fn git_cgi(
     mut request: tiny_http::Request,
@@ -350,7 +353,7 @@ fn git_cgi(
     path: &str,
     query: &str,
 ) -> std::io::Result<()> {
-    let result = (|| -> Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let result = (|| -> Result<CgiResponse> {
         let mut body = Vec::new();
         request.as_reader().read_to_end(&mut body)?;
         let content_type = request
