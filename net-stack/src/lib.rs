@@ -6,6 +6,27 @@
 //! after `Stack::poll_delay` or when `Stack::poll_wake` is ready. TCP connections to listened
 //! addresses come out as `TcpStream`s (`futures::io::AsyncRead + AsyncWrite`). Nothing here reads
 //! a clock, spawns a task or touches a socket; everything is `!Send` and single-threaded.
+//!
+//! ```
+//! use net_stack::{Config, Instant, Stack};
+//!
+//! let stack = Stack::new(Config::default()).unwrap();
+//! // ARP request from 02:00:00:00:00:01 (192.168.127.3): who has 192.168.127.1?
+//! let mut arp = vec![0xff; 6];
+//! arp.extend([2, 0, 0, 0, 0, 1, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+//! arp.extend([2, 0, 0, 0, 0, 1, 192, 168, 127, 3, 0, 0, 0, 0, 0, 0, 192, 168, 127, 1]);
+//! stack.push_frame(&arp);
+//! stack.poll(Instant::from_millis(0));
+//! let reply = stack.pop_frame().unwrap();
+//! assert_eq!(&reply[6..12], &[0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd]); // the gateway MAC
+//! assert_eq!(stack.stats().arp_replies, 1);
+//! ```
+//!
+//! Wakers registered with listeners and streams are woken from inside `Stack::poll`; they must
+//! not poll the stack's streams synchronously (every executor defers the poll). For the same
+//! reason a `FrameObserver` must not call back into the `Stack`.
+
+#![warn(missing_docs)]
 
 mod arp;
 mod config;

@@ -11,8 +11,8 @@ use smoltcp::iface::{self, Interface, SocketSet};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     DhcpPacket, DhcpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress,
-    Icmpv4Repr, IpAddress, IpCidr, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, DHCP_SERVER_PORT,
-    ETHERNET_HEADER_LEN,
+    Icmpv4DstUnreachable, Icmpv4Repr, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr,
+    TcpPacket, UdpPacket, DHCP_SERVER_PORT, ETHERNET_HEADER_LEN,
 };
 
 use crate::arp::{self, ArpAction};
@@ -29,6 +29,8 @@ use crate::wire::emit;
 /// Most IP → MAC entries remembered (guests rarely use more than one address).
 const MAX_NEIGHBORS: usize = 1024;
 const DNS_PORT: u16 = 53;
+/// Bytes of the offending datagram quoted in an ICMP error (keeps the error within 576 bytes).
+const ICMP_QUOTE_MAX: usize = 576 - 20 - 8 - 20;
 
 /// State shared by the `Stack` handle, listeners and streams.
 pub(crate) struct Shared {
@@ -394,7 +396,7 @@ impl Inner {
                     IcmpAction::Malformed => Err(Drop::Malformed),
                 }
             }
-            IpProtocol::Udp => self.process_udp(src_mac, src, dst, body, now),
+            IpProtocol::Udp => self.process_udp(src_mac, src, dst, packet.hop_limit(), body, now),
             IpProtocol::Tcp => {
                 if l2_broadcast || dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified()
                 {
@@ -411,6 +413,7 @@ impl Inner {
         src_mac: EthernetAddress,
         src: Ipv4Addr,
         dst: Ipv4Addr,
+        hop_limit: u8,
         body: &[u8],
         now: Instant,
     ) -> Result<(), Drop> {
@@ -461,7 +464,27 @@ impl Inner {
             self.send(frame);
             return Ok(());
         }
-        if self.is_ours(dst) || dst.is_broadcast() {
+        if self.is_ours(dst) {
+            // RFC 1122 3.2.2.1: a closed UDP port on one of our addresses is answered with
+            // ICMP port unreachable, so the guest fails at once instead of timing out.
+            let quoted = &body[..body.len().min(ICMP_QUOTE_MAX)];
+            let header = Ipv4Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: IpProtocol::Udp,
+                payload_len: quoted.len(),
+                hop_limit,
+            };
+            let icmp = Icmpv4Repr::DstUnreachable {
+                reason: Icmpv4DstUnreachable::PortUnreachable,
+                header,
+                data: quoted,
+            };
+            let frame = emit::icmp_frame(self.mac, src_mac, dst, src, &icmp);
+            self.stats.udp_port_unreachable += 1;
+            self.send(frame);
+            Ok(())
+        } else if dst.is_broadcast() {
             Err(Drop::Unsupported)
         } else {
             Err(Drop::NotForUs)

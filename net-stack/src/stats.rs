@@ -31,6 +31,8 @@ pub struct Stats {
     pub arp_replies: u64,
     /// ICMP echo replies sent.
     pub icmp_echo_replies: u64,
+    /// ICMP port unreachable sent for UDP to a port of ours nobody serves.
+    pub udp_port_unreachable: u64,
     /// DHCP OFFERs sent.
     pub dhcp_offers: u64,
     /// DHCP ACKs sent (including INFORM answers).

@@ -729,3 +729,53 @@ fn listen_backlog_refuses_with_rst() {
         assert_eq!(stack.stats().tcp_refused_limit, 1);
     });
 }
+
+#[test]
+fn udp_to_an_unserved_port_of_ours_gets_port_unreachable() {
+    let (stack, rec) = stack_with(Config::default());
+    with_dump(&rec, "udp_unreachable", || {
+        let datagram = udp_frame((GUEST_IP, 40404), (PROXY_IP, 53), GW_MAC, b"query");
+        let out = exchange(&stack, &datagram, T);
+        assert_eq!(out.len(), 1);
+        let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
+        assert_eq!(eth.dst_addr(), EthernetAddress(GUEST_MAC));
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (PROXY_IP, GUEST_IP));
+        let icmp = ip.payload();
+        // Type 3 (destination unreachable), code 3 (port unreachable), then unused 4 bytes.
+        assert_eq!(&icmp[..2], &[3, 3]);
+        assert_eq!(&icmp[4..8], &[0, 0, 0, 0]);
+        // The quoted IPv4 header and the whole small datagram (UDP header + "query").
+        let quoted = Ipv4Packet::new_checked(&icmp[8..]).unwrap();
+        assert_eq!((quoted.src_addr(), quoted.dst_addr()), (GUEST_IP, PROXY_IP));
+        assert_eq!(&icmp[28..36], &datagram[34..42]);
+        assert_eq!(&icmp[36..], b"query");
+        let sum = smoltcp::wire::Icmpv4Packet::new_checked(icmp).unwrap();
+        assert!(sum.verify_checksum());
+        // Broadcast and foreign destinations never get ICMP errors.
+        let bcast = udp_frame(
+            (GUEST_IP, 40404),
+            (Ipv4Address::BROADCAST, 9999),
+            [0xff; 6],
+            b"x",
+        );
+        assert!(exchange(&stack, &bcast, T).is_empty());
+        let foreign = udp_frame(
+            (GUEST_IP, 40404),
+            (Ipv4Address::new(8, 8, 8, 8), 53),
+            GW_MAC,
+            b"x",
+        );
+        assert!(exchange(&stack, &foreign, T).is_empty());
+        let s = stack.stats();
+        assert_eq!(
+            (
+                s.udp_port_unreachable,
+                s.dropped_unsupported,
+                s.dropped_not_for_us
+            ),
+            (1, 1, 1)
+        );
+    });
+}
