@@ -4,7 +4,7 @@
 mod cli;
 mod driver;
 mod link;
-mod tap;
+pub mod tap;
 
 use std::fs::File;
 use std::io::BufWriter;
