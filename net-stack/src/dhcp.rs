@@ -224,7 +224,14 @@ impl DhcpServer {
         match repr.message_type {
             DhcpMessageType::Discover => match self.choose(mac, repr.requested_ip, now) {
                 Some(ip) => {
-                    self.bind(mac, ip, State::Offered, now + OFFER_HOLD);
+                    // A bound client that starts over keeps its lease until it lapses.
+                    let bound = self
+                        .bindings
+                        .get(&mac)
+                        .is_some_and(|b| b.ip == ip && b.state == State::Bound && b.active(now));
+                    if !bound {
+                        self.bind(mac, ip, State::Offered, now + OFFER_HOLD);
+                    }
                     (
                         Some(self.reply(repr, DhcpMessageType::Offer, ip)),
                         DhcpOutcome::Offer,
@@ -740,6 +747,30 @@ pub(crate) mod tests {
             ip(252)
         );
         let _ = DHCP_SERVER_PORT;
+    }
+
+    #[test]
+    fn discover_from_a_bound_client_keeps_its_lease() {
+        let mut s = server();
+        let d = client_msg(CLIENT, DhcpMessageType::Discover, ZERO, None, None, false);
+        run(&mut s, &d, T0);
+        run(
+            &mut s,
+            &client_msg(
+                CLIENT,
+                DhcpMessageType::Request,
+                ZERO,
+                Some(ip(3)),
+                Some(GW),
+                false,
+            ),
+            T0,
+        );
+        let (offer, _) = run(&mut s, &d, T0 + Duration::from_secs(10));
+        assert_eq!(parsed(&offer.unwrap()).your_ip, ip(3));
+        let leases = s.leases();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].expires, T0 + Duration::from_secs(3600));
     }
 
     #[test]
