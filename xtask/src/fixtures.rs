@@ -178,11 +178,11 @@ impl Lab {
         for ns in [SRV, GST] {
             exec(Command::new("ip").args(["netns", "add", ns]))?;
         }
+        // Both ends are born inside their namespaces: the host never sees the link.
         exec(Command::new("ip").args([
-            "link", "add", VETH_SRV, "type", "veth", "peer", "name", VETH_GST,
+            "link", "add", VETH_SRV, "netns", SRV, "type", "veth", "peer", "name", VETH_GST,
+            "netns", GST,
         ]))?;
-        exec(Command::new("ip").args(["link", "set", VETH_SRV, "netns", SRV]))?;
-        exec(Command::new("ip").args(["link", "set", VETH_GST, "netns", GST]))?;
         for (ns, dev, mac) in [(SRV, VETH_SRV, GATEWAY_MAC), (GST, VETH_GST, GUEST_MAC)] {
             for key in ["all", "default", dev] {
                 exec(&mut in_ns(
@@ -246,7 +246,12 @@ impl Lab {
             ),
         )?;
         let conf = conf.to_string_lossy().into_owned();
-        self.spawn("udhcpd", in_ns(SRV, "busybox", &["udhcpd", "-f", &conf]))?;
+        // `-a 100`: udhcpd ARP-pings an address before offering it; its default 2 s wait races
+        // udhcpc's DISCOVER retransmission and makes the capture vary between runs.
+        self.spawn(
+            "udhcpd",
+            in_ns(SRV, "busybox", &["udhcpd", "-f", "-a", "100", &conf]),
+        )?;
 
         let dns = self.dir.join("dns.py");
         fs::write(&dns, DNS_RESPONDER)?;
@@ -326,7 +331,7 @@ impl Lab {
                 "-t",
                 "5",
                 "-T",
-                "2",
+                "3",
                 "-s",
                 "/etc/udhcpc/default.script",
             ]],
