@@ -24,6 +24,13 @@ fn real_clock() -> Arc<FixedClock> {
     Arc::new(FixedClock::new(now.as_secs()))
 }
 
+/// Sets `clock` a second past the real time and returns it: openssl stamps notBefore with the
+/// second it signs, which can be later than when the clock was first read.
+fn caught_up(clock: &FixedClock) -> &FixedClock {
+    clock.set(real_clock().secs() + 1);
+    clock
+}
+
 fn have(tool: &str) -> bool {
     let found = Command::new(tool).arg("--version").output().is_ok()
         || Command::new(tool).arg("version").output().is_ok();
@@ -293,7 +300,7 @@ fn openssl_made_cas_import_or_are_refused() {
         ("p256", &p256, KeyAlgorithm::EcdsaP256),
     ] {
         let (cert, key) = openssl_ca(&dir, name, args, &CA_EXTS);
-        let ca = CertificateAuthority::from_pem(&cert, &key, clock.as_ref())
+        let ca = CertificateAuthority::from_pem(&cert, &key, caught_up(&clock))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(ca.key_algorithm(), expected);
         let ca_path = dir.write("imported-ca.pem", &cert);
@@ -314,7 +321,7 @@ fn openssl_made_cas_import_or_are_refused() {
         &CA_EXTS,
     );
     assert_eq!(
-        CertificateAuthority::from_pem(&cert, &key, clock.as_ref()).unwrap_err(),
+        CertificateAuthority::from_pem(&cert, &key, caught_up(&clock)).unwrap_err(),
         ImportError::RsaKeyTooSmall { bits: 1024 }
     );
 
@@ -325,7 +332,7 @@ fn openssl_made_cas_import_or_are_refused() {
         &CA_EXTS,
     );
     assert!(matches!(
-        CertificateAuthority::from_pem(&cert, &key, clock.as_ref()).unwrap_err(),
+        CertificateAuthority::from_pem(&cert, &key, caught_up(&clock)).unwrap_err(),
         ImportError::UnsupportedAlgorithm { part: ImportPart::Certificate, algorithm }
             if algorithm.contains("1.3.132.0.35")
     ));
@@ -338,7 +345,7 @@ fn openssl_made_cas_import_or_are_refused() {
     let err = CertificateAuthority::from_pem(
         &cert,
         &String::from_utf8_lossy(&sec1.stdout),
-        clock.as_ref(),
+        caught_up(&clock),
     )
     .unwrap_err();
     assert_eq!(

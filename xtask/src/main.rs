@@ -5,6 +5,7 @@ mod bench;
 mod build_wasm;
 mod cleanup;
 mod e2e;
+mod fixtures;
 mod guest;
 mod origin;
 mod report;
@@ -42,6 +43,7 @@ fn run(args: &[String]) -> Result<()> {
         "build-wasm" => build_wasm::run_build(rest).map(|_| ()),
         "e2e" => e2e::run(rest),
         "bench" => bench::run(rest),
+        "fixtures" => fixtures::run(rest),
         "transport-node" => transport_node::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
