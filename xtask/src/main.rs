@@ -2,6 +2,7 @@
 //! it needs itself (Debian packages, the wasm target, wasm-bindgen's test runner).
 
 mod bench;
+mod browser;
 mod build_wasm;
 mod cleanup;
 mod e2e;
@@ -21,6 +22,9 @@ commands:
   test         fmt check, clippy (native + wasm32), unit tests (native + wasm32), build-wasm, e2e
   build-wasm   build the browser package into dist/
   e2e [FILTER] end to end with a real Linux guest in a network namespace (needs root)
+  e2e --browser [chromium|firefox] [FILTER]
+               the same kind of guest behind the browser build, in headless Chromium (default)
+               or Firefox ESR, over a TAP-to-WebSocket bridge (needs root)
   transport-node  fetch-transport's browser backend under node against a local origin
   fixtures     re-capture the pcap fixtures under net-stack/tests/fixtures (needs root)
   bench        benchmarks; writes docs/benchmarks.md and target/bench/results.json";
@@ -41,7 +45,15 @@ fn run(args: &[String]) -> Result<()> {
     match command.as_str() {
         "test" => test::run_all(rest),
         "build-wasm" => build_wasm::run_build(rest).map(|_| ()),
-        "e2e" => e2e::run(rest),
+        "e2e" => match rest.first().map(String::as_str) {
+            Some("--browser") => browser::run(&rest[1..]),
+            Some(flag) if flag.starts_with("--browser=") => {
+                let mut args = vec![flag["--browser=".len()..].to_string()];
+                args.extend_from_slice(&rest[1..]);
+                browser::run(&args)
+            }
+            _ => e2e::run(rest),
+        },
         "bench" => bench::run(rest),
         "fixtures" => fixtures::run(rest),
         "transport-node" => transport_node::run(rest),

@@ -30,6 +30,17 @@ pub struct Origin {
     pub scheme: &'static str,
 }
 
+/// Whether an origin answers browsers' cross-origin requests (the browser e2e's `fetch()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cors {
+    /// No CORS headers at all (a browser refuses to hand the response to a page).
+    #[default]
+    Off,
+    /// `Access-Control-Allow-Origin` (the request's Origin, with credentials allowed, or `*`),
+    /// preflight answers for OPTIONS, and every header exposed.
+    On,
+}
+
 /// Files the origins serve and the test CA of the HTTPS origin.
 #[derive(Debug, Clone)]
 pub struct OriginFiles {
@@ -145,6 +156,11 @@ impl OriginFiles {
             server_key: p("server.key"),
         })
     }
+
+    /// The HTTPS origin's certificate (PEM), e.g. to pin its key in a browser.
+    pub fn server_cert(&self) -> &Path {
+        &self.server_cert
+    }
 }
 
 fn wheel_name() -> String {
@@ -208,19 +224,29 @@ fn make_git_repo(dir: &Path) -> Result<()> {
 impl Origin {
     /// Starts a plain HTTP origin on 127.0.0.1 with `workers` threads.
     pub fn http(files: &OriginFiles, workers: usize) -> Result<Self> {
+        Self::http_with(files, workers, Cors::Off)
+    }
+
+    /// Starts a plain HTTP origin on 127.0.0.1, with or without CORS headers.
+    pub fn http_with(files: &OriginFiles, workers: usize, cors: Cors) -> Result<Self> {
         let server = tiny_http::Server::http("127.0.0.1:0").map_err(|e| anyhow::anyhow!("{e}"))?;
-        Self::spawn(server, files, workers, "http")
+        Self::spawn(server, files, workers, "http", cors)
     }
 
     /// Starts an HTTPS origin on 127.0.0.1 (certificate for 127.0.0.1 from the test CA).
     pub fn https(files: &OriginFiles, workers: usize) -> Result<Self> {
+        Self::https_with(files, workers, Cors::Off)
+    }
+
+    /// Starts an HTTPS origin on 127.0.0.1, with or without CORS headers.
+    pub fn https_with(files: &OriginFiles, workers: usize, cors: Cors) -> Result<Self> {
         let ssl = tiny_http::SslConfig {
             certificate: std::fs::read(&files.server_cert)?,
             private_key: std::fs::read(&files.server_key)?,
         };
         let server =
             tiny_http::Server::https("127.0.0.1:0", ssl).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Self::spawn(server, files, workers, "https")
+        Self::spawn(server, files, workers, "https", cors)
     }
 
     fn spawn(
@@ -228,6 +254,7 @@ impl Origin {
         files: &OriginFiles,
         workers: usize,
         scheme: &'static str,
+        cors: Cors,
     ) -> Result<Self> {
         let server = Arc::new(server);
         let addr = server
@@ -240,7 +267,7 @@ impl Origin {
                 let files = files.clone();
                 thread::spawn(move || {
                     for request in server.incoming_requests() {
-                        handle(request, &files);
+                        handle(request, &files, cors);
                     }
                 })
             })
@@ -274,7 +301,60 @@ fn header(k: &str, v: &str) -> tiny_http::Header {
     tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
 }
 
-fn handle(mut request: tiny_http::Request, files: &OriginFiles) {
+/// The CORS headers for `request`'s answer (none when `cors` is off).
+fn cors_headers(request: &tiny_http::Request, cors: Cors) -> Vec<tiny_http::Header> {
+    if cors == Cors::Off {
+        return Vec::new();
+    }
+    let find = |name: &'static str| {
+        request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.to_string())
+    };
+    let mut out = vec![
+        header("Vary", "Origin"),
+        header("Access-Control-Expose-Headers", "*"),
+    ];
+    match find("Origin") {
+        // Echoing the origin (not `*`) lets the page's own credentialed fetch set a cookie.
+        Some(origin) => {
+            out.push(header("Access-Control-Allow-Origin", &origin));
+            out.push(header("Access-Control-Allow-Credentials", "true"));
+        }
+        None => out.push(header("Access-Control-Allow-Origin", "*")),
+    }
+    if request.method() == &tiny_http::Method::Options {
+        out.push(header(
+            "Access-Control-Allow-Methods",
+            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        ));
+        let asked = find("Access-Control-Request-Headers").unwrap_or_else(|| "*".into());
+        out.push(header("Access-Control-Allow-Headers", &asked));
+        out.push(header("Access-Control-Max-Age", "600"));
+    }
+    out
+}
+
+/// Responds with `response` plus `extra` headers.
+fn send<R: std::io::Read>(
+    request: tiny_http::Request,
+    mut response: tiny_http::Response<R>,
+    extra: &[tiny_http::Header],
+) -> std::io::Result<()> {
+    for h in extra {
+        response.add_header(h.clone());
+    }
+    request.respond(response)
+}
+
+fn handle(mut request: tiny_http::Request, files: &OriginFiles, cors: Cors) {
+    let extra = cors_headers(&request, cors);
+    if cors == Cors::On && request.method() == &tiny_http::Method::Options {
+        let _ = send(request, tiny_http::Response::empty(204), &extra);
+        return;
+    }
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let path = path.to_string();
@@ -284,11 +364,17 @@ fn handle(mut request: tiny_http::Request, files: &OriginFiles) {
     };
     let _ = if let Some(len) = path.strip_prefix("/blob/") {
         match len.parse::<usize>() {
-            Ok(len) if len <= 1 << 30 => request.respond(
+            Ok(len) if len <= 1 << 30 => send(
+                request,
                 tiny_http::Response::from_data(blob(len))
                     .with_header(header("Content-Type", "application/octet-stream")),
+                &extra,
             ),
-            _ => request.respond(text("bad length\n".into()).with_status_code(400)),
+            _ => send(
+                request,
+                text("bad length\n".into()).with_status_code(400),
+                &extra,
+            ),
         }
     } else if path == "/echo" {
         // The request body's length and sha256, and how it was framed.
@@ -299,21 +385,40 @@ fn handle(mut request: tiny_http::Request, files: &OriginFiles) {
         let mut body = Vec::new();
         let _ = request.as_reader().read_to_end(&mut body);
         let method = request.method().to_string();
-        request.respond(text(format!(
-            "{method} {} {} chunked={chunked}\n",
-            body.len(),
-            sha256_hex(&body)
-        )))
+        send(
+            request,
+            text(format!(
+                "{method} {} {} chunked={chunked}\n",
+                body.len(),
+                sha256_hex(&body)
+            )),
+            &extra,
+        )
     } else if path == "/hello" {
-        request.respond(text("hello from the origin\n".into()))
+        send(request, text("hello from the origin\n".into()), &extra)
     } else if path == "/headers" {
         let mut s = String::new();
         for h in request.headers() {
             s.push_str(&format!("{}: {}\n", h.field, h.value));
         }
-        request.respond(text(s))
+        send(request, text(s), &extra)
+    } else if path == "/set-cookie" {
+        // A cookie for this host in the browser profile that fetches it (the browser e2e checks
+        // the proxy never sends it).
+        send(
+            request,
+            text("cookie set\n".into()).with_header(header(
+                "Set-Cookie",
+                "c2w_probe=page-profile-secret; Path=/; Max-Age=3600; SameSite=Lax",
+            )),
+            &extra,
+        )
     } else if path == "/redirect" {
-        request.respond(tiny_http::Response::empty(302).with_header(header("Location", "/hello")))
+        send(
+            request,
+            tiny_http::Response::empty(302).with_header(header("Location", "/hello")),
+            &extra,
+        )
     } else if path == "/simple/" || path == format!("/simple/{WHEEL_PROJECT}/") {
         let body = if path == "/simple/" {
             format!("<!DOCTYPE html><html><body><a href=\"/simple/{WHEEL_PROJECT}/\">{WHEEL_PROJECT}</a></body></html>\n")
@@ -325,21 +430,33 @@ fn handle(mut request: tiny_http::Request, files: &OriginFiles) {
                 sha256_hex(&wheel)
             )
         };
-        request.respond(
+        send(
+            request,
             tiny_http::Response::from_string(body).with_header(header("Content-Type", "text/html")),
+            &extra,
         )
     } else if path == format!("/files/{}", wheel_name()) {
         match std::fs::read(files.dir.join(wheel_name())) {
-            Ok(data) => request.respond(
+            Ok(data) => send(
+                request,
                 tiny_http::Response::from_data(data)
                     .with_header(header("Content-Type", "application/octet-stream")),
+                &extra,
             ),
-            Err(_) => request.respond(text("missing wheel\n".into()).with_status_code(500)),
+            Err(_) => send(
+                request,
+                text("missing wheel\n".into()).with_status_code(500),
+                &extra,
+            ),
         }
     } else if path.starts_with("/git/") {
-        git_cgi(request, files, &path, &query)
+        git_cgi(request, files, &path, &query, &extra)
     } else {
-        request.respond(text("not found here\n".into()).with_status_code(404))
+        send(
+            request,
+            text("not found here\n".into()).with_status_code(404),
+            &extra,
+        )
     };
 }
 
@@ -352,6 +469,7 @@ fn git_cgi(
     files: &OriginFiles,
     path: &str,
     query: &str,
+    extra: &[tiny_http::Header],
 ) -> std::io::Result<()> {
     let result = (|| -> Result<CgiResponse> {
         let mut body = Vec::new();
@@ -422,10 +540,12 @@ fn git_cgi(
             for (k, v) in headers {
                 response.add_header(header(&k, &v));
             }
-            request.respond(response)
+            send(request, response, extra)
         }
-        Err(err) => request.respond(
+        Err(err) => send(
+            request,
             tiny_http::Response::from_string(format!("cgi error: {err:#}\n")).with_status_code(500),
+            extra,
         ),
     }
 }

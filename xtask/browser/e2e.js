@@ -1,0 +1,55 @@
+// The NetProxy test page: the proxy runs here on the main thread, its frames go to and from a
+// real Linux guest through the harness's TAP-to-WebSocket bridge. The harness judges
+// everything on the guest side; this page only wires things up and reports what it sees.
+import { report, watchErrors, log, loadConfig, plantCookie, openBridge, jsonSafe } from "./report.js";
+
+watchErrors();
+const status = (s) => { document.getElementById("status").textContent = s; };
+
+async function main() {
+  const config = await loadConfig();
+  await plantCookie(config.origins.http);
+  status("cookie planted");
+
+  const mod = await import("./c2w_net_proxy.js");
+  await mod.default();
+  if (typeof mod.NetProxy !== "function") {
+    throw new Error("dist/c2w_net_proxy.js exports no NetProxy (exports: " + Object.keys(mod).join(", ") + ")");
+  }
+  const proxy = await mod.NetProxy.create({
+    allow: ["loopback"],
+    rewrites: config.rewrites,
+    timeoutMs: 30000,
+    logLevel: "warn",
+  });
+  await report("ca", proxy.caCertificatePem());
+
+  const ws = await openBridge();
+  let fromGuest = 0, toGuest = 0;
+  ws.onmessage = (e) => { fromGuest++; proxy.pushFrame(new Uint8Array(e.data)); };
+  ws.onclose = () => report("page-error", "the bridge closed the WebSocket");
+  // The frame may be a view into memory the proxy reuses: send a copy.
+  proxy.onFrame((frame) => { toGuest++; ws.send(frame.slice()); });
+  status("running");
+
+  let seq = 0;
+  const post = async () => {
+    const s = proxy.stats();
+    const snapshot = { ...(s instanceof Map ? Object.fromEntries(s) : s) };
+    snapshot.seq = ++seq;
+    snapshot.pageFramesFromGuest = fromGuest;
+    snapshot.pageFramesToGuest = toGuest;
+    snapshot.wsBufferedAmount = ws.bufferedAmount;
+    if (performance.memory) snapshot.jsHeapUsed = performance.memory.usedJSHeapSize;
+    await report("stats", JSON.stringify(snapshot, jsonSafe));
+    setTimeout(post, 250);
+  };
+  await report("ready", navigator.userAgent);
+  post();
+  log("e2e page: NetProxy running");
+}
+
+main().catch((err) => {
+  status(`failed: ${err}`);
+  report("fatal", String(err && err.stack || err));
+});

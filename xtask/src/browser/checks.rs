@@ -1,0 +1,315 @@
+//! The guest-side checks of the browser e2e: real programs in the guest namespace, whose only
+//! network is the page's proxy behind the bridge. Everything is judged here, on the guest side.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::guest::GuestNs;
+use crate::origin::{blob, sha256_hex};
+
+/// The proxy address the guest's proxy-aware clients use.
+pub const PROXY: &str = "http://192.168.127.253:80";
+/// Guest-visible names the page's rewrites map to the CORS origins (transparent mode).
+pub const PLAIN_NAME: &str = "plain.test";
+/// See [`PLAIN_NAME`].
+pub const SECURE_NAME: &str = "secure.test";
+
+/// What a check needs: the guest and the proxy CA the page exported.
+pub struct Guest<'a> {
+    /// The namespace.
+    pub ns: &'a GuestNs,
+    /// The proxy's CA certificate (PEM file), as the page reported it.
+    pub ca: PathBuf,
+    /// Scratch directory (the guest's HOME).
+    pub work: PathBuf,
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Fails with `want` and what was got instead.
+pub fn expect_contains(got: &str, want: &str) -> Result<()> {
+    if got.contains(want) {
+        Ok(())
+    } else {
+        bail!("expected {want:?} in {got:?}")
+    }
+}
+
+impl Guest<'_> {
+    /// Runs `script` with `sh -c` in the guest; stdout on success, an error with all output
+    /// otherwise.
+    pub fn sh(&self, script: &str, limit: Duration) -> Result<String> {
+        let out = self.ns.output_within(&["sh", "-c", script], limit)?;
+        if !out.status.success() {
+            bail!("`{script}` failed ({}): {}", out.status, text(&out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// curl through the proxy, trusting the page's CA.
+    pub fn curl(&self) -> String {
+        format!("curl -sS -x {PROXY} --cacert {}", self.ca.display())
+    }
+
+    /// udhcpc on the guest's interface: the lease, the default route, the DNS server.
+    pub fn dhcp(&self) -> Result<String> {
+        let iface = self.ns.iface.clone();
+        let out = self.ns.output_within(
+            &[
+                "udhcpc",
+                "-i",
+                &iface,
+                "-n",
+                "-q",
+                "-f",
+                "-t",
+                "8",
+                "-T",
+                "2",
+                "-s",
+                "/etc/udhcpc/default.script",
+            ],
+            Duration::from_secs(30),
+        )?;
+        if !out.status.success() {
+            bail!("udhcpc failed: {}", text(&out));
+        }
+        let addr = text(&self.ns.output_within(
+            &["ip", "-4", "-o", "addr", "show", "dev", &iface],
+            Duration::from_secs(5),
+        )?);
+        if !addr.contains("inet 192.168.127.3/24") {
+            bail!("unexpected address: {addr}");
+        }
+        let route = text(&self.ns.output_within(
+            &["ip", "-4", "route", "show", "default"],
+            Duration::from_secs(5),
+        )?);
+        if !route.contains("default via 192.168.127.1") {
+            bail!("no default route via the gateway: {route}");
+        }
+        let resolv = self.ns.resolv_conf();
+        if !resolv.contains("nameserver 192.168.127.1") {
+            bail!("resolv.conf does not name 192.168.127.1: {resolv}");
+        }
+        Ok("192.168.127.3/24 via 192.168.127.1, nameserver 192.168.127.1".into())
+    }
+
+    /// Two pings to `ip`.
+    pub fn ping(&self, ip: &str) -> Result<String> {
+        let out = self
+            .ns
+            .output_within(&["ping", "-c", "2", "-W", "3", ip], Duration::from_secs(15))?;
+        if !out.status.success() {
+            bail!("ping failed: {}", text(&out));
+        }
+        Ok(text(&out)
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or("")
+            .to_string())
+    }
+
+    /// A name resolves to one of the proxy's fake IPs.
+    pub fn nslookup(&self) -> Result<String> {
+        let out = self.ns.output_within(
+            &[
+                "busybox",
+                "nslookup",
+                "-type=a",
+                "some.name.test",
+                "192.168.127.1",
+            ],
+            Duration::from_secs(15),
+        )?;
+        let t = text(&out);
+        let answer = t
+            .lines()
+            .skip_while(|l| !l.contains("some.name.test"))
+            .find(|l| l.starts_with("Address"));
+        match answer {
+            Some(line) if out.status.success() && line.contains("198.1") => {
+                Ok(line.trim().to_string())
+            }
+            _ => bail!("no fake-IP answer: {t}"),
+        }
+    }
+
+    /// The proxy's own CA download equals what the page exported.
+    pub fn own_ca(&self, pem: &str) -> Result<String> {
+        let got = self.sh(
+            "curl -sS --fail http://192.168.127.253/ca.pem",
+            Duration::from_secs(20),
+        )?;
+        if got.trim() != pem.trim() {
+            bail!("http://192.168.127.253/ca.pem differs from caCertificatePem(): {got:?}");
+        }
+        Ok("same PEM as caCertificatePem()".into())
+    }
+
+    /// GET /hello through the proxy.
+    pub fn get_hello(&self, base: &str) -> Result<String> {
+        let body = self.sh(
+            &format!("{} --fail {base}/hello", self.curl()),
+            Duration::from_secs(30),
+        )?;
+        if body != "hello from the origin\n" {
+            bail!("unexpected body {body:?}");
+        }
+        Ok("body matches".into())
+    }
+
+    /// Downloads `/blob/<size>` and compares its sha256; returns MB/s.
+    pub fn download(&self, base: &str, size: usize, limit: Duration) -> Result<f64> {
+        let started = Instant::now();
+        let got = self.sh(
+            &format!("{} --fail {base}/blob/{size} | sha256sum", self.curl()),
+            limit,
+        )?;
+        let elapsed = started.elapsed();
+        if !got.starts_with(&sha256_hex(&blob(size))) {
+            bail!("sha256 mismatch: {got}");
+        }
+        Ok(size as f64 / elapsed.as_secs_f64() / 1e6)
+    }
+
+    /// POSTs `size` bytes to `/echo` (chunked or with a length); the origin reports what it got.
+    pub fn upload(&self, base: &str, size: usize, chunked: bool) -> Result<String> {
+        let path = self.work.join(format!("upload-{size}"));
+        let data = blob(size);
+        std::fs::write(&path, &data)?;
+        let te = if chunked {
+            "-H 'Transfer-Encoding: chunked'"
+        } else {
+            ""
+        };
+        let started = Instant::now();
+        let got = self.sh(
+            &format!(
+                "{} --fail {te} --data-binary @{} {base}/echo",
+                self.curl(),
+                path.display()
+            ),
+            Duration::from_secs(120),
+        )?;
+        expect_contains(&got, &format!("POST {size} {}", sha256_hex(&data)))?;
+        Ok(format!(
+            "origin received {size} bytes, sha256 ok, {:.1} MB/s",
+            size as f64 / started.elapsed().as_secs_f64() / 1e6
+        ))
+    }
+
+    /// curl without any proxy setting to a rewritten guest-visible name.
+    pub fn transparent(&self, url: &str) -> Result<String> {
+        let got = self.sh(
+            &format!("curl -sS --fail --cacert {} {url}/hello", self.ca.display()),
+            Duration::from_secs(30),
+        )?;
+        if got != "hello from the origin\n" {
+            bail!("unexpected body {got:?}");
+        }
+        Ok("body matches".into())
+    }
+
+    /// An origin without CORS headers: a 502 naming the URL and the browser's refusal.
+    pub fn no_cors(&self, base: &str) -> Result<String> {
+        let url = format!("{base}/hello");
+        let got = self.sh(
+            &format!("{} -w '\\n%{{http_code}}' {url}", self.curl()),
+            Duration::from_secs(45),
+        )?;
+        let (body, code) = got.rsplit_once('\n').unwrap_or(("", &got));
+        if code != "502" {
+            bail!("expected 502, got {code}: {body:?}");
+        }
+        if !body.contains(&url) {
+            bail!("the 502 body does not name {url}: {body:?}");
+        }
+        let lower = body.to_ascii_lowercase();
+        if !(lower.contains("browser") && (lower.contains("refus") || lower.contains("cors"))) {
+            bail!("the 502 body does not say the browser refused the request: {body:?}");
+        }
+        Ok(body
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(120)
+            .collect())
+    }
+
+    /// The origin's header echo seen through the proxy carries no Cookie.
+    pub fn no_cookie(&self, base: &str) -> Result<String> {
+        let got = self.sh(
+            &format!("{} --fail {base}/headers", self.curl()),
+            Duration::from_secs(30),
+        )?;
+        let lower = got.to_ascii_lowercase();
+        if !lower.contains("host:") {
+            bail!("the header echo looks wrong: {got:?}");
+        }
+        if lower.contains("cookie:") || lower.contains("c2w_probe") {
+            bail!("the origin saw the page's cookie: {got:?}");
+        }
+        Ok(format!(
+            "{} request headers, none a Cookie",
+            got.lines().count()
+        ))
+    }
+
+    /// A 404 with the origin's body.
+    pub fn not_found(&self, base: &str) -> Result<String> {
+        let got = self.sh(
+            &format!("{} -w ' %{{http_code}}' {base}/missing", self.curl()),
+            Duration::from_secs(30),
+        )?;
+        if got != "not found here\n 404" {
+            bail!("unexpected: {got:?}");
+        }
+        Ok("404 with the origin's body".into())
+    }
+
+    /// A redirect followed by fetch() arrives as the final response, marked as redirected.
+    pub fn redirect(&self, base: &str) -> Result<String> {
+        let got = self.sh(
+            &format!("{} -i {base}/redirect", self.curl()),
+            Duration::from_secs(30),
+        )?;
+        let lower = got.to_ascii_lowercase();
+        expect_contains(&lower, "x-fetch-redirected: true")?;
+        if !got.starts_with("HTTP/1.1 200") {
+            bail!("expected the followed 200: {got:?}");
+        }
+        expect_contains(&got, "hello from the origin")?;
+        Ok("200 with X-Fetch-Redirected: true and the target's body".into())
+    }
+
+    /// A destination outside the allow list gets 403 without any fetch.
+    pub fn denied(&self) -> Result<String> {
+        let got = self.sh(
+            &format!("curl -sS -x {PROXY} -w ' %{{http_code}}' http://example.com/"),
+            Duration::from_secs(30),
+        )?;
+        if !got.ends_with(" 403") || !got.contains("example.com") {
+            bail!("unexpected: {got:?}");
+        }
+        Ok(got.lines().next().unwrap_or("").chars().take(120).collect())
+    }
+}
+
+/// Writes `pem` for the guest to trust and checks it is one PEM certificate.
+pub fn save_ca(pem: &str, path: &Path) -> Result<()> {
+    if !pem.contains("-----BEGIN CERTIFICATE-----") || !pem.contains("-----END CERTIFICATE-----") {
+        bail!("not a PEM certificate: {pem:?}");
+    }
+    std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))
+}

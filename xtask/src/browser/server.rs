@@ -1,0 +1,226 @@
+//! The test pages' own server on 127.0.0.1: static files from `xtask/browser/` and `dist/`
+//! with the cross-origin isolation headers `SharedArrayBuffer` needs, the run's configuration
+//! as `/config.json`, and a small board the pages post results to (`POST /report/<key>`),
+//! which the harness waits on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// What the pages have reported: the latest value and how many times each key was posted.
+#[derive(Default)]
+pub struct Board {
+    entries: Mutex<HashMap<String, (u64, String)>>,
+    changed: Condvar,
+}
+
+impl Board {
+    fn put(&self, key: &str, value: String) {
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(key.to_string()).or_insert((0, String::new()));
+        entry.0 += 1;
+        // Errors and logs accumulate; everything else keeps its latest value.
+        if key == "page-error" || key == "log" {
+            if !entry.1.is_empty() {
+                entry.1.push('\n');
+            }
+            entry.1.push_str(&value);
+        } else {
+            entry.1 = value;
+        }
+        self.changed.notify_all();
+    }
+
+    /// The latest value of `key` and its count.
+    pub fn get(&self, key: &str) -> Option<(u64, String)> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Waits until `key` has been posted more than `after` times; returns its value and count.
+    /// Fails early if the page posted `fatal`.
+    pub fn wait(&self, key: &str, after: u64, limit: Duration) -> Result<(u64, String)> {
+        let deadline = Instant::now() + limit;
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some((n, v)) = map.get(key) {
+                if *n > after {
+                    return Ok((*n, v.clone()));
+                }
+            }
+            if let Some((_, fatal)) = map.get("fatal") {
+                bail!("the page failed: {fatal}");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("the page did not report `{key}` within {limit:?}");
+            }
+            map = self
+                .changed
+                .wait_timeout(map, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Forgets everything (between phases).
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// The running page server; stops when dropped.
+pub struct PageServer {
+    server: Arc<tiny_http::Server>,
+    threads: Vec<thread::JoinHandle<()>>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// What the pages reported.
+    pub board: Arc<Board>,
+}
+
+impl PageServer {
+    /// Serves `pages` first, then `dist`, and `config` (JSON) at `/config.json`.
+    pub fn start(pages: &Path, dist: &Path, config: String) -> Result<Self> {
+        let server = tiny_http::Server::http("127.0.0.1:0")
+            .map_err(|e| anyhow::anyhow!("page server: {e}"))?;
+        let server = Arc::new(server);
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .context("page server address")?;
+        let board = Arc::new(Board::default());
+        let roots = Arc::new(vec![pages.to_path_buf(), dist.to_path_buf()]);
+        let config = Arc::new(config);
+        let threads = (0..4)
+            .map(|_| {
+                let server = server.clone();
+                let board = board.clone();
+                let roots = roots.clone();
+                let config = config.clone();
+                thread::spawn(move || {
+                    for request in server.incoming_requests() {
+                        handle(request, &roots, &board, &config);
+                    }
+                })
+            })
+            .collect();
+        Ok(Self {
+            server,
+            threads,
+            base: format!("http://{addr}"),
+            board,
+        })
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        for _ in 0..self.threads.len() {
+            self.server.unblock();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn header(k: &str, v: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
+}
+
+/// MIME type by extension; `None` for files we do not serve.
+fn mime(path: &Path) -> Option<&'static str> {
+    Some(match path.extension()?.to_str()? {
+        "js" | "mjs" => "text/javascript",
+        "wasm" => "application/wasm",
+        "html" => "text/html; charset=utf-8",
+        "json" => "application/json",
+        "ts" => "text/plain; charset=utf-8",
+        "pem" | "txt" | "md" => "text/plain; charset=utf-8",
+        _ => return None,
+    })
+}
+
+/// Maps a URL path to a file under one of `roots`, refusing anything that climbs out.
+fn resolve(roots: &[PathBuf], path: &str) -> Option<PathBuf> {
+    let path = path.trim_start_matches('/');
+    let path = if path.is_empty() { "index.html" } else { path };
+    if path
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == ".." || seg == "." || seg.starts_with('.'))
+    {
+        return None;
+    }
+    let found = roots.iter().map(|r| r.join(path)).find(|p| p.is_file());
+    // container2wasm's pages load the proxy's wasm as `c2w-net-proxy.wasm`; a package
+    // without that file still has wasm-bindgen's.
+    if found.is_none() && path == "c2w-net-proxy.wasm" {
+        return resolve(roots, "c2w_net_proxy_bg.wasm");
+    }
+    found
+}
+
+fn handle(mut request: tiny_http::Request, roots: &[PathBuf], board: &Board, config: &str) {
+    let url = request.url().to_string();
+    let path = url.split('?').next().unwrap_or("").to_string();
+    let isolation = [
+        header("Cross-Origin-Opener-Policy", "same-origin"),
+        header("Cross-Origin-Embedder-Policy", "require-corp"),
+        header("Cross-Origin-Resource-Policy", "same-origin"),
+        header("Cache-Control", "no-store"),
+    ];
+    let respond = |request: tiny_http::Request, mut response: tiny_http::ResponseBox| {
+        for h in &isolation {
+            response.add_header(h.clone());
+        }
+        let _ = request.respond(response);
+    };
+    let text = |status: u16, body: String| {
+        tiny_http::Response::from_string(body)
+            .with_status_code(status)
+            .with_header(header("Content-Type", "text/plain; charset=utf-8"))
+            .boxed()
+    };
+    match (request.method(), path.as_str()) {
+        (tiny_http::Method::Post, p) if p.starts_with("/report/") => {
+            let key = p.trim_start_matches("/report/").to_string();
+            let mut body = String::new();
+            let _ = request.as_reader().read_to_string(&mut body);
+            if key == "log" {
+                eprintln!("xtask: page: {body}");
+            }
+            board.put(&key, body);
+            respond(request, text(204, String::new()));
+        }
+        (tiny_http::Method::Get, "/config.json") => {
+            let response = tiny_http::Response::from_string(config.to_string())
+                .with_header(header("Content-Type", "application/json"))
+                .boxed();
+            respond(request, response);
+        }
+        (tiny_http::Method::Get, p) => match resolve(roots, p) {
+            Some(file) => match (mime(&file), std::fs::read(&file)) {
+                (Some(mime), Ok(data)) => {
+                    let response = tiny_http::Response::from_data(data)
+                        .with_header(header("Content-Type", mime))
+                        .boxed();
+                    respond(request, response);
+                }
+                _ => respond(request, text(403, format!("not served: {p}\n"))),
+            },
+            None => respond(request, text(404, format!("no such file: {p}\n"))),
+        },
+        _ => respond(request, text(405, "method not allowed\n".into())),
+    }
+}
