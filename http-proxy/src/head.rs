@@ -131,6 +131,9 @@ fn describe(err: httparse::Error) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     fn parse(bytes: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {

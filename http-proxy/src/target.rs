@@ -228,6 +228,9 @@ pub fn origin_from_host_header(value: &str, scheme: Scheme) -> Result<Origin, Ta
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     fn absolute(t: &str) -> (Origin, String) {

@@ -1,6 +1,9 @@
 //! The proxy against scripted guests and a scripted transport: every HTTP/1.1 behaviour the
 //! proxy promises, checked on the exact bytes the guest receives.
 
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;

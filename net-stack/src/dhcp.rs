@@ -406,6 +406,9 @@ impl DhcpServer {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use smoltcp::wire::DHCP_SERVER_PORT;
 

@@ -92,6 +92,9 @@ impl DnsServer {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use crate::wire::dns::tests::query;
 

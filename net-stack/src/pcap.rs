@@ -72,6 +72,9 @@ impl<W: Write> FrameObserver for PcapWriter<W> {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     #[test]

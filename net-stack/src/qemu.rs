@@ -126,6 +126,9 @@ pub fn encode_frame(frame: &[u8], out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     fn frames() -> Vec<Vec<u8>> {

@@ -1,5 +1,8 @@
 //! Frame-level tests of the stack: hand-built guest frames in, exact frames out.
 
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
 mod common;
 
 use common::*;

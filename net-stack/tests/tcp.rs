@@ -1,6 +1,9 @@
 //! TCP end to end in memory: a smoltcp interface plays the guest, frame by frame, against the
 //! Stack; the server side uses TcpListener/TcpStream as the proxy would.
 
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
 mod common;
 
 use std::io::ErrorKind;

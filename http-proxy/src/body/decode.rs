@@ -260,6 +260,9 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use http::HeaderValue;
 

@@ -183,6 +183,9 @@ pub(crate) fn emit_error(id: u16, opcode: u8, rd: bool, rcode: Rcode) -> Vec<u8>
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     /// Builds a query datagram (RD set) for tests.
