@@ -61,6 +61,11 @@ pub struct Args {
     #[arg(long, value_name = "PATTERN")]
     pub deny: Vec<String>,
 
+    /// Send requests for HOST (or `*.suffix`) to a base URL instead: `HOST=URL` (repeatable;
+    /// `{*}` in URL stands for what `*` matched, e.g. `*.external=http://localhost:{*}`).
+    #[arg(long, value_name = "HOST=URL")]
+    pub rewrite: Vec<String>,
+
     /// Per-request timeout for origins, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
@@ -111,6 +116,10 @@ pub fn build_transport(args: &Args) -> Result<Rc<dyn Transport>, RunnerError> {
     }
     for pattern in &args.deny {
         config = config.deny(pattern.as_str());
+    }
+    for rule in &args.rewrite {
+        let (host, url) = rule.split_once('=').unwrap_or((rule.as_str(), ""));
+        config = config.rewrite(host, url);
     }
     let mut builder = NativeTransport::builder()
         .config(config.build()?)
