@@ -118,7 +118,7 @@ where
             Ok(None) => return Ok(None),
             Err(HeadRead::Rejected(page)) => {
                 Counters::add(&proxy.counters.bad_requests, 1);
-                write_page(proxy, out, &page, Version::Http11, false).await?;
+                write_page(proxy, out, &page, &Method::GET, Version::Http11, false).await?;
                 return Ok(None);
             }
             Err(HeadRead::Io(err)) if err.kind() == io::ErrorKind::TimedOut => return Ok(None),
@@ -308,7 +308,7 @@ where
             "unsupported",
             "protocol upgrades (e.g. WebSocket) cannot be carried over the browser's fetch()",
         );
-        return reject_and_close(proxy, out, &page, version).await;
+        return reject_and_close(proxy, out, &page, &head.method, version).await;
     }
     if head.method == Method::CONNECT {
         return connect(proxy, inbound, out, mode, &head).await;
@@ -317,12 +317,12 @@ where
         Ok(f) => f,
         Err(err) => {
             let page = reject(StatusCode::BAD_REQUEST, "bad-request", &err.to_string());
-            return reject_and_close(proxy, out, &page, version).await;
+            return reject_and_close(proxy, out, &page, &head.method, version).await;
         }
     };
     let route = match route(proxy, &head, mode) {
         Ok(route) => route,
-        Err(page) => return reject_and_close(proxy, out, &page, version).await,
+        Err(page) => return reject_and_close(proxy, out, &page, &head.method, version).await,
     };
     if framing != RequestFraming::Empty && expects_continue(&head) {
         out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
@@ -339,11 +339,11 @@ where
         Route::OwnPage(path) => {
             let body_done = drain_body(inbound, &state).await;
             let page = proxy.own_page(&head.method, &path);
-            write_own_response(
+            write_page(
                 proxy,
                 out,
+                &page,
                 &head.method,
-                page,
                 version,
                 keep_alive && body_done,
             )
@@ -380,7 +380,7 @@ where
                 "bad-request",
                 &format!("cannot build request: {err}"),
             );
-            return reject_and_close(proxy, out, &page, version).await;
+            return reject_and_close(proxy, out, &page, &head.method, version).await;
         }
     };
     let started = proxy.counters.bytes_to_guest.get();
@@ -398,7 +398,7 @@ where
             tracing::info!(method = %head.method, %url, error = %err, "request failed");
             Counters::add(&proxy.counters.transport_errors, 1);
             let page = ErrorPage::for_transport_error(&err);
-            write_page(proxy, out, &page, version, keep_alive).await?;
+            write_page(proxy, out, &page, &head.method, version, keep_alive).await?;
             return Ok(if keep_alive {
                 Outcome::KeepAlive
             } else {
@@ -461,13 +461,14 @@ where
             proxy,
             out,
             &unsupported("CONNECT is only accepted by the forward proxy port"),
+            &head.method,
             version,
         )
         .await;
     }
     if proxy.issuer.is_none() {
         let page = unsupported("this proxy has no CA, so it cannot terminate TLS for CONNECT");
-        return reject_and_close(proxy, out, &page, version).await;
+        return reject_and_close(proxy, out, &page, &head.method, version).await;
     }
     let (host, port) = match parse_target(&head.target, true) {
         Ok(Target::Authority { host, port }) => (host, port),
@@ -477,7 +478,7 @@ where
                 "bad-request",
                 "CONNECT needs a host:port target",
             );
-            return reject_and_close(proxy, out, &page, version).await;
+            return reject_and_close(proxy, out, &page, &head.method, version).await;
         }
     };
     if !matches!(
@@ -489,7 +490,7 @@ where
             "bad-request",
             "CONNECT must not have a body",
         );
-        return reject_and_close(proxy, out, &page, version).await;
+        return reject_and_close(proxy, out, &page, &head.method, version).await;
     }
     let _ = inbound;
     out.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -529,46 +530,26 @@ async fn reject_and_close<W: AsyncWrite + Unpin>(
     proxy: &Proxy,
     out: &mut Outbound<W>,
     page: &ErrorPage,
+    method: &Method,
     version: Version,
 ) -> Result<Outcome, ServeError> {
     Counters::add(&proxy.counters.bad_requests, 1);
-    write_page(proxy, out, page, version, false).await?;
+    write_page(proxy, out, page, method, version, false).await?;
     Ok(Outcome::Close)
 }
 
+/// Writes a response the proxy made itself (an error or one of its own pages), framed with
+/// its length, with no body for HEAD (and 204/304).
 async fn write_page<W: AsyncWrite + Unpin>(
     proxy: &Proxy,
     out: &mut Outbound<W>,
     page: &ErrorPage,
-    version: Version,
-    keep_alive: bool,
-) -> Result<(), ServeError> {
-    let mut buf = Vec::with_capacity(256 + page.body.len());
-    let framing = ResponseFraming::Length(page.body.len() as u64);
-    write_response_head(
-        &mut buf,
-        page.status,
-        &page.headers,
-        framing,
-        keep_alive,
-        version,
-    );
-    buf.extend_from_slice(&page.body);
-    Counters::add(&proxy.counters.bytes_to_guest, buf.len() as u64);
-    out.write_all(&buf).await?;
-    Ok(())
-}
-
-async fn write_own_response<W: AsyncWrite + Unpin>(
-    proxy: &Proxy,
-    out: &mut Outbound<W>,
     method: &Method,
-    page: ErrorPage,
     version: Version,
     keep_alive: bool,
 ) -> Result<(), ServeError> {
-    let framing =
-        ResponseFraming::choose(method, page.status, Some(page.body.len() as u64), version);
+    let len = page.body.len() as u64;
+    let framing = ResponseFraming::choose(method, page.status, Some(len), version);
     let mut buf = Vec::with_capacity(256 + page.body.len());
     write_response_head(
         &mut buf,

@@ -572,3 +572,34 @@ fn large_response_streams_with_bounded_writes() {
         r.max_write
     );
 }
+
+#[test]
+fn error_page_for_head_has_no_body_and_keeps_the_connection() {
+    let respond: Responder = Box::new(|seen| {
+        if seen.method == "HEAD" {
+            Err(TransportError::Blocked {
+                url: seen.url.clone(),
+                reason: "CORS".into(),
+            })
+        } else {
+            Ok(http::Response::builder()
+                .status(200)
+                .body(Body::full("next"))
+                .unwrap())
+        }
+    });
+    let r = run(
+        b"HEAD http://a.test/x HTTP/1.1\r\n\r\nGET http://a.test/y HTTP/1.1\r\nConnection: close\r\n\r\n",
+        respond,
+    );
+    assert_eq!(r.seen.len(), 2);
+    let (first, second) = r
+        .output
+        .split_at(r.output.find("HTTP/1.1 200").expect("second response"));
+    assert!(first.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{first}");
+    assert!(
+        first.ends_with("\r\n\r\n"),
+        "no body after a HEAD response: {first:?}"
+    );
+    assert!(second.ends_with("\r\n\r\nnext"));
+}
