@@ -1,0 +1,30 @@
+// stack-worker.js is a classic Worker script with no exports. These types describe the
+// messages it exchanges with container2wasm's page (stack.js), for pages that host it.
+
+/** The message that starts the worker (sent once by the page). */
+export interface StackWorkerInit {
+  type: "init";
+  /** 12 + 4096 bytes: Int32 ctrl at 0, Int32 status at 4, Int32 len at 8, data from 12. */
+  buf: SharedArrayBuffer;
+  /** URL of the wasm module (container2wasm passes location.origin + "/c2w-net-proxy.wasm"). */
+  imagename: string;
+}
+
+/** The requests the worker posts; each is answered through `buf` (ctrl = 1, status < 0 = error). */
+export type StackWorkerRequest =
+  | { type: "send_cert"; buf: Uint8Array }
+  | { type: "accept" }
+  | { type: "send"; buf: Uint8Array }
+  | { type: "recv"; len: number }
+  | { type: "recv-is-readable"; timeout: number };
+
+/**
+ * Options read from the worker URL's query string (the page passes its location.search):
+ * `proxy-allow`, `proxy-deny` (repeatable), `proxy-cors`, `proxy-timeout-ms`, `proxy-log`.
+ */
+export type StackWorkerQueryOption =
+  | "proxy-allow"
+  | "proxy-deny"
+  | "proxy-cors"
+  | "proxy-timeout-ms"
+  | "proxy-log";

@@ -1,0 +1,194 @@
+// Node smoke test of a built package: `node smoke.mjs DIST_DIR` (run by
+// `cargo xtask build-wasm --check`). Exits non-zero on the first failed check; prints
+// "smoke: all N checks passed" at the end. Node must then exit by itself: a closed proxy
+// leaves no timer behind.
+import { readFile } from "node:fs/promises";
+import { pathToFileURL } from "node:url";
+import path from "node:path";
+
+const dist = process.argv[2];
+if (!dist) throw new Error("usage: node smoke.mjs DIST_DIR");
+const glue = await import(pathToFileURL(path.join(dist, "c2w_net_proxy.js")).href);
+await glue.default({ module_or_path: await readFile(path.join(dist, "c2w-net-proxy.wasm")) });
+const { NetProxy } = glue;
+
+let checks = 0;
+function check(cond, what) {
+  if (!cond) {
+    console.error(`smoke: FAILED: ${what}`);
+    process.exit(1);
+  }
+  checks++;
+  console.log(`smoke: ok: ${what}`);
+}
+
+// Resolves with the first value `register` hands its callback, or rejects after `ms`.
+function first(register, ms = 3000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`nothing within ${ms} ms`)), ms);
+    register((value) => {
+      clearTimeout(timer);
+      resolve(value);
+    });
+  });
+}
+
+const GUEST_MAC = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+
+function ipChecksum(bytes) {
+  let sum = 0;
+  for (let i = 0; i < bytes.length; i += 2) sum += (bytes[i] << 8) | bytes[i + 1];
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+// Ethernet + IPv4 + UDP 68->67 + BOOTP from GUEST_MAC with these DHCP options.
+function dhcpFrame(xid, options) {
+  const bootp = new Uint8Array(240 + options.length);
+  bootp.set([1, 1, 6, 0]); // op BOOTREQUEST, htype Ethernet, hlen 6, hops
+  new DataView(bootp.buffer).setUint32(4, xid);
+  bootp.set(GUEST_MAC, 28); // chaddr
+  bootp.set([0x63, 0x82, 0x53, 0x63], 236); // magic cookie
+  bootp.set(options, 240);
+  const udpLen = 8 + bootp.length;
+  const ipLen = 20 + udpLen;
+  const frame = new Uint8Array(14 + ipLen);
+  frame.set([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, ...GUEST_MAC, 0x08, 0x00]);
+  const ip = new Uint8Array(20);
+  ip.set([0x45, 0, ipLen >> 8, ipLen & 0xff, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255]);
+  const sum = ipChecksum(ip);
+  ip[10] = sum >> 8;
+  ip[11] = sum & 0xff;
+  frame.set(ip, 14);
+  frame.set([0, 68, 0, 67, udpLen >> 8, udpLen & 0xff, 0, 0], 34); // UDP checksum 0: none
+  frame.set(bootp, 42);
+  return frame;
+}
+
+const dhcpDiscover = (xid) => dhcpFrame(xid, [53, 1, 1, 255]);
+// REQUEST for 192.168.127.3 from server 192.168.127.1.
+const dhcpRequest = (xid) =>
+  dhcpFrame(xid, [53, 1, 3, 50, 4, 192, 168, 127, 3, 54, 4, 192, 168, 127, 1, 255]);
+
+// The DHCP message type and offered address of a frame, or null when it is not DHCP.
+function dhcpReply(frame) {
+  if (frame.length < 282 || frame[12] !== 0x08 || frame[13] !== 0x00 || frame[23] !== 17) return null;
+  if (((frame[34] << 8) | frame[35]) !== 67) return null;
+  const bootp = frame.subarray(42);
+  const yiaddr = Array.from(bootp.subarray(16, 20)).join(".");
+  let type = 0;
+  for (let i = 240; i < bootp.length && bootp[i] !== 255; ) {
+    if (bootp[i] === 0) { i++; continue; }
+    if (bootp[i] === 53) type = bootp[i + 2];
+    i += 2 + bootp[i + 1];
+  }
+  return { type, yiaddr, xid: new DataView(bootp.buffer, bootp.byteOffset).getUint32(4) };
+}
+
+// --- configuration errors reject create() with a message naming the option
+for (const [config, needle] of [
+  [{ network: { mtu: "big" } }, "network.mtu"],
+  [{ netwerk: {} }, "netwerk"],
+  [{ network: { gatewayIp: "10.0.0.300" } }, "gatewayIp"],
+  [{ allow: ["10.0.0.0/99"] }, "10.0.0.0/99"],
+  [{ ca: { certPem: "x", keyPem: "y" } }, "config.ca"],
+  [{ logLevel: "loud" }, "logLevel"],
+]) {
+  let message = "";
+  try {
+    const p = await NetProxy.create(config);
+    p.close();
+  } catch (e) {
+    message = String(e && e.message);
+  }
+  check(message.includes(needle), `create(${JSON.stringify(config)}) rejects naming ${needle}: ${message}`);
+}
+
+// --- a working proxy
+const proxy = await NetProxy.create({ logLevel: "warn", allow: ["loopback"] });
+const pem = proxy.caCertificatePem();
+check(pem.startsWith("-----BEGIN CERTIFICATE-----"), "caCertificatePem() is a PEM certificate");
+
+proxy.startCapture();
+let threw = false;
+try { proxy.startCapture(); } catch { threw = true; }
+check(threw, "a second startCapture() throws");
+
+const offer = await first((resolve) => {
+  proxy.onFrame((frame) => {
+    const reply = dhcpReply(frame);
+    if (reply && reply.xid === 0x11223344) resolve(reply);
+  });
+  proxy.pushFrame(dhcpDiscover(0x11223344));
+});
+check(offer.type === 2 && offer.yiaddr === "192.168.127.3", `pushFrame DISCOVER -> onFrame OFFER of ${offer.yiaddr}`);
+
+let stats = proxy.stats();
+check(stats.dhcp.offers === 1 && stats.framesIn === 1 && stats.framesOut >= 1,
+  `stats() counts it (offers ${stats.dhcp.offers}, in ${stats.framesIn}, out ${stats.framesOut})`);
+check(stats.wasmMemoryBytes > 0 && stats.capturing === true, `stats() reports wasm memory (${stats.wasmMemoryBytes}) and the capture`);
+
+// The same DISCOVER as a QEMU stream, chopped into odd pieces.
+proxy.onFrame(() => {});
+const frame = dhcpDiscover(0x55667788);
+const framed = new Uint8Array(4 + frame.length);
+new DataView(framed.buffer).setUint32(0, frame.length);
+framed.set(frame, 4);
+const streamed = await first((resolve) => {
+  let buf = new Uint8Array(0);
+  proxy.onStream((bytes) => {
+    const joined = new Uint8Array(buf.length + bytes.length);
+    joined.set(buf);
+    joined.set(bytes, buf.length);
+    buf = joined;
+    while (buf.length >= 4) {
+      const len = new DataView(buf.buffer, buf.byteOffset).getUint32(0);
+      if (buf.length < 4 + len) break;
+      const reply = dhcpReply(buf.subarray(4, 4 + len));
+      buf = buf.slice(4 + len);
+      if (reply && reply.xid === 0x55667788) resolve(reply);
+    }
+  });
+  const sizes = [1, 2, 3, 5, 7, 11, 13, 17, 19, 23, 29];
+  for (let at = 0, i = 0; at < framed.length; i++) {
+    const n = sizes[i % sizes.length];
+    proxy.pushStream(framed.subarray(at, at + n));
+    at += n;
+  }
+});
+check(streamed.type === 2 && streamed.yiaddr === "192.168.127.3", "pushStream DISCOVER in odd chunks -> framed OFFER via onStream");
+
+proxy.onStream(() => {});
+const ack = await first((resolve) => {
+  proxy.onFrame((frame) => {
+    const reply = dhcpReply(frame);
+    if (reply && reply.xid === 0x99aabbcc) resolve(reply);
+  });
+  proxy.pushFrame(dhcpRequest(0x99aabbcc));
+});
+check(ack.type === 5 && ack.yiaddr === "192.168.127.3", "REQUEST -> ACK of 192.168.127.3");
+
+stats = proxy.stats();
+check(stats.dhcp.offers === 2 && stats.dhcp.acks === 1 && stats.dhcp.leases.length === 1 && stats.dhcp.leases[0].mac === "02:00:00:00:00:01",
+  `stats() has 2 offers, 1 ack and the lease ${JSON.stringify(stats.dhcp.leases)}`);
+
+const pcap = proxy.stopCapture();
+const view = new DataView(pcap.buffer, pcap.byteOffset, pcap.byteLength);
+check(pcap instanceof Uint8Array && view.getUint32(0, true) === 0xa1b2c3d4 && view.getUint32(20, true) === 1,
+  `stopCapture() returns a pcap (LINKTYPE_ETHERNET), ${pcap.length} bytes`);
+let records = 0;
+for (let at = 24; at + 16 <= pcap.length; records++) at += 16 + view.getUint32(at + 8, true);
+check(records >= 6, `the capture holds the three exchanges (${records} records)`);
+
+let broken = "";
+try { proxy.pushStream(new Uint8Array([0xff, 0xff, 0xff, 0xff])); } catch (e) { broken = String(e.message); }
+check(broken.includes("pushStream"), `a broken stream throws: ${broken}`);
+
+proxy.close();
+proxy.close();
+let closed = "";
+try { proxy.pushFrame(frame); } catch (e) { closed = String(e.message); }
+check(closed.includes("closed"), `pushFrame after close() throws: ${closed}`);
+check(proxy.stats().closed === true, "stats() after close() says closed");
+
+console.log(`smoke: all ${checks} checks passed`);

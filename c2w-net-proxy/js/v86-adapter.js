@@ -1,0 +1,111 @@
+// C2wNetworkAdapter: c2w-net-proxy as the network of a v86 emulator. Same bus contract as
+// v86's FetchNetworkAdapter: it listens on "net<id>-send" (a frame from the guest's NIC) and
+// "net<id>-mac" (the guest's MAC), and emits "net<id>-receive" with each frame for the guest.
+// Construct it with the emulator's bus in place of v86's own adapter (docs/v86.md).
+
+import init, { NetProxy } from "./c2w_net_proxy.js";
+
+// Options of this adapter (the rest of the config goes to NetProxy.create).
+const ADAPTER_KEYS = ["id", "wasm", "v86External"];
+
+// The wasm module is initialised once per page, whatever the number of adapters.
+let initialised = null;
+
+function initOnce(wasm) {
+  if (!initialised) {
+    initialised = init(wasm === undefined ? undefined : { module_or_path: wasm });
+  }
+  return initialised;
+}
+
+export class C2wNetworkAdapter {
+  /**
+   * @param {object} bus the emulator's bus (`emulator.bus` of a V86 instance)
+   * @param {object} [config] `id` (adapter number, default 0), `wasm` (URL, Response, bytes or
+   *   module of the .wasm; default: next to the glue), `v86External` (map PORT.external to
+   *   http://localhost:PORT like v86 does; default true unless a CORS proxy is set), v86's
+   *   `cors_proxy` as an alias of `corsProxy`, and every NetProxyConfig option.
+   */
+  constructor(bus, config = {}) {
+    this.bus = bus;
+    this.id = config.id || 0;
+    /** The guest's MAC address as v86 last announced it ("52:54:00:..."), or null. */
+    this.vmMac = null;
+    /** The NetProxy once created, else null. */
+    this.proxy = null;
+    this.destroyed = false;
+    this.pending = [];
+
+    const proxyConfig = {};
+    for (const [key, value] of Object.entries(config)) {
+      if (key === "cors_proxy") proxyConfig.corsProxy = value;
+      else if (!ADAPTER_KEYS.includes(key)) proxyConfig[key] = value;
+    }
+    const external = config.v86External ?? proxyConfig.corsProxy === undefined;
+    if (external) {
+      proxyConfig.rewrites = [
+        ...(proxyConfig.rewrites || []),
+        { host: "*.external", url: "http://localhost:{*}" },
+      ];
+    }
+
+    this.sendEvent = "net" + this.id + "-send";
+    this.macEvent = "net" + this.id + "-mac";
+    this.receiveEvent = "net" + this.id + "-receive";
+    this.onSend = (frame) => this.send(frame);
+    this.onMac = (mac) => {
+      if (!this.destroyed) this.vmMac = mac;
+    };
+    bus.register(this.sendEvent, this.onSend, this);
+    bus.register(this.macEvent, this.onMac, this);
+
+    /** Resolves with the NetProxy once it runs; rejects when the config is refused. */
+    this.ready = initOnce(config.wasm)
+      .then(() => NetProxy.create(proxyConfig))
+      .then((proxy) => {
+        if (this.destroyed) {
+          proxy.close();
+          throw new Error("C2wNetworkAdapter was destroyed before it started");
+        }
+        this.proxy = proxy;
+        proxy.onFrame((frame) => this.receive(frame));
+        for (const frame of this.pending) proxy.pushFrame(frame);
+        this.pending = [];
+        return proxy;
+      });
+    this.ready.catch((err) => console.error("C2wNetworkAdapter: " + err.message));
+  }
+
+  /** A frame from the guest's NIC. Frames sent before the proxy runs are queued. */
+  send(frame) {
+    if (this.destroyed) return;
+    const bytes = frame instanceof Uint8Array ? frame : new Uint8Array(frame);
+    if (this.proxy) {
+      this.proxy.pushFrame(bytes);
+    } else {
+      this.pending.push(bytes.slice());
+    }
+  }
+
+  /** A frame for the guest's NIC. */
+  receive(frame) {
+    if (!this.destroyed) this.bus.send(this.receiveEvent, frame);
+  }
+
+  /** The CA certificate (PEM) the guest must trust for HTTPS (after `ready`). */
+  caCertificatePem() {
+    return this.proxy ? this.proxy.caCertificatePem() : null;
+  }
+
+  /** Stops the proxy and detaches from the bus. */
+  destroy() {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    if (typeof this.bus.unregister === "function") {
+      this.bus.unregister(this.sendEvent, this.onSend);
+      this.bus.unregister(this.macEvent, this.onMac);
+    }
+    this.pending = [];
+    if (this.proxy) this.proxy.close();
+  }
+}

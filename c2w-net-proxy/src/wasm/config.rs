@@ -1,0 +1,415 @@
+//! `NetProxyConfig` from JavaScript: read field by field with `Reflect`, so every mistake is
+//! reported with its path (`network.mtu: expected a number`) and unknown options (typos) are
+//! refused instead of silently ignored.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use js_sys::{Array, Object, Reflect};
+use wasm_bindgen::{JsCast, JsValue};
+
+use super::log::Level;
+
+/// A configuration value from JavaScript that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value has the wrong JavaScript type.
+    #[error("config.{path}: expected {expected}")]
+    Type {
+        /// Where in the config object.
+        path: String,
+        /// What was expected there.
+        expected: &'static str,
+    },
+    /// An option that does not exist (usually a typo).
+    #[error("config.{path}: unknown option (known: {known})")]
+    Unknown {
+        /// Where in the config object.
+        path: String,
+        /// The options accepted at that level.
+        known: String,
+    },
+    /// A value of the right type that cannot be used.
+    #[error("config.{path}: {reason}")]
+    Value {
+        /// Where in the config object.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The CA to import instead of generating one.
+#[derive(Debug, Clone)]
+pub struct CaPem {
+    /// The CA certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8 or SEC1/PKCS#1 as mitm-ca accepts).
+    pub key_pem: String,
+}
+
+/// One host rewrite rule (`{host, url}`).
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    /// Host pattern: a name or `*.suffix`.
+    pub host: String,
+    /// The base URL requests for that host go to.
+    pub url: String,
+}
+
+/// The `network` part of the config.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkOptions {
+    /// The gateway's address (DHCP, DNS, default route).
+    pub gateway_ip: Option<Ipv4Addr>,
+    /// The gateway's MAC address.
+    pub gateway_mac: Option<[u8; 6]>,
+    /// The proxy's address on the guest network.
+    pub proxy_ip: Option<Ipv4Addr>,
+    /// The guest network's prefix length.
+    pub prefix_len: Option<u8>,
+    /// The link MTU.
+    pub mtu: Option<usize>,
+    /// Extra static DNS names.
+    pub dns_hosts: Vec<(String, Ipv4Addr)>,
+}
+
+/// Everything `NetProxy.create` accepts, checked for types.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Network settings.
+    pub network: NetworkOptions,
+    /// A CA to import.
+    pub ca: Option<CaPem>,
+    /// CORS proxy prefix or `{url}` template.
+    pub cors_proxy: Option<String>,
+    /// Host rewrite rules, in order.
+    pub rewrites: Vec<Rewrite>,
+    /// Allowed destination patterns.
+    pub allow: Vec<String>,
+    /// Denied destination patterns.
+    pub deny: Vec<String>,
+    /// Timeout for response heads.
+    pub timeout: Option<Duration>,
+    /// Keep the guest's User-Agent.
+    pub keep_user_agent: bool,
+    /// Console log level.
+    pub log_level: Option<Level>,
+}
+
+/// A JS object being read, with its path for messages.
+struct Reader {
+    object: JsValue,
+    path: String,
+}
+
+impl Reader {
+    fn new(object: JsValue, path: &str, known: &[&str]) -> Result<Self, ConfigError> {
+        if !object.is_object() || Array::is_array(&object) {
+            return Err(ConfigError::Type {
+                path: path.trim_end_matches('.').to_string(),
+                expected: "an object",
+            });
+        }
+        let reader = Reader {
+            object,
+            path: path.to_string(),
+        };
+        for key in Object::keys(reader.object.unchecked_ref::<Object>()).iter() {
+            let key = key.as_string().unwrap_or_default();
+            if !known.contains(&key.as_str()) {
+                return Err(ConfigError::Unknown {
+                    path: format!("{}{key}", reader.path),
+                    known: known.join(", "),
+                });
+            }
+        }
+        Ok(reader)
+    }
+
+    fn path(&self, key: &str) -> String {
+        format!("{}{key}", self.path)
+    }
+
+    /// The value at `key`, `None` when absent, undefined or null.
+    fn get(&self, key: &str) -> Option<JsValue> {
+        let value = Reflect::get(&self.object, &JsValue::from_str(key)).ok()?;
+        (!value.is_undefined() && !value.is_null()).then_some(value)
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        self.get(key)
+            .map(|v| {
+                v.as_string().ok_or(ConfigError::Type {
+                    path: self.path(key),
+                    expected: "a string",
+                })
+            })
+            .transpose()
+    }
+
+    fn number(&self, key: &str) -> Result<Option<f64>, ConfigError> {
+        self.get(key)
+            .map(|v| {
+                v.as_f64().ok_or(ConfigError::Type {
+                    path: self.path(key),
+                    expected: "a number",
+                })
+            })
+            .transpose()
+    }
+
+    fn integer(&self, key: &str, min: f64, max: f64) -> Result<Option<u64>, ConfigError> {
+        let Some(n) = self.number(key)? else {
+            return Ok(None);
+        };
+        if n.fract() != 0.0 || n < min || n > max {
+            return Err(ConfigError::Value {
+                path: self.path(key),
+                reason: format!("{n} is not an integer in {min}..={max}"),
+            });
+        }
+        Ok(Some(n as u64))
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        self.get(key)
+            .map(|v| {
+                v.as_bool().ok_or(ConfigError::Type {
+                    path: self.path(key),
+                    expected: "a boolean",
+                })
+            })
+            .transpose()
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        let Some(value) = self.get(key) else {
+            return Ok(Vec::new());
+        };
+        let type_err = |path: String| ConfigError::Type {
+            path,
+            expected: "an array of strings",
+        };
+        let array = value
+            .dyn_into::<Array>()
+            .map_err(|_| type_err(self.path(key)))?;
+        array
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_string()
+                    .ok_or_else(|| type_err(format!("{}[{i}]", self.path(key))))
+            })
+            .collect()
+    }
+
+    fn ipv4(&self, key: &str) -> Result<Option<Ipv4Addr>, ConfigError> {
+        self.string(key)?
+            .map(|s| {
+                s.parse().map_err(|_| ConfigError::Value {
+                    path: self.path(key),
+                    reason: format!("{s:?} is not an IPv4 address"),
+                })
+            })
+            .transpose()
+    }
+}
+
+fn parse_mac(s: &str, path: String) -> Result<[u8; 6], ConfigError> {
+    let err = || ConfigError::Value {
+        path: path.clone(),
+        reason: format!("{s:?} is not a MAC address like 5a:94:ef:e4:0c:dd"),
+    };
+    let mut mac = [0u8; 6];
+    let mut parts = s.split([':', '-']);
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(err)?;
+        if part.is_empty() || part.len() > 2 {
+            return Err(err());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
+    }
+    if parts.next().is_some() {
+        return Err(err());
+    }
+    Ok(mac)
+}
+
+fn parse_network(value: JsValue) -> Result<NetworkOptions, ConfigError> {
+    let r = Reader::new(
+        value,
+        "network.",
+        &[
+            "gatewayIp",
+            "gatewayMac",
+            "proxyIp",
+            "prefixLen",
+            "mtu",
+            "dnsHosts",
+        ],
+    )?;
+    let mut out = NetworkOptions {
+        gateway_ip: r.ipv4("gatewayIp")?,
+        proxy_ip: r.ipv4("proxyIp")?,
+        prefix_len: r.integer("prefixLen", 1.0, 30.0)?.map(|n| n as u8),
+        mtu: r.integer("mtu", 576.0, 65535.0)?.map(|n| n as usize),
+        ..NetworkOptions::default()
+    };
+    if let Some(mac) = r.string("gatewayMac")? {
+        out.gateway_mac = Some(parse_mac(&mac, r.path("gatewayMac"))?);
+    }
+    if let Some(hosts) = r.get("dnsHosts") {
+        let path = r.path("dnsHosts");
+        if !hosts.is_object() || Array::is_array(&hosts) {
+            return Err(ConfigError::Type {
+                path,
+                expected: "an object mapping names to IPv4 addresses",
+            });
+        }
+        for entry in Object::entries(hosts.unchecked_ref::<Object>()).iter() {
+            let entry: Array = entry.unchecked_into();
+            let name = entry.get(0).as_string().unwrap_or_default();
+            let ip = entry
+                .get(1)
+                .as_string()
+                .and_then(|s| s.parse::<Ipv4Addr>().ok())
+                .ok_or_else(|| ConfigError::Value {
+                    path: format!("{path}.{name}"),
+                    reason: "expected an IPv4 address string".into(),
+                })?;
+            out.dns_hosts.push((name, ip));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_rewrites(r: &Reader) -> Result<Vec<Rewrite>, ConfigError> {
+    let Some(value) = r.get("rewrites") else {
+        return Ok(Vec::new());
+    };
+    let array = value.dyn_into::<Array>().map_err(|_| ConfigError::Type {
+        path: r.path("rewrites"),
+        expected: "an array of {host, url}",
+    })?;
+    array
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let rule = Reader::new(v, &format!("rewrites[{i}]."), &["host", "url"])?;
+            let need = |key: &str| {
+                rule.string(key)?.ok_or(ConfigError::Type {
+                    path: rule.path(key),
+                    expected: "a string",
+                })
+            };
+            Ok(Rewrite {
+                host: need("host")?,
+                url: need("url")?,
+            })
+        })
+        .collect()
+}
+
+/// Reads the config object given to `NetProxy.create` (`undefined`/`null` = all defaults).
+pub fn parse(value: &JsValue) -> Result<Options, ConfigError> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(Options::default());
+    }
+    let r = Reader::new(
+        value.clone(),
+        "",
+        &[
+            "network",
+            "ca",
+            "corsProxy",
+            "rewrites",
+            "allow",
+            "deny",
+            "timeoutMs",
+            "keepUserAgent",
+            "logLevel",
+        ],
+    )?;
+    let network = r.get("network").map(parse_network).transpose()?;
+    let ca = match r.get("ca") {
+        Some(v) => {
+            let ca = Reader::new(v, "ca.", &["certPem", "keyPem"])?;
+            let need = |key: &str| {
+                ca.string(key)?.ok_or(ConfigError::Type {
+                    path: ca.path(key),
+                    expected: "a PEM string",
+                })
+            };
+            Some(CaPem {
+                cert_pem: need("certPem")?,
+                key_pem: need("keyPem")?,
+            })
+        }
+        None => None,
+    };
+    let timeout = r
+        .integer("timeoutMs", 1.0, 86_400_000.0)?
+        .map(Duration::from_millis);
+    let log_level = match r.string("logLevel")? {
+        Some(s) => Some(Level::parse(&s).ok_or_else(|| ConfigError::Value {
+            path: r.path("logLevel"),
+            reason: format!("{s:?} is not one of error, warn, info, debug, trace"),
+        })?),
+        None => None,
+    };
+    Ok(Options {
+        network: network.unwrap_or_default(),
+        ca,
+        cors_proxy: r.string("corsProxy")?,
+        rewrites: parse_rewrites(&r)?,
+        allow: r.strings("allow")?,
+        deny: r.strings("deny")?,
+        timeout,
+        keep_user_agent: r.boolean("keepUserAgent")?.unwrap_or(false),
+        log_level,
+    })
+}
+
+/// The stack configuration: the original's defaults with `network` applied. When the gateway
+/// or prefix changes, the DHCP pool and the built-in DNS names follow the new network.
+pub fn stack_config(network: &NetworkOptions) -> net_stack::Config {
+    let mut config = net_stack::Config::default();
+    let moved = network.gateway_ip.is_some() || network.prefix_len.is_some();
+    if let Some(ip) = network.gateway_ip {
+        config.gateway_ip = ip;
+    }
+    if let Some(len) = network.prefix_len {
+        config.prefix_len = len;
+    }
+    if let Some(mac) = network.gateway_mac {
+        config.gateway_mac = mac;
+    }
+    if let Some(mtu) = network.mtu {
+        config.mtu = mtu;
+    }
+    if moved {
+        let net = u32::from(config.gateway_ip) & u32::from(config.netmask());
+        let broadcast = u32::from(config.broadcast());
+        config.dhcp.pool_start = Ipv4Addr::from(net.saturating_add(3));
+        config.dhcp.pool_end = Ipv4Addr::from(broadcast.saturating_sub(3));
+        if network.proxy_ip.is_none() {
+            // The default proxy address is the network's .253 (counted from its end).
+            config.virtual_ips = vec![Ipv4Addr::from(broadcast.saturating_sub(2))];
+        }
+    }
+    if let Some(ip) = network.proxy_ip {
+        config.virtual_ips = vec![ip];
+    }
+    let proxy_ip = config.virtual_ips[0];
+    let gateway_ip = config.gateway_ip;
+    for (name, ip) in &mut config.dns.hosts {
+        match name.as_str() {
+            "proxy.c2w.internal" => *ip = proxy_ip,
+            "gateway.c2w.internal" => *ip = gateway_ip,
+            _ => {}
+        }
+    }
+    config.dns.hosts.extend(network.dns_hosts.iter().cloned());
+    config
+}
