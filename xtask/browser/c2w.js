@@ -138,7 +138,7 @@ async function main() {
   };
   worker.postMessage({ type: "init", buf: shared, imagename: location.origin + "/c2w-net-proxy.wasm" });
   status("running");
-  await report("ready", navigator.userAgent);
+  await report("ready", `${navigator.userAgent}; Atomics.waitAsync: ${typeof Atomics.waitAsync === "function" ? "yes" : "no"}`);
   log("c2w page: relay running");
 
   let seq = 0;
@@ -151,5 +151,6 @@ async function main() {
 
 main().catch((err) => {
   status(`failed: ${err}`);
-  report("fatal", String(err && err.stack || err));
+  // Firefox's stack has no message line; Chromium's starts with it.
+  report("fatal", `${err}\n${err && err.stack || ""}`);
 });

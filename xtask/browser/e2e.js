@@ -12,7 +12,8 @@ async function main() {
   status("cookie planted");
 
   const mod = await import("./c2w_net_proxy.js");
-  await mod.default();
+  // The package's init() has no default wasm path: name the file next to the module.
+  await mod.default({ module_or_path: new URL("./c2w_net_proxy_bg.wasm", location.href) });
   if (typeof mod.NetProxy !== "function") {
     throw new Error("dist/c2w_net_proxy.js exports no NetProxy (exports: " + Object.keys(mod).join(", ") + ")");
   }
@@ -44,12 +45,13 @@ async function main() {
     await report("stats", JSON.stringify(snapshot, jsonSafe));
     setTimeout(post, 250);
   };
-  await report("ready", navigator.userAgent);
+  await report("ready", `${navigator.userAgent}; Atomics.waitAsync: ${typeof Atomics.waitAsync === "function" ? "yes" : "no"}`);
   post();
   log("e2e page: NetProxy running");
 }
 
 main().catch((err) => {
   status(`failed: ${err}`);
-  report("fatal", String(err && err.stack || err));
+  // Firefox's stack has no message line; Chromium's starts with it.
+  report("fatal", `${err}\n${err && err.stack || ""}`);
 });

@@ -214,9 +214,13 @@ fn relay(
                 Ok(Message::Close(_)) => return Ok(()),
                 Ok(_) => {}
                 Err(e) if would_block(&e) => break,
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Ok(())
-                }
+                Err(
+                    tungstenite::Error::ConnectionClosed
+                    | tungstenite::Error::AlreadyClosed
+                    | tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                    ),
+                ) => return Ok(()),
                 Err(e) => return Err(anyhow::anyhow!("reading the WebSocket: {e}")),
             }
         }

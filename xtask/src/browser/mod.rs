@@ -244,10 +244,9 @@ fn netproxy_phase(shared: &Shared, r: &mut Report) -> Result<()> {
     r.check(
         "page: e2e.html creates NetProxy, exports its CA, connects to the bridge",
         || {
-            ready
-                .as_ref()
-                .map(|_| format!("CA of {} bytes", pem.len()))
-                .map_err(|e| anyhow::anyhow!("{e:#}"))
+            ready.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let agent = shared.pages.board.get("ready").unwrap_or_default().1;
+            Ok(format!("CA of {} bytes; {agent}", pem.len()))
         },
     );
     let g = Guest {
@@ -454,7 +453,12 @@ fn compact(stats: &serde_json::Value) -> String {
 }
 
 fn c2w_phase(shared: &Shared, r: &mut Report) -> Result<()> {
-    let mut phase = Phase::start(shared, "c2w", "c2w.html", "net=browser")?;
+    let mut phase = Phase::start(
+        shared,
+        "c2w",
+        "c2w.html",
+        "net=browser&proxy-allow=loopback&proxy-timeout-ms=30000&proxy-log=warn",
+    )?;
     let ca_file = shared.dir.join("proxy-ca-c2w.pem");
     let ready = phase.wait_ready(shared, &ca_file);
     r.check(
