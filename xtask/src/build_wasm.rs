@@ -94,6 +94,7 @@ pub fn run_build(args: &[String]) -> Result<PathBuf> {
     }
 
     std::fs::copy(&out_wasm, dist.join("c2w-net-proxy.wasm"))?;
+    optional_config_param(&dist.join("c2w_net_proxy.d.ts"))?;
     copy_js(&root.join("c2w-net-proxy/js"), &dist)?;
     write_package_json(&dist)?;
     if have("node") {
@@ -154,6 +155,24 @@ fn optimize_wasm(wasm_opt: &Path, wasm: &Path) -> Result<()> {
     let raw = std::fs::metadata(wasm)?.len();
     let gz = gzip_size(wasm)?;
     println!("xtask: wasm after wasm-opt -Oz: {raw} bytes ({gz} bytes gzip)");
+    Ok(())
+}
+
+/// wasm-bindgen types `create`'s `Option<JsValue>` parameter with its unchecked type as a
+/// required parameter; the config is optional (`NetProxy.create()` is valid).
+fn optional_config_param(dts: &Path) -> Result<()> {
+    const REQUIRED: &str = "static create(config: NetProxyConfig)";
+    let text = std::fs::read_to_string(dts)?;
+    if !text.contains(REQUIRED) {
+        bail!(
+            "{} has no `{REQUIRED}` (wasm-bindgen output changed?)",
+            dts.display()
+        );
+    }
+    std::fs::write(
+        dts,
+        text.replacen(REQUIRED, "static create(config?: NetProxyConfig)", 1),
+    )?;
     Ok(())
 }
 
