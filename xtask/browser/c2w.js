@@ -78,10 +78,23 @@ async function main() {
   const answer = () => { Atomics.store(ctrl, 0, 1); Atomics.notify(ctrl, 0); };
   const bytesOf = (b) => (b instanceof ArrayBuffer || b instanceof SharedArrayBuffer) ? new Uint8Array(b) : new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 
-  const worker = new Worker("./stack-worker.js" + location.search);
-  worker.onerror = (e) => report("fatal", e.message
-    ? `stack-worker.js: ${e.message} at ${e.filename}:${e.lineno}`
-    : "stack-worker.js failed to load or start (missing from dist/?)");
+  const workerUrl = "./stack-worker.js" + location.search;
+  const worker = new Worker(workerUrl);
+  worker.onerror = async (e) => {
+    if (e.message) {
+      report("fatal", `stack-worker.js: ${e.message} at ${e.filename}:${e.lineno}`);
+      return;
+    }
+    // The browser gives no reason for a worker that fails to load: fetch it to tell why.
+    let why;
+    try {
+      const resp = await fetch(workerUrl);
+      why = `GET ${workerUrl}: ${resp.status} ${resp.headers.get("content-type")}, ${(await resp.text()).length} bytes`;
+    } catch (err) {
+      why = `GET ${workerUrl} failed: ${err}`;
+    }
+    report("fatal", `stack-worker.js failed to load or start without a message (${why})`);
+  };
   worker.onmessage = (msg) => {
     const req = msg.data;
     if (typeof req !== "object" || !req || !req.type) {
