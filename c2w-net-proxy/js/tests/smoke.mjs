@@ -191,4 +191,49 @@ try { proxy.pushFrame(frame); } catch (e) { closed = String(e.message); }
 check(closed.includes("closed"), `pushFrame after close() throws: ${closed}`);
 check(proxy.stats().closed === true, "stats() after close() says closed");
 
+// --- the v86 adapter on a fake bus (v86's Bus.Connector contract: register/send/unregister)
+const { C2wNetworkAdapter } = await import(pathToFileURL(path.join(dist, "v86-adapter.js")).href);
+const listeners = new Map();
+const bus = {
+  register(name, fn, thisValue) {
+    if (!listeners.has(name)) listeners.set(name, []);
+    listeners.get(name).push({ fn, thisValue });
+  },
+  unregister(name, fn) {
+    listeners.set(name, (listeners.get(name) || []).filter((l) => l.fn !== fn));
+  },
+  send(name, value) {
+    for (const l of listeners.get(name) || []) l.fn.call(l.thisValue, value);
+  },
+};
+const adapter = new C2wNetworkAdapter(bus, {
+  id: 1,
+  wasm: await readFile(path.join(dist, "c2w-net-proxy.wasm")),
+  logLevel: "warn",
+});
+check(listeners.has("net1-send") && listeners.has("net1-mac") && !listeners.has("net0-send"),
+  "C2wNetworkAdapter listens on net1-send and net1-mac for id 1");
+bus.send("net1-mac", "02:00:00:00:00:01");
+// Sent before the proxy runs: must be queued, not lost.
+bus.send("net1-send", dhcpDiscover(0x0badcafe));
+const receiveOffer = new Promise((resolve, reject) => {
+  const timer = setTimeout(() => reject(new Error("no net1-receive OFFER")), 3000);
+  // The emulator side: what the adapter emits on "net1-receive".
+  bus.register("net1-receive", (frame) => {
+    const reply = dhcpReply(frame);
+    if (reply && reply.xid === 0x0badcafe) {
+      clearTimeout(timer);
+      resolve(reply);
+    }
+  });
+});
+const v86Offer = await receiveOffer;
+await adapter.ready;
+check(v86Offer.type === 2 && adapter.vmMac === "02:00:00:00:00:01",
+  `net1-send DISCOVER -> net1-receive OFFER of ${v86Offer.yiaddr}; vmMac ${adapter.vmMac}`);
+check(adapter.caCertificatePem().startsWith("-----BEGIN CERTIFICATE-----"), "the adapter exposes its CA");
+adapter.destroy();
+check((listeners.get("net1-send") || []).length === 0 && adapter.proxy.stats().closed,
+  "destroy() unregisters from the bus and closes the proxy");
+
 console.log(`smoke: all ${checks} checks passed`);
