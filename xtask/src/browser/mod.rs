@@ -39,6 +39,34 @@ const MEMORY_BOUND: u64 = 32 << 20;
 /// Size of the big download.
 const BIG: usize = 100_000_000;
 
+/// The package files the pages load.
+const PACKAGE_FILES: &[&str] = &[
+    "c2w_net_proxy.js",
+    "c2w_net_proxy_bg.wasm",
+    "stack-worker.js",
+];
+
+/// Copies `dist` to `to` (replacing it) and checks the copy is complete.
+fn snapshot_dist(dist: &Path, to: &Path) -> Result<PathBuf> {
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(dist).context("reading dist/")? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    for f in PACKAGE_FILES {
+        if !to.join(f).is_file() {
+            bail!("dist/ changed while it was copied ({f} is missing); run again");
+        }
+    }
+    Ok(to.to_path_buf())
+}
+
 /// Everything both phases share.
 struct Shared {
     kind: Kind,
@@ -77,8 +105,8 @@ pub fn run(args: &[String]) -> Result<()> {
     kind.ensure_installed()?;
     let root = workspace_root();
     let dist = root.join("dist");
-    if !dist.join("c2w_net_proxy.js").is_file() {
-        eprintln!("xtask: dist/ has no c2w_net_proxy.js; running build-wasm");
+    if !PACKAGE_FILES.iter().all(|f| dist.join(f).is_file()) {
+        eprintln!("xtask: dist/ is missing or incomplete; running build-wasm");
         crate::build_wasm::run_build(&[])?;
     }
     println!("xtask: e2e-browser with {}", kind.version());
@@ -86,6 +114,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let _guard = cleanup::Guard;
     let dir = root.join("target/e2e-browser");
     std::fs::create_dir_all(&dir)?;
+    // The pages load a copy, so a build-wasm running meanwhile cannot change files under them.
+    let dist = snapshot_dist(&dist, &dir.join("dist"))?;
     let files = OriginFiles::create(&dir.join("origin")).context("creating the origin's files")?;
     let http = Origin::http_with(&files, 8, Cors::On)?;
     let https = Origin::https_with(&files, 8, Cors::On)?;
