@@ -304,21 +304,24 @@ console.log(version());
     Ok(())
 }
 
-/// The node smoke test of a built `dist/`: DHCP through `pushFrame`/`onFrame` and through
-/// `pushStream`/`onStream`, stats, the CA, pcap capture, config errors and `close`
-/// (`c2w-net-proxy/js/tests/smoke.mjs`).
+/// The node tests of a built `dist/`: `smoke.mjs` (DHCP through `pushFrame`/`onFrame` and
+/// through `pushStream`/`onStream`, stats, the CA, pcap capture, config errors, `close`, the
+/// v86 adapter on a fake bus) and `relay.mjs` (`stack-worker.js` against container2wasm's
+/// relay protocol, with and without `Atomics.waitAsync`), both in `c2w-net-proxy/js/tests/`.
 pub fn node_smoke(dist: &Path) -> Result<()> {
     ensure_programs(&[("node", "nodejs")])?;
-    let script = workspace_root().join("c2w-net-proxy/js/tests/smoke.mjs");
     let dist = dist
         .canonicalize()
         .with_context(|| format!("{} is not built", dist.display()))?;
-    let script = script.to_string_lossy().into_owned();
     let dist_arg = dist.to_string_lossy().into_owned();
-    let out = node_with_timeout(&dist, &[&script, &dist_arg], Duration::from_secs(120))?;
-    print!("{out}");
-    if !out.lines().any(|l| l.starts_with("smoke: all ")) {
-        bail!("the node smoke test did not report success");
+    for (name, success) in [("smoke.mjs", "smoke: all "), ("relay.mjs", "relay: all ")] {
+        let script = workspace_root().join("c2w-net-proxy/js/tests").join(name);
+        let script = script.to_string_lossy().into_owned();
+        let out = node_with_timeout(&dist, &[&script, &dist_arg], Duration::from_secs(120))?;
+        print!("{out}");
+        if !out.lines().any(|l| l.starts_with(success)) {
+            bail!("the node test {name} did not report success");
+        }
     }
     Ok(())
 }
