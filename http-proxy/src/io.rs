@@ -107,10 +107,17 @@ impl<W: AsyncWrite + Unpin> Outbound<W> {
         }
     }
 
-    /// Writes all of `data`, failing with `TimedOut` if the guest does not take it in time.
+    /// Writes all of `data` and flushes it, failing with `TimedOut` if the guest does not take
+    /// it in time. The flush matters under TLS: a record that did not fit the connection stays
+    /// buffered in the TLS session until the next write or flush, which after a response's last
+    /// bytes may be the idle timeout.
     pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         let sleep = self.timer.sleep(self.timeout);
-        let write = self.writer.write_all(data);
+        let writer = &mut self.writer;
+        let write = async move {
+            writer.write_all(data).await?;
+            writer.flush().await
+        };
         futures::pin_mut!(write);
         match future::select(write, sleep).await {
             Either::Left((result, _)) => result,
