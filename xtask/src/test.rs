@@ -1,5 +1,7 @@
 //! `cargo xtask test`: everything CI runs, in order, stopping at the first failure: fmt,
-//! clippy (native and wasm32), unit tests (native and wasm32 under node), build-wasm, e2e.
+//! clippy (native and wasm32), unit tests (native and wasm32 under node), fetch()'s backend
+//! under node, build-wasm with its node smoke tests, the real-guest e2e, and the same guest
+//! behind the browser build in headless Chromium and Firefox ESR.
 
 use std::process::Command;
 
@@ -42,7 +44,9 @@ pub fn run_all(args: &[String]) -> Result<()> {
     println!("xtask: wasm32 tests under node");
     cargo_test_wasm(&["net-stack", "mitm-ca", "http-proxy"])?;
     crate::transport_node::run(&[])?;
-    crate::build_wasm::run_build(&[])?;
+    crate::build_wasm::run_build(&["--check".to_string()])?;
     crate::e2e::run(args)?;
+    crate::browser::run(&["chromium".to_string()])?;
+    crate::browser::run(&["firefox".to_string()])?;
     Ok(())
 }
