@@ -5,9 +5,11 @@ mod bench;
 mod browser;
 mod build_wasm;
 mod cleanup;
+mod demo;
 mod e2e;
 mod fixtures;
 mod guest;
+mod guest_image;
 mod origin;
 mod report;
 mod test;
@@ -27,7 +29,13 @@ commands:
                or Firefox ESR, over a TAP-to-WebSocket bridge (needs root)
   transport-node  fetch-transport's browser backend under node against a local origin
   fixtures     re-capture the pcap fixtures under net-stack/tests/fixtures (needs root)
-  bench        benchmarks; writes docs/benchmarks.md and target/bench/results.json";
+  bench        benchmarks; writes docs/benchmarks.md and target/bench/results.json
+  guest-image [--force]
+               the demo's i386 Linux guest from Debian packages, cached in target/guest-image/
+  demo [--port PORT] [--check]
+               serve the demo on http://127.0.0.1:PORT (default 8080): a Linux VM in the tab
+               (v86) networked through c2w-net-proxy; --check boots it in headless Chromium
+               and asserts on the console";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,6 +65,8 @@ fn run(args: &[String]) -> Result<()> {
         "bench" => bench::run(rest),
         "fixtures" => fixtures::run(rest),
         "transport-node" => transport_node::run(rest),
+        "guest-image" => guest_image::run_cmd(rest),
+        "demo" => demo::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
