@@ -1,43 +1,64 @@
-//! The browser backend: `fetch()` through reqwest's wasm client, `mode: "cors"` (reqwest's
-//! default, never switched to no-cors), `credentials: "omit"` always, redirects followed by the
-//! browser. Response bodies stream from `Response.body` and are pulled only as fast as the
-//! consumer reads.
+//! The browser backend: the global `fetch()` (window, worker or node) called directly through
+//! web-sys, with `mode: "cors"`, `credentials: "omit"` always and `redirect: "follow"`.
 //!
-//! Request bodies cannot stream (reqwest's wasm client sends one buffer), so they are collected
-//! whole up to [`TransportConfig::max_request_body`] (default 64 MiB); larger bodies fail with
-//! [`TransportError::BodyTooLarge`].
+//! Response bodies are read from `Response.body` piece by piece (see [`reader`]): the chunk the
+//! browser delivers stays in JS memory and at most 64 KiB of it is copied into wasm memory at a
+//! time, only when the consumer asks. Browsers differ wildly in chunk size (Chromium ≤ 64 KiB,
+//! Firefox as much as it has buffered); wasm memory never shrinks, so it must not depend on that.
+//!
+//! Request bodies are collected whole up to [`TransportConfig::max_request_body`] (default
+//! 64 MiB), larger ones fail with [`TransportError::BodyTooLarge`]: streaming uploads need
+//! `duplex: "half"` and HTTP/2, which not every browser (nor every origin) offers.
+//!
+//! One `AbortController` per request: it fires when the response head does not arrive within
+//! the configured timeout, when the `send` future is dropped, and when the response body is
+//! dropped before its end (a guest that disconnects stops the download).
+
+mod reader;
 
 use std::future::Future;
 use std::pin::pin;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::future::{select, Either};
-use futures::StreamExt;
-use http::Method;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use url::Url;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
 use crate::config::TransportConfig;
 use crate::policy::{self, BodyDecoding, HeaderPolicy, PreparedRequest};
-use crate::{Body, BodyError, CollectError, Transport, TransportError};
+use crate::{Body, CollectError, Transport, TransportError};
+
+use reader::{describe, AbortOnDrop, ResponseBody};
 
 /// What a fetch() rejection (a TypeError) means, as far as a page can know.
 const REFUSED: &str = "the browser refused the request (CORS policy or network error)";
 
+#[wasm_bindgen]
+extern "C" {
+    /// The global `fetch`, looked up when called: works on a page, in a worker and in node.
+    #[wasm_bindgen(catch, js_name = fetch)]
+    fn global_fetch(request: &web_sys::Request) -> Result<js_sys::Promise, JsValue>;
+
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(handler: &js_sys::Function, millis: f64) -> JsValue;
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(handle: &JsValue);
+}
+
 /// Sends requests with the browser's (or node's) `fetch()`.
 #[derive(Debug, Clone)]
 pub struct FetchTransport {
-    client: reqwest::Client,
     config: TransportConfig,
 }
 
 impl FetchTransport {
     /// A transport applying `config` and the browser header policy.
     pub fn new(config: TransportConfig) -> Self {
-        Self {
-            client: reqwest::Client::new(),
-            config,
-        }
+        Self { config }
     }
 
     /// The configuration in use.
@@ -85,35 +106,63 @@ impl Transport for FetchTransport {
             });
         }
 
-        let mut builder = self
-            .client
-            .request(method.clone(), fetch_url.clone())
-            .headers(headers)
-            .fetch_credentials_omit();
-        if !bytes.is_empty() {
-            builder = builder.body(bytes);
-        }
-        let sent = builder.send();
+        let invalid = |reason: String| TransportError::InvalidRequest {
+            url: guest_url.clone(),
+            reason,
+        };
+        let abort = AbortOnDrop::new()
+            .map_err(|e| invalid(format!("no AbortController here: {}", describe(&e))))?;
+        let js_request = build_request(&method, &fetch_url, &headers, bytes, &abort)
+            .map_err(|reason| invalid(format!("the browser rejected the request: {reason}")))?;
+        let promise = global_fetch(&js_request).map_err(|e| TransportError::Blocked {
+            url: guest_url.clone(),
+            reason: format!("fetch() cannot be called here: {}", describe(&e)),
+        })?;
+        drop(js_request);
+        let sent = JsFuture::from(promise);
         let result = match self.config.timeout {
             Some(limit) => match with_timeout(sent, limit.as_millis()).await {
                 Some(result) => result,
                 None => {
+                    abort.abort();
                     return Err(TransportError::Timeout {
                         url: guest_url,
                         reason: format!("no response head within {limit:?}"),
-                    })
+                    });
                 }
             },
             None => sent.await,
         };
-        let mut response = result.map_err(|e| map_error(&guest_url, &e))?;
+        let response: web_sys::Response = match result {
+            Ok(response) => response.unchecked_into(),
+            Err(e) => {
+                return Err(TransportError::Blocked {
+                    url: guest_url,
+                    reason: format!("{REFUSED} ({})", describe(&e)),
+                })
+            }
+        };
 
-        let status = response.status();
-        let final_url = response.url().clone();
-        let mut headers = std::mem::take(response.headers_mut());
+        // Status 0 is an opaque or error response, which cors mode never gives a page.
+        let Ok(status) = StatusCode::from_u16(response.status()) else {
+            return Err(TransportError::Blocked {
+                url: guest_url,
+                reason: format!("{REFUSED} (status {})", response.status()),
+            });
+        };
+        let mut headers = read_headers(&response.headers());
+        // Only a followed redirect changes the URL; otherwise keep ours (`Response.url` drops
+        // a fragment and may be normalised differently).
+        let final_url = if response.redirected() {
+            Url::parse(&response.url()).unwrap_or_else(|_| fetch_url.clone())
+        } else {
+            fetch_url.clone()
+        };
+        let stream = response.body();
         let bodiless = method == Method::HEAD
-            || status == http::StatusCode::NO_CONTENT
-            || status == http::StatusCode::NOT_MODIFIED;
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || stream.is_none();
         // fetch() decodes Content-Encoding and may hide that it did (Content-Encoding is not a
         // CORS-safelisted response header), so Content-Length cannot be trusted for a body.
         let decoding = if bodiless {
@@ -123,13 +172,21 @@ impl Transport for FetchTransport {
         };
         policy::adjust_response(&self.config, &fetch_url, &final_url, &mut headers, decoding);
 
-        let body = if bodiless {
-            Body::empty()
-        } else {
-            let stream = response
-                .bytes_stream()
-                .map(|chunk| chunk.map_err(|e| BodyError::new(e.to_string())));
-            Body::from_stream(stream, None)
+        let body = match stream {
+            Some(stream) if !bodiless => {
+                let body =
+                    ResponseBody::new(&stream, abort).map_err(|e| TransportError::Aborted {
+                        url: guest_url.clone(),
+                        reason: format!("the response body cannot be read: {}", describe(&e)),
+                    })?;
+                Body::from_stream(body, None)
+            }
+            // A body the answer cannot have: release it (dropping `abort` ends the fetch).
+            Some(stream) => {
+                drop(JsFuture::from(stream.cancel()));
+                Body::empty()
+            }
+            None => Body::empty(),
         };
         let mut out = http::Response::new(body);
         *out.status_mut() = status;
@@ -138,35 +195,66 @@ impl Transport for FetchTransport {
     }
 }
 
-fn map_error(url: &str, err: &reqwest::Error) -> TransportError {
-    let url = url.to_string();
-    if err.is_builder() {
-        TransportError::InvalidRequest {
-            url,
-            reason: format!("the browser rejected the request: {err}"),
-        }
-    } else if err.is_timeout() {
-        TransportError::Timeout {
-            url,
-            reason: err.to_string(),
-        }
-    } else {
-        let detail = std::error::Error::source(err)
-            .map(|s| format!(" ({s})"))
-            .unwrap_or_default();
-        TransportError::Blocked {
-            url,
-            reason: format!("{REFUSED}{detail}"),
-        }
+/// The JS `Request` for one fetch; errors are the browser's reasons.
+fn build_request(
+    method: &Method,
+    url: &Url,
+    headers: &HeaderMap,
+    body: Bytes,
+    abort: &AbortOnDrop,
+) -> Result<web_sys::Request, String> {
+    let js_headers = web_sys::Headers::new().map_err(|e| describe(&e))?;
+    for (name, value) in headers {
+        js_headers
+            .append(name.as_str(), &byte_string(value))
+            .map_err(|e| format!("header {name}: {}", describe(&e)))?;
     }
+    let init = web_sys::RequestInit::new();
+    init.set_method(method.as_str());
+    init.set_headers(&js_headers);
+    init.set_mode(web_sys::RequestMode::Cors);
+    init.set_credentials(web_sys::RequestCredentials::Omit);
+    init.set_redirect(web_sys::RequestRedirect::Follow);
+    init.set_signal(Some(&abort.signal()));
+    if !body.is_empty() {
+        // A copy on the JS side; ours is freed when this returns.
+        init.set_body(&js_sys::Uint8Array::from(&body[..]));
+    }
+    web_sys::Request::new_with_str_and_init(url.as_str(), &init).map_err(|e| describe(&e))
 }
 
-#[wasm_bindgen]
-extern "C" {
-    #[wasm_bindgen(js_name = setTimeout)]
-    fn set_timeout(handler: &js_sys::Function, millis: f64) -> JsValue;
-    #[wasm_bindgen(js_name = clearTimeout)]
-    fn clear_timeout(handle: &JsValue);
+/// A header value as the JS ByteString it stands for: one UTF-16 code unit per byte, so bytes
+/// outside ASCII (obs-text) reach the browser unchanged.
+fn byte_string(value: &HeaderValue) -> String {
+    value.as_bytes().iter().map(|&b| char::from(b)).collect()
+}
+
+/// The response headers, in the order the browser gives them (multi-valued ones already joined
+/// with ", " by the `Headers` object; `Set-Cookie` is never visible to a page).
+fn read_headers(js: &web_sys::Headers) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for entry in &js.entries() {
+        let Ok(entry) = entry else { break };
+        let pair: js_sys::Array = entry.unchecked_into();
+        let (Some(name), Some(value)) = (pair.get(0).as_string(), pair.get(1).as_string()) else {
+            continue;
+        };
+        // A ByteString: every code unit is one byte.
+        let bytes: Option<Vec<u8>> = value
+            .chars()
+            .map(|c| u8::try_from(u32::from(c)).ok())
+            .collect();
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            bytes.and_then(|b| HeaderValue::from_bytes(&b).ok()),
+        ) {
+            (Ok(name), Some(value)) => {
+                out.append(name, value);
+            }
+            _ => tracing::debug!(%name, "skipped a response header that is not valid HTTP"),
+        }
+    }
+    out
 }
 
 /// A JS timer that resolves after `millis` and is cleared when dropped.
@@ -194,7 +282,7 @@ impl Drop for Delay {
     }
 }
 
-/// Runs `future` unless `millis` pass first (then drops it, which aborts the fetch).
+/// Runs `future` unless `millis` pass first (then drops it).
 async fn with_timeout<F: Future>(future: F, millis: u128) -> Option<F::Output> {
     let mut delay = Delay::new(millis);
     let future = pin!(future);

@@ -220,3 +220,222 @@ async fn request_bodies_over_the_limit_are_refused() {
         "{err:?}"
     );
 }
+
+/// Length of the origin's `/large` body (`LARGE_LEN` in xtask/src/transport_node.rs).
+const LARGE_LEN: usize = 8 << 20;
+
+/// The largest piece the backend may hand out.
+const MAX_PIECE: usize = 64 << 10;
+
+/// How much the wasm memory may grow while an 8 MiB body is read through the backend (reqwest's
+/// `bytes_stream()`, which copied each chunk whole, grew it by 2.9 MiB with 3 MB chunks).
+const MAX_GROWTH: f64 = (1 << 20) as f64;
+
+/// Byte `i` of the origin's `/large` and `/endless` bodies.
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// The current size of this module's wasm memory, in bytes.
+fn wasm_memory_bytes() -> f64 {
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    memory
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length() as f64
+}
+
+/// Resolves after `millis` (a JS timer).
+async fn sleep(millis: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+        let global = js_sys::global();
+        let set_timeout: js_sys::Function = js_sys::Reflect::get(&global, &"setTimeout".into())
+            .unwrap()
+            .unchecked_into();
+        set_timeout
+            .call2(&global, &resolve, &JsValue::from(millis))
+            .unwrap();
+    });
+    wasm_bindgen_futures::JsFuture::from(promise).await.unwrap();
+}
+
+/// Reads `body` to its end without keeping it, checking every byte against [`pattern`];
+/// returns the total length and the largest piece.
+async fn drain_checked(mut body: Body) -> (usize, usize) {
+    let (mut total, mut largest) = (0, 0);
+    while let Some(piece) = body.next().await {
+        let piece = piece.unwrap();
+        assert!(!piece.is_empty(), "empty piece at offset {total}");
+        for (i, byte) in piece.iter().enumerate() {
+            assert_eq!(*byte, pattern(total + i), "byte {} differs", total + i);
+        }
+        total += piece.len();
+        largest = largest.max(piece.len());
+    }
+    (total, largest)
+}
+
+/// Fetches `/large` (8 MiB) and checks it arrives whole, in pieces of at most 64 KiB, while
+/// the wasm memory grows by less than 4 MiB.
+async fn read_large_bounded(base: &str) -> (usize, f64) {
+    let before = wasm_memory_bytes();
+    let resp = loopback()
+        .send(get(&format!("{base}/large")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Let the origin's bytes pile up in the JS side's buffers before reading, so that fetch()
+    // hands them over in chunks as large as it likes.
+    sleep(300).await;
+    let (total, largest) = drain_checked(resp.into_body()).await;
+    let grown = wasm_memory_bytes() - before;
+    assert_eq!(total, LARGE_LEN);
+    assert!(
+        grown < MAX_GROWTH,
+        "the wasm memory grew by {grown} bytes reading {LARGE_LEN} bytes"
+    );
+    assert!(
+        largest <= MAX_PIECE,
+        "a piece of {largest} bytes (limit {MAX_PIECE})"
+    );
+    (largest, grown)
+}
+
+#[wasm_bindgen_test]
+async fn large_body_is_read_in_bounded_pieces() {
+    let Some(base) = origin("large_body_is_read_in_bounded_pieces") else {
+        return;
+    };
+    let (largest, grown) = read_large_bounded(&base).await;
+    console_log!("largest piece {largest} bytes, wasm memory grew by {grown} bytes");
+}
+
+/// Replaces the global `fetch` with one that hands response bodies over in chunks of
+/// `chunk` bytes (what Firefox does with what it has buffered) and records the largest chunk
+/// it delivered in `globalThis.__fetchTransportLargestChunk`; the original comes back on drop.
+struct CoalescingFetch {
+    original: JsValue,
+}
+
+impl CoalescingFetch {
+    fn install(chunk: u32) -> Self {
+        let install = js_sys::Function::new_with_args(
+            "chunk",
+            r#"
+            const original = globalThis.fetch;
+            globalThis.__fetchTransportLargestChunk = 0;
+            globalThis.fetch = async function (input, init) {
+                const response = await original(input, init);
+                if (!response.body) return response;
+                const parts = [];
+                let total = 0;
+                const reader = response.body.getReader();
+                for (;;) {
+                    const { done, value } = await reader.read();
+                    if (done) break;
+                    parts.push(value);
+                    total += value.length;
+                }
+                const whole = new Uint8Array(total);
+                let at = 0;
+                for (const part of parts) {
+                    whole.set(part, at);
+                    at += part.length;
+                }
+                let offset = 0;
+                const body = new ReadableStream({
+                    pull(controller) {
+                        if (offset >= total) {
+                            controller.close();
+                            return;
+                        }
+                        const piece = whole.slice(offset, offset + chunk);
+                        offset += piece.length;
+                        globalThis.__fetchTransportLargestChunk =
+                            Math.max(globalThis.__fetchTransportLargestChunk, piece.length);
+                        controller.enqueue(piece);
+                    },
+                });
+                const wrapped = new Response(body, {
+                    status: response.status,
+                    headers: response.headers,
+                });
+                for (const name of ["url", "redirected"]) {
+                    Object.defineProperty(wrapped, name, { value: response[name] });
+                }
+                return wrapped;
+            };
+            return original;
+            "#,
+        );
+        let original = install
+            .call1(&JsValue::NULL, &JsValue::from(chunk))
+            .unwrap();
+        Self { original }
+    }
+
+    fn largest_chunk() -> f64 {
+        js_sys::Reflect::get(&js_sys::global(), &"__fetchTransportLargestChunk".into())
+            .unwrap()
+            .as_f64()
+            .unwrap()
+    }
+}
+
+impl Drop for CoalescingFetch {
+    fn drop(&mut self) {
+        js_sys::Reflect::set(&js_sys::global(), &"fetch".into(), &self.original).unwrap();
+    }
+}
+
+#[wasm_bindgen_test]
+async fn browser_sized_chunks_stay_out_of_wasm_memory() {
+    let Some(base) = origin("browser_sized_chunks_stay_out_of_wasm_memory") else {
+        return;
+    };
+    // Not a multiple of 64 KiB, so pieces also end at chunk boundaries.
+    let fetch = CoalescingFetch::install(3_000_000);
+    let (largest, grown) = read_large_bounded(&base).await;
+    drop(fetch);
+    assert_eq!(
+        CoalescingFetch::largest_chunk(),
+        3_000_000.0,
+        "the wrapped fetch() did not deliver large chunks"
+    );
+    console_log!("largest piece {largest} bytes, wasm memory grew by {grown} bytes");
+}
+
+#[wasm_bindgen_test]
+async fn dropping_the_body_stops_the_download() {
+    let Some(base) = origin("dropping_the_body_stops_the_download") else {
+        return;
+    };
+    let resp = loopback()
+        .send(get(&format!("{base}/endless")))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = body.next().await.expect("no first piece").unwrap();
+    assert_eq!(first[..3], [pattern(0), pattern(1), pattern(2)]);
+    drop(body);
+    // The origin writes until its socket fails; it answers once that happened (or after 10 s).
+    let stopped = loopback()
+        .send(get(&format!("{base}/endless-stopped")))
+        .await
+        .unwrap();
+    assert_eq!(text(stopped).await, "1");
+}
+
+#[wasm_bindgen_test]
+async fn head_response_has_an_empty_body() {
+    let Some(base) = origin("head_response_has_an_empty_body") else {
+        return;
+    };
+    let request = http::Request::head(format!("{base}/page"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = loopback().send(request).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.body().len(), Some(0));
+    assert_eq!(text(resp).await, "");
+}

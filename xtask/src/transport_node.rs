@@ -20,6 +20,12 @@ use crate::tools;
 /// How long `/slow` waits for `/release` before sending the rest anyway (and saying so).
 const SLOW_FALLBACK: Duration = Duration::from_secs(60);
 
+/// Size of the `/large` body: far more than the 64 KiB pieces the backend may hand out.
+const LARGE_LEN: usize = 8 << 20;
+
+/// How long `/endless-stopped` waits for an `/endless` download to be abandoned.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs the node tests of fetch-transport's browser backend against a local origin.
 pub fn run(args: &[String]) -> Result<()> {
     tools::ensure_wasm_toolchain()?;
@@ -61,17 +67,26 @@ struct Release {
     signal: Condvar,
 }
 
+/// Shared state of the origin's routes.
+#[derive(Default)]
+struct Shared {
+    release: Release,
+    /// How many `/endless` downloads the client has abandoned (the socket failed under us).
+    stopped: Mutex<u64>,
+    stopped_signal: Condvar,
+}
+
 /// Starts the origin on a free port in a background thread; returns its base URL.
 fn start_origin() -> Result<String> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding the origin server")?;
     let base = format!("http://{}", listener.local_addr()?);
-    let release = Arc::new(Release::default());
+    let shared = Arc::new(Shared::default());
     thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let release = Arc::clone(&release);
+            let shared = Arc::clone(&shared);
             thread::spawn(move || {
-                if let Err(err) = serve(conn, &release) {
+                if let Err(err) = serve(conn, &shared) {
                     eprintln!("xtask: transport-node origin: {err}");
                 }
             });
@@ -140,7 +155,13 @@ fn chunk(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
     w.flush()
 }
 
-fn serve(stream: TcpStream, release: &Release) -> io::Result<()> {
+/// Byte `i` of the `/large` and `/endless` bodies (the tests check it as they read).
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    let release = &shared.release;
     let mut r = BufReader::new(stream.try_clone()?);
     let mut w = stream;
     let Some(head) = read_head(&mut r)? else {
@@ -210,6 +231,39 @@ fn serve(stream: TcpStream, release: &Release) -> io::Result<()> {
             *release.count.lock().unwrap() += 1;
             release.signal.notify_all();
             respond(&mut w, "200 OK", &[], b"released")
+        }
+        "/large" => {
+            // One write of the whole body: the client's network stack gets it as fast as it
+            // can take it, and the browser may hand it over in chunks as large as it buffered.
+            let body: Vec<u8> = (0..LARGE_LEN).map(pattern).collect();
+            respond(
+                &mut w,
+                "200 OK",
+                &[("Content-Type", "application/octet-stream")],
+                &body,
+            )
+        }
+        "/endless" => {
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nAccess-Control-Allow-Origin: *\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n"
+            )?;
+            let block: Vec<u8> = (0..1 << 16).map(pattern).collect();
+            // Until the client goes away; its abort shows up here as a failed write.
+            while chunk(&mut w, &block).is_ok() {}
+            *shared.stopped.lock().unwrap() += 1;
+            shared.stopped_signal.notify_all();
+            Ok(())
+        }
+        "/endless-stopped" => {
+            let guard = shared.stopped.lock().unwrap();
+            let (count, _) = shared
+                .stopped_signal
+                .wait_timeout_while(guard, STOP_WAIT, |count| *count == 0)
+                .unwrap();
+            let count = count.to_string();
+            respond(&mut w, "200 OK", &[], count.as_bytes())
         }
         "/hang" => {
             // Never answer; return once the client gives up and closes the connection.
