@@ -3,15 +3,14 @@
 //! [`Transport`] is the one seam between the HTTP proxy and the outside world: in the browser it
 //! is `fetch()`, natively an HTTP client, in tests a script. Requests and responses are
 //! [`http::Request`] / [`http::Response`] carrying a streaming [`Body`].
-
 //!
 //! Backends: `FetchTransport` (wasm32, the browser's `fetch()`), `NativeTransport` (other
 //! targets, reqwest + rustls/ring) and [`ScriptedTransport`] (tests, `scripted` feature). All
 //! apply the same [`TransportConfig`] and [`policy`].
 //!
 //! Known limits: the browser backend holds request bodies whole (up to
-//! [`TransportConfig::max_request_body`], 64 MiB by default) because reqwest's wasm client cannot
-//! stream them; `fetch()` joins multi-valued response headers itself (the `Headers` object) and
+//! [`TransportConfig::max_request_body`], 64 MiB by default) because streaming uploads need
+//! `duplex: "half"` and HTTP/2, which not every browser or origin offers; `fetch()` joins multi-valued response headers itself (the `Headers` object) and
 //! follows redirects without asking, so the allow/deny list is checked on the first URL only in
 //! the browser (natively, on every hop); the timeout covers the response head, not the body.
 
