@@ -13,7 +13,6 @@ use anyhow::{bail, Context, Result};
 use crate::tools::{ensure_programs, output, run, workspace_root};
 
 /// Kernel command line the demo page boots with.
-#[allow(dead_code)] // used by the demo
 pub const CMDLINE: &str = "console=ttyS0 quiet cryptomgr.notests noisapnp tsc=reliable";
 
 /// Packages besides the kernel whose files go into the initramfs (curl's dependency closure

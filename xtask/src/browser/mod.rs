@@ -16,8 +16,8 @@
 
 mod bridge;
 mod checks;
-mod launch;
-mod server;
+pub(crate) mod launch;
+pub(crate) mod server;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -19,7 +19,7 @@ pub struct Board {
 }
 
 impl Board {
-    fn put(&self, key: &str, value: String) {
+    pub(crate) fn put(&self, key: &str, value: String) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.entry(key.to_string()).or_insert((0, String::new()));
         entry.0 += 1;

@@ -1,0 +1,262 @@
+// The demo page: v86 boots the guest image with c2w-net-proxy as its network; the serial
+// console is an xterm.js terminal, the proxy's state is shown beside it.
+//
+// URL parameters:
+//   allow=loopback,*.example.org  destinations the proxy may fetch (default: everything)
+//   net=virtio|ne2k                the emulated NIC (default from config.json)
+//   report=1                       post the console text and stats to the serving xtask
+//   run=<script>                   type these lines into the guest's shell once it is ready
+
+import { V86 } from "./v86/libv86.mjs";
+import { C2wNetworkAdapter } from "./dist/v86-adapter.js";
+import { Terminal } from "./xterm/xterm.mjs";
+
+const params = new URLSearchParams(location.search);
+const reporting = params.get("report") === "1";
+const started = performance.now();
+const statusEl = document.getElementById("status");
+const timings = {};
+
+function post(key, body) {
+  if (!reporting) return Promise.resolve();
+  return fetch("report/" + key, { method: "POST", body }).catch(() => {});
+}
+
+function setStatus(text) {
+  statusEl.textContent = text;
+}
+
+function fail(message) {
+  setStatus("error: " + message);
+  post("fatal", message);
+}
+
+window.addEventListener("error", (e) => post("page-error", String(e.message)));
+window.addEventListener("unhandledrejection", (e) => post("page-error", String(e.reason)));
+
+// The proxy logs each request through console.info ("http_proxy::conn: request ...");
+// keep the recent ones for the request and error lists.
+const requestLog = [];
+const errorLog = [];
+function capture(kind, original) {
+  return (...args) => {
+    const text = args.map(String).join(" ");
+    if (/request failed|refused|denied|CORS|handshake|not allowed|closed/i.test(text)) {
+      errorLog.push(text);
+      if (errorLog.length > 50) errorLog.shift();
+    } else if (/\brequest\b/.test(text) && /method=/.test(text)) {
+      requestLog.push(text);
+      if (requestLog.length > 50) requestLog.shift();
+    }
+    original.apply(console, args);
+    if (reporting && kind !== "debug") post("log", kind + ": " + text);
+  };
+}
+console.info = capture("info", console.info);
+console.warn = capture("warn", console.warn);
+console.error = capture("error", console.error);
+
+function explain(text) {
+  if (/fetch|Failed to fetch|TypeError|NetworkError|CORS/i.test(text)) {
+    return "the browser refused the request: the site does not allow cross-origin requests (CORS), is unreachable, or is outside the allowed destinations";
+  }
+  if (/handshake|trust/i.test(text)) {
+    return "the guest did not trust the proxy's CA (SSL_CERT_FILE=/.wasmenv/proxy.crt)";
+  }
+  if (/not allowed|denied|refused/i.test(text)) {
+    return "the destination is not in the page's allow list";
+  }
+  return "";
+}
+
+async function main() {
+  const config = await (await fetch("config.json")).json();
+  const allow = params.get("allow");
+  const net = params.get("net") || config.net || "virtio";
+
+  const term = new Terminal({ rows: 30, cols: 100, convertEol: false, scrollback: 5000 });
+  term.open(document.getElementById("terminal"));
+
+  const emulator = new V86({
+    wasm_path: "v86/v86.wasm",
+    memory_size: 256 * 1024 * 1024,
+    vga_memory_size: 2 * 1024 * 1024,
+    bios: { url: "bios/bios.bin" },
+    vga_bios: { url: "bios/vgabios.bin" },
+    bzimage: { url: "guest/bzImage" },
+    initrd: { url: "guest/initrd.img" },
+    cmdline: config.cmdline,
+    net_device: { type: net },
+    disable_keyboard: true,
+    disable_mouse: true,
+    disable_speaker: true,
+    autostart: true,
+  });
+
+  // The glue has no default location for its .wasm (no import.meta.url), so name it.
+  const proxyConfig = { logLevel: "info", wasm: new URL("dist/c2w_net_proxy_bg.wasm", location.href) };
+  if (allow) proxyConfig.allow = allow.split(",").filter(Boolean);
+  const adapter = new C2wNetworkAdapter(emulator.bus, proxyConfig);
+  let proxy;
+  try {
+    proxy = await adapter.ready;
+  } catch (err) {
+    fail("the proxy did not start: " + err.message);
+    return;
+  }
+  timings.proxyReadyMs = Math.round(performance.now() - started);
+  const caPem = adapter.caCertificatePem();
+  setupButtons(proxy, caPem);
+  setStatus("booting Linux…");
+
+  // Console: guest output to the terminal (batched), keystrokes to the guest.
+  let consoleText = "";
+  let pending = [];
+  let flushTimer = null;
+  emulator.add_listener("serial0-output-byte", (byte) => {
+    pending.push(byte);
+    consoleText += String.fromCharCode(byte);
+    if (!flushTimer) {
+      flushTimer = setTimeout(() => {
+        term.write(new Uint8Array(pending));
+        pending = [];
+        flushTimer = null;
+        onConsole(consoleText);
+      }, 15);
+    }
+  });
+  term.onData((data) => emulator.serial0_send(data));
+  emulator.add_listener("emulator-started", () => {
+    timings.emulatorStartedMs = Math.round(performance.now() - started);
+  });
+
+  const script = params.get("run");
+  let typed = false;
+  function onConsole(text) {
+    if (!timings.leaseMs && /c2w-demo: lease /.test(text)) {
+      timings.leaseMs = Math.round(performance.now() - started);
+    }
+    if (!timings.shellMs && /c2w-demo: shell ready/.test(text)) {
+      timings.shellMs = Math.round(performance.now() - started);
+      setStatus(`Linux is up: shell after ${(timings.shellMs / 1000).toFixed(1)} s`);
+      term.focus();
+      if (script && !typed) {
+        typed = true;
+        // Let the shell print its prompt, then type the script.
+        setTimeout(() => emulator.serial0_send(script.endsWith("\n") ? script : script + "\n"), 500);
+      }
+    }
+    if (!timings.firstRequestMs && proxy.stats().proxy.requests > 0) {
+      timings.firstRequestMs = Math.round(performance.now() - started);
+    }
+    if (typed && !timings.firstCurlMs && /http-rc=\d/.test(text)) {
+      timings.firstCurlMs = Math.round(performance.now() - started);
+    }
+  }
+
+  // Live state and, when reporting, the console and stats to the xtask.
+  let lastPosted = "";
+  setInterval(() => {
+    const stats = proxy.stats();
+    if (!timings.firstRequestMs && stats.proxy.requests > 0) {
+      timings.firstRequestMs = Math.round(performance.now() - started);
+    }
+    render(stats);
+    if (reporting && consoleText !== lastPosted) {
+      lastPosted = consoleText;
+      post("console", consoleText);
+      post("stats", JSON.stringify({ stats, timings }));
+    }
+  }, 500);
+  post("ready", JSON.stringify({ timings, caPem }));
+}
+
+function setupButtons(proxy, caPem) {
+  const caButton = document.getElementById("ca-button");
+  caButton.disabled = false;
+  caButton.onclick = () => download("c2w-net-proxy-ca.pem", new Blob([caPem], { type: "application/x-pem-file" }));
+  const pcapButton = document.getElementById("pcap-button");
+  pcapButton.disabled = false;
+  let capturing = false;
+  pcapButton.onclick = () => {
+    if (!capturing) {
+      proxy.startCapture();
+      capturing = true;
+      pcapButton.textContent = "Stop capture and download pcap";
+    } else {
+      const bytes = proxy.stopCapture();
+      capturing = false;
+      pcapButton.textContent = "Start capture";
+      download("c2w-net-proxy.pcap", new Blob([bytes], { type: "application/vnd.tcpdump.pcap" }));
+    }
+  };
+}
+
+function download(name, blob) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
+function render(s) {
+  const leases = s.dhcp.leases.map((l) => `${l.ip} (${l.mac})`).join(", ") || "none yet";
+  const rows = [
+    ["lease", leases],
+    ["requests", s.proxy.requests],
+    ["responses ok", s.proxy.responsesOk],
+    ["error status", s.proxy.responsesErrorStatus],
+    ["bad requests", s.proxy.errors.badRequests],
+    ["transport errors", s.proxy.errors.transportErrors],
+    ["aborted", s.proxy.errors.abortedResponses],
+    ["connections", `${s.proxy.connectionsOpen} open / ${s.proxy.connectionsTotal}`],
+    ["to guest", fmtBytes(s.proxy.bytesToGuest)],
+    ["from guest", fmtBytes(s.proxy.bytesFromGuest)],
+    ["DNS queries", `${s.dns.queries} (${s.dns.errors} errors)`],
+    ["frames", `${s.framesIn} in / ${s.framesOut} out, ${s.drops.total} dropped`],
+    ["capturing", s.capturing ? "yes" : "no"],
+    ["wasm memory", fmtBytes(s.wasmMemoryBytes)],
+  ];
+  const dl = document.getElementById("summary");
+  dl.replaceChildren(
+    ...rows.flatMap(([k, v]) => {
+      const dt = document.createElement("dt");
+      dt.textContent = k;
+      const dd = document.createElement("dd");
+      dd.textContent = String(v);
+      return [dt, dd];
+    }),
+  );
+  renderList("requests", requestLog, false);
+  renderList("errors", errorLog, true);
+}
+
+function renderList(id, lines, withReason) {
+  const ol = document.getElementById(id);
+  ol.replaceChildren(
+    ...lines
+      .slice(-20)
+      .reverse()
+      .map((line) => {
+        const li = document.createElement("li");
+        li.textContent = line.replace(/^http_proxy::\w+: /, "");
+        const why = withReason ? explain(line) : "";
+        if (why) {
+          const span = document.createElement("div");
+          span.className = "why";
+          span.textContent = why;
+          li.append(span);
+        }
+        return li;
+      }),
+  );
+}
+
+function fmtBytes(n) {
+  if (n < 1024) return n + " B";
+  if (n < 1 << 20) return (n / 1024).toFixed(1) + " KiB";
+  return (n / (1 << 20)).toFixed(1) + " MiB";
+}
+
+main().catch((err) => fail(String(err && err.stack ? err.stack : err)));

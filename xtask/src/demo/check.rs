@@ -1,0 +1,203 @@
+//! `cargo xtask demo --check`: serves the demo, starts local CORS-enabled origins (HTTP and
+//! HTTPS), opens the page in headless Chromium (no name but localhost resolves; the page's
+//! proxy may reach loopback only), types a script into the guest's shell and asserts on the
+//! console output the page posts back.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use super::server::DemoServer;
+use crate::browser::launch::{Browser, Kind, LaunchSpec};
+use crate::browser::server::Board;
+use crate::cleanup;
+use crate::origin::{Cors, Origin, OriginFiles};
+use crate::report::Report;
+use crate::tools::workspace_root;
+
+/// How long the guest may take to boot and run the script.
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// The end mark as printed by the guest (the typed command shows `$((1+1))` instead).
+const END: &str = "C2W-CHECK-2-END";
+
+/// Percent-encodes `s` for a query parameter.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Waits until the posted console text satisfies `done`; returns the last text.
+fn wait_console(board: &Board, limit: Duration, done: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = Instant::now() + limit;
+    let mut seen = 0;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            let text = board.get("console").map(|(_, t)| t).unwrap_or_default();
+            bail!(
+                "timed out after {limit:?}; console so far:\n{}",
+                tail(&text, 40)
+            );
+        }
+        match board.wait("console", seen, remaining) {
+            Ok((n, text)) => {
+                seen = n;
+                if done(&text) {
+                    return Ok(text);
+                }
+            }
+            Err(err) => {
+                let text = board.get("console").map(|(_, t)| t).unwrap_or_default();
+                bail!("{err:#}; console so far:\n{}", tail(&text, 40));
+            }
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The output between the last occurrence of `start` (a line the guest printed) and `end`.
+fn section<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = text.rfind(start)? + start.len();
+    let to = text[from..].find(end)? + from;
+    Some(&text[from..to])
+}
+
+/// Entry point: `site` is the assembled demo.
+pub fn run(site: &Path) -> Result<()> {
+    let kind = Kind::Chromium;
+    kind.ensure_installed()?;
+    println!("xtask: demo --check with {}", kind.version());
+    let _guard = cleanup::Guard;
+    let dir = workspace_root().join("target/demo/check");
+    std::fs::create_dir_all(&dir)?;
+    let files = OriginFiles::create(&dir.join("origin"))?;
+    let http = Origin::http_with(&files, 4, Cors::On)?;
+    let https = Origin::https_with(&files, 4, Cors::On)?;
+    let server = DemoServer::start(site, 0)?;
+
+    let script = format!(
+        "echo C2W-CHECK-$((0+1))-BEGIN; \
+         curl -sS --fail -m 30 {http}/hello; echo \"http-rc=$?\"; \
+         curl -sS --fail -m 30 {https}/hello; echo \"https-rc=$?\"; \
+         curl -sS --fail -m 30 http://192.168.127.253/; echo \"status-rc=$?\"; \
+         echo C2W-CHECK-$((1+1))-END",
+        http = http.base_url(),
+        https = https.base_url(),
+    );
+    let url = format!(
+        "{}/?allow=loopback&report=1&run={}",
+        server.base,
+        encode(&script)
+    );
+    let spec = LaunchSpec {
+        dir: &dir.join("chromium"),
+        origin_cert: files.server_cert(),
+        origin_ca: &files.ca_cert,
+    };
+    let started = Instant::now();
+    let mut browser = Browser::start(kind, &url, &spec)?;
+    let board = server.board.clone();
+    let result = wait_console(&board, LIMIT, |t| t.contains(END));
+    let elapsed = started.elapsed();
+    let console = match result {
+        Ok(text) => text,
+        Err(err) => {
+            let running = browser.is_running();
+            eprintln!(
+                "xtask: chromium {}; its log ends with:\n{}",
+                if running { "runs" } else { "exited" },
+                browser.log_tail(30)
+            );
+            if let Some((_, errors)) = board.get("page-error") {
+                eprintln!("xtask: page errors: {errors}");
+            }
+            return Err(err);
+        }
+    };
+    let stats = board.get("stats").map(|(_, s)| s).unwrap_or_default();
+    drop(browser);
+    std::fs::write(dir.join("console.txt"), &console)?;
+    println!(
+        "xtask: guest console saved to {}",
+        dir.join("console.txt").display()
+    );
+
+    let mut r = Report::default();
+    r.check("lease line", || {
+        let line = console
+            .lines()
+            .find(|l| l.contains("c2w-demo: lease 192.168.127."))
+            .ok_or_else(|| anyhow::anyhow!("no lease line"))?;
+        Ok(line.trim().to_string())
+    });
+    r.check("CA certificate at /.wasmenv/proxy.crt", || {
+        if console.contains("c2w-demo: CA certificate saved to /.wasmenv/proxy.crt") {
+            Ok("fetched from http://192.168.127.253/ca.pem".into())
+        } else {
+            bail!("the guest did not save the CA")
+        }
+    });
+    let out = section(&console, "C2W-CHECK-1-BEGIN", END).unwrap_or("");
+    r.check("curl http through the proxy", || {
+        let part = out.split("http-rc=").next().unwrap_or("");
+        if part.contains("hello from the origin") && out.contains("http-rc=0") {
+            Ok("body matches".into())
+        } else {
+            bail!("unexpected output: {out:?}")
+        }
+    });
+    r.check("curl https through the proxy", || {
+        let part = section(out, "http-rc=0", "https-rc=").unwrap_or("");
+        if part.contains("hello from the origin") && out.contains("https-rc=0") {
+            Ok("body matches, the guest trusted the proxy's CA".into())
+        } else {
+            bail!("unexpected output: {out:?}")
+        }
+    });
+    r.check("proxy status page", || {
+        if out.contains("This is the HTTP proxy of the virtual network")
+            && out.contains("status-rc=0")
+        {
+            Ok("http://192.168.127.253/ served".into())
+        } else {
+            bail!("unexpected output: {out:?}")
+        }
+    });
+    let timings: serde_json::Value = serde_json::from_str(&stats)
+        .map(|v: serde_json::Value| v["timings"].clone())
+        .unwrap_or_default();
+    let secs = |key: &str| {
+        timings[key]
+            .as_f64()
+            .map(|ms| format!("{:.1} s", ms / 1000.0))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    println!(
+        "xtask: demo timings from page load: proxy ready {}, lease {}, shell {}, first proxied request {}, first curl done {}; whole check {:.1} s",
+        secs("proxyReadyMs"),
+        secs("leaseMs"),
+        secs("shellMs"),
+        secs("firstRequestMs"),
+        secs("firstCurlMs"),
+        elapsed.as_secs_f64()
+    );
+    if let Some(line) = console
+        .lines()
+        .find(|l| l.contains("c2w-demo: shell ready"))
+    {
+        println!("xtask: guest says: {}", line.trim());
+    }
+    r.finish("demo")
+}
