@@ -128,6 +128,8 @@ pub fn run(site: &Path) -> Result<()> {
     };
     let stats = board.get("stats").map(|(_, s)| s).unwrap_or_default();
     drop(browser);
+    let log = board.get("log").map(|(_, s)| s).unwrap_or_default();
+    std::fs::write(dir.join("page-log.txt"), &log)?;
     std::fs::write(dir.join("console.txt"), &console)?;
     println!(
         "xtask: guest console saved to {}",
