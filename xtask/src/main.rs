@@ -10,6 +10,7 @@ mod e2e;
 mod fixtures;
 mod guest;
 mod guest_image;
+mod http_server;
 mod origin;
 mod report;
 mod test;

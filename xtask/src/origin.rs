@@ -7,8 +7,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::thread;
+
+use crate::http_server::{header, ServerPool};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -22,8 +23,8 @@ pub const WHEEL_PROJECT: &str = "c2w-probe";
 
 /// A running origin server; stops when dropped.
 pub struct Origin {
-    server: Arc<tiny_http::Server>,
-    threads: Vec<thread::JoinHandle<()>>,
+    /// Serves until dropped.
+    _pool: ServerPool,
     /// Where it listens (127.0.0.1, a free port).
     pub addr: SocketAddr,
     /// `http` or `https`.
@@ -256,25 +257,13 @@ impl Origin {
         scheme: &'static str,
         cors: Cors,
     ) -> Result<Self> {
-        let server = Arc::new(server);
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .context("origin server address")?;
-        let threads = (0..workers)
-            .map(|_| {
-                let server = server.clone();
-                let files = files.clone();
-                thread::spawn(move || {
-                    for request in server.incoming_requests() {
-                        handle(request, &files, cors);
-                    }
-                })
-            })
-            .collect();
+        let files = files.clone();
+        let pool = ServerPool::spawn(server, workers, move |request| {
+            handle(request, &files, cors)
+        })?;
+        let addr = pool.addr;
         Ok(Self {
-            server,
-            threads,
+            _pool: pool,
             addr,
             scheme,
         })
@@ -284,21 +273,6 @@ impl Origin {
     pub fn base_url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
     }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        for _ in 0..self.threads.len() {
-            self.server.unblock();
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn header(k: &str, v: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
 }
 
 /// The CORS headers for `request`'s answer (none when `cors` is off).

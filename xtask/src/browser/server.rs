@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use crate::http_server::{header, ServerPool};
+use anyhow::{bail, Result};
 
 /// What the pages have reported: the latest value and how many times each key was posted.
 #[derive(Default)]
@@ -81,8 +81,7 @@ impl Board {
 
 /// The running page server; stops when dropped.
 pub struct PageServer {
-    server: Arc<tiny_http::Server>,
-    threads: Vec<thread::JoinHandle<()>>,
+    _pool: ServerPool,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// What the pages reported.
@@ -94,49 +93,19 @@ impl PageServer {
     pub fn start(pages: &Path, dist: &Path, config: String) -> Result<Self> {
         let server = tiny_http::Server::http("127.0.0.1:0")
             .map_err(|e| anyhow::anyhow!("page server: {e}"))?;
-        let server = Arc::new(server);
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .context("page server address")?;
         let board = Arc::new(Board::default());
-        let roots = Arc::new(vec![pages.to_path_buf(), dist.to_path_buf()]);
-        let config = Arc::new(config);
-        let threads = (0..4)
-            .map(|_| {
-                let server = server.clone();
-                let board = board.clone();
-                let roots = roots.clone();
-                let config = config.clone();
-                thread::spawn(move || {
-                    for request in server.incoming_requests() {
-                        handle(request, &roots, &board, &config);
-                    }
-                })
-            })
-            .collect();
+        let roots = vec![pages.to_path_buf(), dist.to_path_buf()];
+        let shared = board.clone();
+        let pool = ServerPool::spawn(server, 4, move |request| {
+            handle(request, &roots, &shared, &config)
+        })?;
+        let base = format!("http://{}", pool.addr);
         Ok(Self {
-            server,
-            threads,
-            base: format!("http://{addr}"),
+            _pool: pool,
+            base,
             board,
         })
     }
-}
-
-impl Drop for PageServer {
-    fn drop(&mut self) {
-        for _ in 0..self.threads.len() {
-            self.server.unblock();
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn header(k: &str, v: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
 }
 
 /// MIME type by extension; `None` for files we do not serve.
