@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
 
 use crate::tools;
 
@@ -153,16 +154,17 @@ fn stdout_of(cmd: &mut Command) -> Result<String> {
 fn parse_lines(output: &str, prefix: &str) -> Result<Vec<Measurement>> {
     let mut found = Vec::new();
     for line in output.lines().map(str::trim).filter(|l| l.starts_with('{')) {
-        let json = Json::parse(line).with_context(|| format!("bad benchmark line {line:?}"))?;
-        let name = json.str_field("name").context("no name")?;
+        let json: Value =
+            serde_json::from_str(line).with_context(|| format!("bad benchmark line {line:?}"))?;
+        let name = json["name"].as_str().context("no name")?;
         let Some(short) = name.strip_prefix(prefix) else {
             continue;
         };
         found.push(Measurement {
             name: short.to_string(),
-            unit: json.str_field("unit").context("no unit")?.to_string(),
-            value: json.num_field("value").context("no value")?,
-            iterations: json.num_field("iterations").unwrap_or(0.0) as u64,
+            unit: json["unit"].as_str().context("no unit")?.to_string(),
+            value: json["value"].as_f64().context("no value")?,
+            iterations: json["iterations"].as_u64().unwrap_or(0),
         });
     }
     if found.is_empty() {
@@ -293,7 +295,7 @@ fn ca_markdown(
 
 /// The results.json entries: natives with their expectation as reference, wasm with the
 /// native value as reference (so the ratio can be recomputed).
-fn ca_entries(native: &[Measurement], wasm: Option<&[Measurement]>) -> Vec<Json> {
+fn ca_entries(native: &[Measurement], wasm: Option<&[Measurement]>) -> Vec<Value> {
     let mut entries = Vec::new();
     for (name, _, expectation) in CA_ROWS {
         if let Some(n) = find(native, name) {
@@ -308,16 +310,8 @@ fn ca_entries(native: &[Measurement], wasm: Option<&[Measurement]>) -> Vec<Json>
     entries
 }
 
-fn entry(name: &str, m: &Measurement, reference: Option<f64>) -> Json {
-    Json::Obj(vec![
-        ("name".into(), Json::Str(name.into())),
-        ("unit".into(), Json::Str(m.unit.clone())),
-        ("value".into(), Json::Num(m.value)),
-        (
-            "reference".into(),
-            reference.map(Json::Num).unwrap_or(Json::Null),
-        ),
-    ])
+fn entry(name: &str, m: &Measurement, reference: Option<f64>) -> Value {
+    json!({ "name": name, "unit": m.unit, "value": m.value, "reference": reference })
 }
 
 /// Replaces the `heading` section (up to the next `## ` heading) of a Markdown document, or
@@ -354,22 +348,18 @@ fn replace_section(doc: &str, heading: &str, section: &str) -> String {
 
 /// Writes `entries` into the JSON array at `path`, replacing entries of the same name and
 /// keeping everyone else's.
-fn merge_results(path: &Path, entries: Vec<Json>) -> Result<()> {
+fn merge_results(path: &Path, entries: Vec<Value>) -> Result<()> {
     let mut all = match std::fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => match Json::parse(&text)
+        Ok(text) if !text.trim().is_empty() => match serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", path.display()))?
         {
-            Json::Arr(items) => items,
+            Value::Array(items) => items,
             _ => bail!("{} is not a JSON array", path.display()),
         },
         _ => Vec::new(),
     };
     for new in entries {
-        let name = new.str_field("name").map(str::to_string);
-        match all
-            .iter_mut()
-            .find(|old| old.str_field("name").map(str::to_string) == name)
-        {
+        match all.iter_mut().find(|old| old["name"] == new["name"]) {
             Some(old) => *old = new,
             None => all.push(new),
         }
@@ -377,13 +367,7 @@ fn merge_results(path: &Path, entries: Vec<Json>) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut text = String::from("[\n");
-    for (i, item) in all.iter().enumerate() {
-        text.push_str("  ");
-        item.write(&mut text);
-        text.push_str(if i + 1 < all.len() { ",\n" } else { "\n" });
-    }
-    text.push_str("]\n");
+    let text = serde_json::to_string_pretty(&Value::Array(all))? + "\n";
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -393,265 +377,13 @@ fn target_dir(root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("target"))
 }
 
-/// A small JSON value: enough to read benchmark lines and merge results.json without a
-/// serde dependency in xtask.
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn parse(text: &str) -> Result<Json> {
-        let mut p = JsonParser {
-            s: text.as_bytes(),
-            i: 0,
-        };
-        let value = p.value()?;
-        p.ws();
-        if p.i != p.s.len() {
-            bail!("trailing characters at byte {}", p.i);
-        }
-        Ok(value)
-    }
-
-    fn field(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    fn str_field(&self, key: &str) -> Option<&str> {
-        match self.field(key) {
-            Some(Json::Str(s)) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn num_field(&self, key: &str) -> Option<f64> {
-        match self.field(key) {
-            Some(Json::Num(n)) => Some(*n),
-            _ => None,
-        }
-    }
-
-    fn write(&self, out: &mut String) {
-        match self {
-            Json::Null => out.push_str("null"),
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Num(n) if n.is_finite() => out.push_str(&format!("{n}")),
-            Json::Num(_) => out.push_str("null"),
-            Json::Str(s) => {
-                out.push('"');
-                for c in s.chars() {
-                    match c {
-                        '"' => out.push_str("\\\""),
-                        '\\' => out.push_str("\\\\"),
-                        '\n' => out.push_str("\\n"),
-                        '\r' => out.push_str("\\r"),
-                        '\t' => out.push_str("\\t"),
-                        c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                        c => out.push(c),
-                    }
-                }
-                out.push('"');
-            }
-            Json::Arr(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    item.write(out);
-                }
-                out.push(']');
-            }
-            Json::Obj(fields) => {
-                out.push('{');
-                for (i, (k, v)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    Json::Str(k.clone()).write(out);
-                    out.push_str(": ");
-                    v.write(out);
-                }
-                out.push('}');
-            }
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
-        }
-    }
-
-    fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.s.get(self.i).copied()
-    }
-
-    fn expect(&mut self, byte: u8) -> Result<()> {
-        if self.peek() != Some(byte) {
-            bail!("expected '{}' at byte {}", byte as char, self.i);
-        }
-        self.i += 1;
-        Ok(())
-    }
-
-    fn literal(&mut self, word: &str, value: Json) -> Result<Json> {
-        if self.s[self.i..].starts_with(word.as_bytes()) {
-            self.i += word.len();
-            Ok(value)
-        } else {
-            bail!("unexpected token at byte {}", self.i)
-        }
-    }
-
-    fn value(&mut self) -> Result<Json> {
-        match self.peek() {
-            Some(b'{') => {
-                self.i += 1;
-                let mut fields = Vec::new();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(fields));
-                }
-                loop {
-                    let key = self.string()?;
-                    self.expect(b':')?;
-                    fields.push((key, self.value()?));
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(fields));
-                        }
-                        _ => bail!("expected ',' or '}}' at byte {}", self.i),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(items));
-                        }
-                        _ => bail!("expected ',' or ']' at byte {}", self.i),
-                    }
-                }
-            }
-            Some(b'"') => Ok(Json::Str(self.string()?)),
-            Some(b't') => self.literal("true", Json::Bool(true)),
-            Some(b'f') => self.literal("false", Json::Bool(false)),
-            Some(b'n') => self.literal("null", Json::Null),
-            Some(b'-' | b'0'..=b'9') => {
-                let start = self.i;
-                while self.i < self.s.len()
-                    && matches!(
-                        self.s[self.i],
-                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
-                    )
-                {
-                    self.i += 1;
-                }
-                let text = std::str::from_utf8(&self.s[start..self.i])?;
-                Ok(Json::Num(
-                    text.parse()
-                        .with_context(|| format!("bad number {text:?}"))?,
-                ))
-            }
-            _ => bail!("unexpected input at byte {}", self.i),
-        }
-    }
-
-    fn string(&mut self) -> Result<String> {
-        self.expect(b'"')?;
-        let mut out = String::new();
-        loop {
-            let start = self.i;
-            while self.i < self.s.len() && !matches!(self.s[self.i], b'"' | b'\\') {
-                self.i += 1;
-            }
-            out.push_str(std::str::from_utf8(&self.s[start..self.i])?);
-            match self.s.get(self.i) {
-                Some(b'"') => {
-                    self.i += 1;
-                    return Ok(out);
-                }
-                Some(b'\\') => {
-                    let esc = *self.s.get(self.i + 1).context("unterminated escape")?;
-                    self.i += 2;
-                    match esc {
-                        b'"' => out.push('"'),
-                        b'\\' => out.push('\\'),
-                        b'/' => out.push('/'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'n' => out.push('\n'),
-                        b'r' => out.push('\r'),
-                        b't' => out.push('\t'),
-                        b'u' => {
-                            let mut code = self.hex4()?;
-                            if (0xd800..0xdc00).contains(&code)
-                                && self.s[self.i..].starts_with(b"\\u")
-                            {
-                                self.i += 2;
-                                let low = self.hex4()?;
-                                code = 0x10000
-                                    + ((code - 0xd800) << 10)
-                                    + (low.wrapping_sub(0xdc00) & 0x3ff);
-                            }
-                            out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
-                        }
-                        other => bail!("bad escape \\{}", other as char),
-                    }
-                }
-                _ => bail!("unterminated string"),
-            }
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32> {
-        let digits = self.s.get(self.i..self.i + 4).context("short \\u escape")?;
-        self.i += 4;
-        Ok(u32::from_str_radix(std::str::from_utf8(digits)?, 16)?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn json_round_trip_and_merge() {
+    fn results_merge_by_name() {
         let text = r#"[{"name": "net/x", "unit": "MB/s", "value": 12.5, "reference": null, "extra": [1, true, "a\"b\u00e9"]}]"#;
-        let parsed = Json::parse(text).unwrap();
-        let mut written = String::new();
-        parsed.write(&mut written);
-        assert_eq!(Json::parse(&written).unwrap(), parsed);
 
         let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
         let path = dir.join("results.json");
@@ -670,14 +402,14 @@ mod tests {
         .unwrap();
         let m2 = Measurement { value: 31.0, ..m };
         merge_results(&path, vec![entry("ca/native/leaf_new_host", &m2, None)]).unwrap();
-        let Json::Arr(items) = Json::parse(&std::fs::read_to_string(&path).unwrap()).unwrap()
-        else {
-            panic!("not an array");
-        };
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let items = written.as_array().expect("an array");
         assert_eq!(items.len(), 2, "other sections kept, same name replaced");
-        assert_eq!(items[0].str_field("name"), Some("net/x"));
-        assert_eq!(items[1].num_field("value"), Some(31.0));
-        assert_eq!(items[1].field("reference"), Some(&Json::Null));
+        assert_eq!(items[0]["name"], "net/x");
+        assert_eq!(items[0]["extra"][2], "a\"b\u{e9}");
+        assert_eq!(items[1]["value"], 31.0);
+        assert_eq!(items[1]["reference"], Value::Null);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
