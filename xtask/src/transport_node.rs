@@ -193,7 +193,7 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
             &mut w,
             "200 OK",
             &[("Content-Encoding", "gzip")],
-            &gzip_stored(b"hello gzip, decoded by fetch"),
+            &gzip(b"hello gzip, decoded by fetch"),
         ),
         "/echo" => {
             let mut out = format!("{}\n", head.method);
@@ -275,62 +275,10 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     }
 }
 
-/// `data` as a gzip member made of stored (uncompressed) deflate blocks: valid gzip that any
-/// decoder, fetch() included, must decode.
-fn gzip_stored(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-    let blocks: Vec<&[u8]> = if data.is_empty() {
-        vec![&[]]
-    } else {
-        data.chunks(usize::from(u16::MAX)).collect()
-    };
-    for (i, block) in blocks.iter().enumerate() {
-        let last = i + 1 == blocks.len();
-        out.push(u8::from(last));
-        let len = block.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(block);
-    }
-    out.extend_from_slice(&crc32(data).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out
-}
-
-/// CRC-32 (IEEE 802.3, reflected), as gzip's trailer needs.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = u32::MAX;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crc32_matches_the_standard_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-        assert_eq!(crc32(b""), 0);
-    }
-
-    #[test]
-    fn gzip_stored_frames_blocks() {
-        let data = vec![7u8; 70_000];
-        let gz = gzip_stored(&data);
-        // Header, two blocks (5-byte headers), trailer.
-        assert_eq!(gz.len(), 10 + 5 + 65_535 + 5 + 4_465 + 8);
-        assert_eq!(gz[10], 0);
-        assert_eq!(gz[10 + 5 + 65_535], 1);
-        assert_eq!(&gz[gz.len() - 4..], &70_000u32.to_le_bytes());
-    }
+/// `data` gzip-compressed (flate2), for the route that checks fetch() decodes it.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
 }
