@@ -166,6 +166,7 @@ async function main() {
       lastPosted = consoleText;
       post("console", consoleText);
       post("stats", JSON.stringify({ stats, timings }));
+      post("panel", document.getElementById("side").innerText);
     }
   }, 500);
   post("ready", JSON.stringify({ timings, caPem }));

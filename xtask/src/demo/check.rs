@@ -85,6 +85,7 @@ pub fn run(site: &Path) -> Result<()> {
     let files = OriginFiles::create(&dir.join("origin"))?;
     let http = Origin::http_with(&files, 4, Cors::On)?;
     let https = Origin::https_with(&files, 4, Cors::On)?;
+    let nocors = Origin::http(&files, 2)?;
     let server = DemoServer::start(site, 0)?;
 
     let script = format!(
@@ -92,9 +93,11 @@ pub fn run(site: &Path) -> Result<()> {
          curl -sS --fail -m 30 {http}/hello; echo \"http-rc=$?\"; \
          curl -sS --fail -m 30 {https}/hello; echo \"https-rc=$?\"; \
          curl -sS --fail -m 30 http://192.168.127.253/; echo \"status-rc=$?\"; \
+         curl -sS -m 30 {nocors}/hello; echo \"nocors-rc=$?\"; sleep 1; \
          echo C2W-CHECK-$((1+1))-END",
         http = http.base_url(),
         https = https.base_url(),
+        nocors = nocors.base_url(),
     );
     let url = format!(
         "{}/?allow=loopback&report=1&run={}",
@@ -126,7 +129,11 @@ pub fn run(site: &Path) -> Result<()> {
             return Err(err);
         }
     };
+    // One more round of posts after the end mark, so the panel shows the last request.
+    let _ = board.wait("console", 0, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(1200));
     let stats = board.get("stats").map(|(_, s)| s).unwrap_or_default();
+    let panel = board.get("panel").map(|(_, s)| s).unwrap_or_default();
     drop(browser);
     let log = board.get("log").map(|(_, s)| s).unwrap_or_default();
     std::fs::write(dir.join("page-log.txt"), &log)?;
@@ -177,6 +184,34 @@ pub fn run(site: &Path) -> Result<()> {
             bail!("unexpected output: {out:?}")
         }
     });
+    r.check(
+        "a CORS refusal reaches the guest and the page explains it",
+        || {
+            let part = section(out, "status-rc=0", "nocors-rc=").unwrap_or("");
+            if part.contains("hello from the origin") {
+                bail!("the origin without CORS headers was readable: {part:?}");
+            }
+            if !panel.contains("does not allow cross-origin requests") {
+                bail!("the page's error list does not explain it:\n{panel}");
+            }
+            let guest = part.trim().lines().next().unwrap_or("").to_string();
+            Ok(format!("guest got {guest:?}"))
+        },
+    );
+    r.check("stats(): lease and request counters", || {
+        let v: serde_json::Value = serde_json::from_str(&stats)?;
+        let s = &v["stats"];
+        let leases = s["dhcp"]["leases"].to_string();
+        let requests = s["proxy"]["requests"].as_u64().unwrap_or(0);
+        if !leases.contains("192.168.127.3") || requests < 4 {
+            bail!("leases {leases}, requests {requests}");
+        }
+        Ok(format!(
+            "leases {leases}, {requests} requests, {} ok",
+            s["proxy"]["responsesOk"]
+        ))
+    });
+    std::fs::write(dir.join("panel.txt"), &panel)?;
     let timings: serde_json::Value = serde_json::from_str(&stats)
         .map(|v: serde_json::Value| v["timings"].clone())
         .unwrap_or_default();
