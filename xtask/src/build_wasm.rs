@@ -75,6 +75,9 @@ pub fn run_build(args: &[String]) -> Result<PathBuf> {
         .web(true)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .typescript(true)
+        // `init()` with no argument loads the .wasm next to the module (import.meta.url),
+        // as embedders expect; wasm-bindgen 0.2.130 omits that default unless asked.
+        .omit_default_module_path(false)
         .out_name("c2w_net_proxy");
     bindgen
         .generate(&dist)

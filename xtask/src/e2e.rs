@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::cleanup;
-use crate::guest::{build_runner, GuestNs, Runner};
+use crate::guest::{build_runner, expect_contains, text, Guest, GuestNs, Runner, PROXY};
 use crate::origin::{blob, sha256_hex, Origin, OriginFiles, GIT_README, WHEEL_PROJECT};
 use crate::report::Report;
 use crate::tools::{ensure_programs, is_root, workspace_root};
 
-const PROXY: &str = "http://192.168.127.253:80";
 const PROXY_HOSTPORT: &str = "192.168.127.253:80";
 /// Guest-visible names that transparent mode rewrites to the local origins.
 const PLAIN_NAME: &str = "plain.test";
@@ -99,19 +98,19 @@ pub fn run(args: &[String]) -> Result<()> {
     };
 
     let mut r = Report::filtered(args.first().cloned());
-    let iface = env.guest.iface.clone();
+    let g = env.checks();
     r.check(
         "dhcp: udhcpc gets 192.168.127.3, default route and DNS",
-        || dhcp(&env.guest, &iface),
+        || g.dhcp(),
     );
     r.check("icmp: ping the gateway 192.168.127.1", || {
-        ping(&env.guest, "192.168.127.1")
+        g.ping("192.168.127.1")
     });
     r.check("icmp: ping the proxy 192.168.127.253", || {
-        ping(&env.guest, "192.168.127.253")
+        g.ping("192.168.127.253")
     });
     r.check("dns: nslookup some.name.test via 192.168.127.1", || {
-        nslookup(&env.guest)
+        g.nslookup()
     });
     r.check(
         "tcp: a connection to an unserved port is refused in under a second",
@@ -195,21 +194,25 @@ pub fn run(args: &[String]) -> Result<()> {
     r.finish("e2e")
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+impl Env {
+    /// The shared guest-side checks, trusting the runner's CA.
+    fn checks(&self) -> Guest<'_> {
+        Guest {
+            ns: &self.guest,
+            ca: self.proxy_ca.clone(),
+            work: self.work.clone(),
+        }
+    }
 }
 
-/// Runs `script` with `sh -c` in the guest and returns stdout, failing on a non-zero exit.
+/// Runs `script` in the guest; stdout, or an error with everything it printed.
 fn sh(env: &Env, script: &str, limit: Duration) -> Result<String> {
-    let out = env.guest.output_within(&["sh", "-c", script], limit)?;
-    if !out.status.success() {
-        bail!("`{script}` failed ({}): {}", out.status, text(&out));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    env.checks().sh(script, limit)
+}
+
+/// curl through the proxy, trusting its CA, failing on HTTP errors.
+fn curl(env: &Env) -> String {
+    format!("{} --fail", env.checks().curl())
 }
 
 fn origin(env: &Env, scheme: &str) -> String {
@@ -217,97 +220,6 @@ fn origin(env: &Env, scheme: &str) -> String {
         env.https.base_url()
     } else {
         env.http.base_url()
-    }
-}
-
-fn curl(env: &Env) -> String {
-    format!(
-        "curl -sS --fail -x {PROXY} --cacert {}",
-        env.proxy_ca.display()
-    )
-}
-
-fn expect_contains(got: &str, want: &str) -> Result<()> {
-    if got.contains(want) {
-        Ok(())
-    } else {
-        bail!("expected {want:?} in {got:?}")
-    }
-}
-
-fn dhcp(guest: &GuestNs, iface: &str) -> Result<String> {
-    let out = guest.output_within(
-        &[
-            "udhcpc",
-            "-i",
-            iface,
-            "-n",
-            "-q",
-            "-f",
-            "-t",
-            "5",
-            "-T",
-            "2",
-            "-s",
-            "/etc/udhcpc/default.script",
-        ],
-        Duration::from_secs(20),
-    )?;
-    if !out.status.success() {
-        bail!("udhcpc failed: {}", text(&out));
-    }
-    let addr = text(&guest.output_within(
-        &["ip", "-4", "-o", "addr", "show", "dev", iface],
-        Duration::from_secs(5),
-    )?);
-    if !addr.contains("inet 192.168.127.3/24") {
-        bail!("unexpected address: {addr}");
-    }
-    let route = text(&guest.output_within(
-        &["ip", "-4", "route", "show", "default"],
-        Duration::from_secs(5),
-    )?);
-    if !route.contains("default via 192.168.127.1") {
-        bail!("no default route via the gateway: {route}");
-    }
-    let resolv = guest.resolv_conf();
-    if !resolv.contains("nameserver 192.168.127.1") {
-        bail!("resolv.conf does not name 192.168.127.1: {resolv}");
-    }
-    Ok("192.168.127.3/24 via 192.168.127.1, nameserver 192.168.127.1".into())
-}
-
-fn ping(guest: &GuestNs, ip: &str) -> Result<String> {
-    let out = guest.output_within(&["ping", "-c", "2", "-W", "2", ip], Duration::from_secs(10))?;
-    if !out.status.success() {
-        bail!("ping failed: {}", text(&out));
-    }
-    Ok(text(&out)
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or("")
-        .to_string())
-}
-
-fn nslookup(guest: &GuestNs) -> Result<String> {
-    let out = guest.output_within(
-        &[
-            "busybox",
-            "nslookup",
-            "-type=a",
-            "some.name.test",
-            "192.168.127.1",
-        ],
-        Duration::from_secs(10),
-    )?;
-    let t = text(&out);
-    let answer = t
-        .lines()
-        .skip_while(|l| !l.contains("some.name.test"))
-        .find(|l| l.starts_with("Address"));
-    match answer {
-        Some(line) if out.status.success() && line.contains("198.1") => Ok(line.trim().to_string()),
-        _ => bail!("no fake-IP answer: {t}"),
     }
 }
 

@@ -190,3 +190,135 @@ pub fn build_runner() -> Result<PathBuf> {
     let _ = output(Command::new(&path).arg("--version"))?;
     Ok(path)
 }
+
+/// The proxy address the guest's proxy-aware clients use.
+pub const PROXY: &str = "http://192.168.127.253:80";
+
+/// What a guest-side check needs: the namespace, the proxy CA the guest trusts, a scratch dir.
+pub struct Guest<'a> {
+    /// The namespace.
+    pub ns: &'a GuestNs,
+    /// The proxy's CA certificate (PEM file).
+    pub ca: PathBuf,
+    /// Scratch directory (the guest's HOME).
+    pub work: PathBuf,
+}
+
+/// A command's stdout and stderr together, for messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Fails with `want` and what was got instead.
+pub fn expect_contains(got: &str, want: &str) -> Result<()> {
+    if got.contains(want) {
+        Ok(())
+    } else {
+        bail!("expected {want:?} in {got:?}")
+    }
+}
+
+impl Guest<'_> {
+    /// Runs `script` with `sh -c` in the guest; stdout on success, an error with all output
+    /// otherwise.
+    pub fn sh(&self, script: &str, limit: Duration) -> Result<String> {
+        let out = self.ns.output_within(&["sh", "-c", script], limit)?;
+        if !out.status.success() {
+            bail!("`{script}` failed ({}): {}", out.status, text(&out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// curl through the proxy, trusting the proxy's CA.
+    pub fn curl(&self) -> String {
+        format!("curl -sS -x {PROXY} --cacert {}", self.ca.display())
+    }
+
+    /// udhcpc on the guest's interface: the lease, the default route, the DNS server.
+    pub fn dhcp(&self) -> Result<String> {
+        let iface = self.ns.iface.clone();
+        let out = self.ns.output_within(
+            &[
+                "udhcpc",
+                "-i",
+                &iface,
+                "-n",
+                "-q",
+                "-f",
+                "-t",
+                "8",
+                "-T",
+                "2",
+                "-s",
+                "/etc/udhcpc/default.script",
+            ],
+            Duration::from_secs(30),
+        )?;
+        if !out.status.success() {
+            bail!("udhcpc failed: {}", text(&out));
+        }
+        let addr = text(&self.ns.output_within(
+            &["ip", "-4", "-o", "addr", "show", "dev", &iface],
+            Duration::from_secs(5),
+        )?);
+        if !addr.contains("inet 192.168.127.3/24") {
+            bail!("unexpected address: {addr}");
+        }
+        let route = text(&self.ns.output_within(
+            &["ip", "-4", "route", "show", "default"],
+            Duration::from_secs(5),
+        )?);
+        if !route.contains("default via 192.168.127.1") {
+            bail!("no default route via the gateway: {route}");
+        }
+        let resolv = self.ns.resolv_conf();
+        if !resolv.contains("nameserver 192.168.127.1") {
+            bail!("resolv.conf does not name 192.168.127.1: {resolv}");
+        }
+        Ok("192.168.127.3/24 via 192.168.127.1, nameserver 192.168.127.1".into())
+    }
+
+    /// Two pings to `ip`.
+    pub fn ping(&self, ip: &str) -> Result<String> {
+        let out = self
+            .ns
+            .output_within(&["ping", "-c", "2", "-W", "3", ip], Duration::from_secs(15))?;
+        if !out.status.success() {
+            bail!("ping failed: {}", text(&out));
+        }
+        Ok(text(&out)
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or("")
+            .to_string())
+    }
+
+    /// A name resolves to one of the proxy's fake IPs.
+    pub fn nslookup(&self) -> Result<String> {
+        let out = self.ns.output_within(
+            &[
+                "busybox",
+                "nslookup",
+                "-type=a",
+                "some.name.test",
+                "192.168.127.1",
+            ],
+            Duration::from_secs(15),
+        )?;
+        let t = text(&out);
+        let answer = t
+            .lines()
+            .skip_while(|l| !l.contains("some.name.test"))
+            .find(|l| l.starts_with("Address"));
+        match answer {
+            Some(line) if out.status.success() && line.contains("198.1") => {
+                Ok(line.trim().to_string())
+            }
+            _ => bail!("no fake-IP answer: {t}"),
+        }
+    }
+}

@@ -1,149 +1,20 @@
 //! The guest-side checks of the browser e2e: real programs in the guest namespace, whose only
 //! network is the page's proxy behind the bridge. Everything is judged here, on the guest side.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::guest::GuestNs;
+use crate::guest::{expect_contains, Guest, PROXY};
 use crate::origin::{blob, sha256_hex};
 
-/// The proxy address the guest's proxy-aware clients use.
-pub const PROXY: &str = "http://192.168.127.253:80";
 /// Guest-visible names the page's rewrites map to the CORS origins (transparent mode).
 pub const PLAIN_NAME: &str = "plain.test";
 /// See [`PLAIN_NAME`].
 pub const SECURE_NAME: &str = "secure.test";
 
-/// What a check needs: the guest and the proxy CA the page exported.
-pub struct Guest<'a> {
-    /// The namespace.
-    pub ns: &'a GuestNs,
-    /// The proxy's CA certificate (PEM file), as the page reported it.
-    pub ca: PathBuf,
-    /// Scratch directory (the guest's HOME).
-    pub work: PathBuf,
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Fails with `want` and what was got instead.
-pub fn expect_contains(got: &str, want: &str) -> Result<()> {
-    if got.contains(want) {
-        Ok(())
-    } else {
-        bail!("expected {want:?} in {got:?}")
-    }
-}
-
 impl Guest<'_> {
-    /// Runs `script` with `sh -c` in the guest; stdout on success, an error with all output
-    /// otherwise.
-    pub fn sh(&self, script: &str, limit: Duration) -> Result<String> {
-        let out = self.ns.output_within(&["sh", "-c", script], limit)?;
-        if !out.status.success() {
-            bail!("`{script}` failed ({}): {}", out.status, text(&out));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// curl through the proxy, trusting the page's CA.
-    pub fn curl(&self) -> String {
-        format!("curl -sS -x {PROXY} --cacert {}", self.ca.display())
-    }
-
-    /// udhcpc on the guest's interface: the lease, the default route, the DNS server.
-    pub fn dhcp(&self) -> Result<String> {
-        let iface = self.ns.iface.clone();
-        let out = self.ns.output_within(
-            &[
-                "udhcpc",
-                "-i",
-                &iface,
-                "-n",
-                "-q",
-                "-f",
-                "-t",
-                "8",
-                "-T",
-                "2",
-                "-s",
-                "/etc/udhcpc/default.script",
-            ],
-            Duration::from_secs(30),
-        )?;
-        if !out.status.success() {
-            bail!("udhcpc failed: {}", text(&out));
-        }
-        let addr = text(&self.ns.output_within(
-            &["ip", "-4", "-o", "addr", "show", "dev", &iface],
-            Duration::from_secs(5),
-        )?);
-        if !addr.contains("inet 192.168.127.3/24") {
-            bail!("unexpected address: {addr}");
-        }
-        let route = text(&self.ns.output_within(
-            &["ip", "-4", "route", "show", "default"],
-            Duration::from_secs(5),
-        )?);
-        if !route.contains("default via 192.168.127.1") {
-            bail!("no default route via the gateway: {route}");
-        }
-        let resolv = self.ns.resolv_conf();
-        if !resolv.contains("nameserver 192.168.127.1") {
-            bail!("resolv.conf does not name 192.168.127.1: {resolv}");
-        }
-        Ok("192.168.127.3/24 via 192.168.127.1, nameserver 192.168.127.1".into())
-    }
-
-    /// Two pings to `ip`.
-    pub fn ping(&self, ip: &str) -> Result<String> {
-        let out = self
-            .ns
-            .output_within(&["ping", "-c", "2", "-W", "3", ip], Duration::from_secs(15))?;
-        if !out.status.success() {
-            bail!("ping failed: {}", text(&out));
-        }
-        Ok(text(&out)
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or("")
-            .to_string())
-    }
-
-    /// A name resolves to one of the proxy's fake IPs.
-    pub fn nslookup(&self) -> Result<String> {
-        let out = self.ns.output_within(
-            &[
-                "busybox",
-                "nslookup",
-                "-type=a",
-                "some.name.test",
-                "192.168.127.1",
-            ],
-            Duration::from_secs(15),
-        )?;
-        let t = text(&out);
-        let answer = t
-            .lines()
-            .skip_while(|l| !l.contains("some.name.test"))
-            .find(|l| l.starts_with("Address"));
-        match answer {
-            Some(line) if out.status.success() && line.contains("198.1") => {
-                Ok(line.trim().to_string())
-            }
-            _ => bail!("no fake-IP answer: {t}"),
-        }
-    }
-
     /// The proxy's own CA download equals what the page exported.
     pub fn own_ca(&self, pem: &str) -> Result<String> {
         let got = self.sh(

@@ -25,12 +25,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::cleanup;
+use crate::guest::Guest;
 use crate::guest::GuestNs;
 use crate::origin::{Cors, Origin, OriginFiles};
 use crate::report::Report;
 use crate::tools::{ensure_programs, is_root, workspace_root};
 use bridge::Bridge;
-use checks::{save_ca, Guest, PLAIN_NAME, SECURE_NAME};
+use checks::{save_ca, PLAIN_NAME, SECURE_NAME};
 use launch::{Browser, Kind, LaunchSpec};
 use server::PageServer;
 
