@@ -43,6 +43,15 @@ impl ServerPool {
     }
 }
 
+impl ServerPool {
+    /// Blocks while the server runs (until the process ends).
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for ServerPool {
     fn drop(&mut self) {
         for _ in 0..self.threads.len() {

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything CI runs, in order, stopping at the first failure: fmt,
 //! clippy (native and wasm32), unit tests (native and wasm32 under node), fetch()'s backend
 //! under node, build-wasm with its node smoke tests, the real-guest e2e, and the same guest
-//! behind the browser build in headless Chromium and Firefox ESR.
+//! behind the browser build in headless Chromium and Firefox ESR, and the demo (a v86 Linux
+//! VM booting in the page) checked headless.
 
 use std::process::Command;
 
@@ -48,5 +49,6 @@ pub fn run_all(args: &[String]) -> Result<()> {
     crate::e2e::run(args)?;
     crate::browser::run(&["chromium".to_string()])?;
     crate::browser::run(&["firefox".to_string()])?;
+    crate::demo::run(&["--check".to_string()])?;
     Ok(())
 }

@@ -89,15 +89,22 @@ pub struct PageServer {
 }
 
 impl PageServer {
-    /// Serves `pages` first, then `dist`, and `config` (JSON) at `/config.json`.
+    /// Serves `pages` first, then `dist`, and `config` (JSON) at `/config.json`, on a free
+    /// port.
     pub fn start(pages: &Path, dist: &Path, config: String) -> Result<Self> {
-        let server = tiny_http::Server::http("127.0.0.1:0")
-            .map_err(|e| anyhow::anyhow!("page server: {e}"))?;
-        let board = Arc::new(Board::default());
         let roots = vec![pages.to_path_buf(), dist.to_path_buf()];
+        Self::serve(0, roots, Some(config))
+    }
+
+    /// Serves the files under `roots` (the first that has a path wins) on 127.0.0.1:`port`
+    /// (0: any free port), and `config` at `/config.json` when given.
+    pub fn serve(port: u16, roots: Vec<PathBuf>, config: Option<String>) -> Result<Self> {
+        let server = tiny_http::Server::http(("127.0.0.1", port))
+            .map_err(|e| anyhow::anyhow!("page server on 127.0.0.1:{port}: {e}"))?;
+        let board = Arc::new(Board::default());
         let shared = board.clone();
         let pool = ServerPool::spawn(server, 4, move |request| {
-            handle(request, &roots, &shared, &config)
+            handle(request, &roots, &shared, config.as_deref())
         })?;
         let base = format!("http://{}", pool.addr);
         Ok(Self {
@@ -106,19 +113,24 @@ impl PageServer {
             board,
         })
     }
+
+    /// Serves until the process ends.
+    pub fn wait(self) {
+        self._pool.wait();
+    }
 }
 
-/// MIME type by extension; `None` for files we do not serve.
-fn mime(path: &Path) -> Option<&'static str> {
-    Some(match path.extension()?.to_str()? {
+/// MIME type by extension (octet-stream for anything else, e.g. a kernel image).
+fn mime(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
         "js" | "mjs" => "text/javascript",
         "wasm" => "application/wasm",
         "html" => "text/html; charset=utf-8",
         "json" => "application/json",
-        "ts" => "text/plain; charset=utf-8",
-        "pem" | "txt" | "md" => "text/plain; charset=utf-8",
-        _ => return None,
-    })
+        "css" => "text/css",
+        "ts" | "pem" | "txt" | "md" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
 }
 
 /// Maps a URL path to a file under one of `roots`, refusing anything that climbs out.
@@ -140,7 +152,7 @@ fn resolve(roots: &[PathBuf], path: &str) -> Option<PathBuf> {
     found
 }
 
-fn handle(mut request: tiny_http::Request, roots: &[PathBuf], board: &Board, config: &str) {
+fn handle(mut request: tiny_http::Request, roots: &[PathBuf], board: &Board, config: Option<&str>) {
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("").to_string();
     let isolation = [
@@ -166,27 +178,27 @@ fn handle(mut request: tiny_http::Request, roots: &[PathBuf], board: &Board, con
             let key = p.trim_start_matches("/report/").to_string();
             let mut body = String::new();
             let _ = request.as_reader().read_to_string(&mut body);
-            if key == "log" {
-                eprintln!("xtask: page: {body}");
+            if matches!(key.as_str(), "log" | "page-error" | "fatal") {
+                eprintln!("xtask: page {key}: {body}");
             }
             board.put(&key, body);
             respond(request, text(204, String::new()));
         }
-        (tiny_http::Method::Get, "/config.json") => {
-            let response = tiny_http::Response::from_string(config.to_string())
+        (tiny_http::Method::Get, "/config.json") if config.is_some() => {
+            let response = tiny_http::Response::from_string(config.unwrap_or_default())
                 .with_header(header("Content-Type", "application/json"))
                 .boxed();
             respond(request, response);
         }
-        (tiny_http::Method::Get, p) => match resolve(roots, p) {
-            Some(file) => match (mime(&file), std::fs::read(&file)) {
-                (Some(mime), Ok(data)) => {
-                    let response = tiny_http::Response::from_data(data)
-                        .with_header(header("Content-Type", mime))
+        (tiny_http::Method::Get | tiny_http::Method::Head, p) => match resolve(roots, p) {
+            Some(file) => match std::fs::File::open(&file) {
+                Ok(f) => {
+                    let response = tiny_http::Response::from_file(f)
+                        .with_header(header("Content-Type", mime(&file)))
                         .boxed();
                     respond(request, response);
                 }
-                _ => respond(request, text(403, format!("not served: {p}\n"))),
+                Err(e) => respond(request, text(500, format!("{p}: {e}\n"))),
             },
             None => respond(request, text(404, format!("no such file: {p}\n"))),
         },

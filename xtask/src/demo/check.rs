@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::server::DemoServer;
 use crate::browser::launch::{Browser, Kind, LaunchSpec};
-use crate::browser::server::Board;
+use crate::browser::server::{Board, PageServer};
 use crate::cleanup;
 use crate::origin::{Cors, Origin, OriginFiles};
 use crate::report::Report;
@@ -86,7 +85,7 @@ pub fn run(site: &Path) -> Result<()> {
     let http = Origin::http_with(&files, 4, Cors::On)?;
     let https = Origin::https_with(&files, 4, Cors::On)?;
     let nocors = Origin::http(&files, 2)?;
-    let server = DemoServer::start(site, 0)?;
+    let server = PageServer::serve(0, vec![site.to_path_buf()], None)?;
 
     let script = format!(
         "echo C2W-CHECK-$((0+1))-BEGIN; \

@@ -5,13 +5,13 @@
 //! the guest's console (docs/demo.md).
 
 mod check;
-mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::browser::server::PageServer;
 use crate::guest_image;
 use crate::tools::{ensure_programs, run as run_cmd, workspace_root};
 
@@ -46,7 +46,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if check {
         return check::run(&site);
     }
-    let server = server::DemoServer::start(&site, port)?;
+    let server = PageServer::serve(port, vec![site.clone()], None)?;
     println!(
         "xtask: demo at {}/  (Ctrl-C stops it)\n\
          xtask: destinations are not restricted; add ?allow=loopback (or ?allow=*.example.org) to the URL to restrict them",
