@@ -332,6 +332,7 @@ where
     let state = Rc::new(RefCell::new(DecoderState {
         decoder: Decoder::new(framing, limits.max_chunk_line_bytes, limits.max_body_piece),
         failed: false,
+        decoded: 0,
     }));
     inbound.borrow_mut().set_timeout(limits.io_timeout);
 
@@ -387,6 +388,7 @@ where
     let response = proxy.transport.send(request).await;
     let body_done = {
         let st = state.borrow();
+        Counters::add(&proxy.counters.bytes_from_guest, st.decoded);
         st.decoder.is_done() && !st.failed
     };
     if !body_done {

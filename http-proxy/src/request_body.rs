@@ -22,6 +22,8 @@ pub(crate) type SharedDecoder = Rc<RefCell<DecoderState>>;
 pub(crate) struct DecoderState {
     pub decoder: Decoder,
     pub failed: bool,
+    /// Body bytes handed to the transport so far.
+    pub decoded: u64,
 }
 
 /// A request body stream over the connection's read half.
@@ -47,7 +49,10 @@ impl<R: AsyncRead + Unpin> Stream for RequestBody<R> {
         let mut inbound = self.inbound.borrow_mut();
         loop {
             match state.decoder.decode(&mut inbound.buf) {
-                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(Step::Data(data)) => {
+                    state.decoded += data.len() as u64;
+                    return Poll::Ready(Some(Ok(data)));
+                }
                 Ok(Step::Done) => return Poll::Ready(None),
                 Ok(Step::NeedMore) => {}
                 Err(err) => {

@@ -131,6 +131,7 @@ fn ok_text(text: &'static str) -> Responder {
 }
 
 struct Run {
+    stats: http_proxy::ProxyStats,
     output: String,
     raw: Vec<u8>,
     seen: Vec<Seen>,
@@ -174,6 +175,7 @@ fn run_with(
     let seen = script.seen.borrow().clone();
     let max_write = *max_write.borrow();
     Run {
+        stats: proxy.stats(),
         output: String::from_utf8_lossy(&raw).into_owned(),
         raw,
         seen,
@@ -308,6 +310,7 @@ fn content_length_and_chunked_request_bodies_are_decoded() {
     assert_eq!(r.seen.len(), 2);
     assert_eq!(r.seen[0].body.as_deref().unwrap(), b"hello world");
     assert_eq!(r.seen[1].body.as_deref().unwrap(), b"hello world");
+    assert_eq!(r.stats.bytes_from_guest, 22);
 }
 
 #[test]
