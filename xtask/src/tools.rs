@@ -134,12 +134,7 @@ pub fn ensure_wasm_bindgen_test_runner() -> Result<PathBuf> {
         // Not `--locked`: the registry mirror here lacks some exact versions in the CLI's own
         // lock file (e.g. webpki-roots 1.0.11), so let cargo pick compatible ones.
         run(Command::new("cargo")
-            .args([
-                "install",
-                "--quiet",
-                "wasm-bindgen-cli",
-                "--version",
-            ])
+            .args(["install", "--quiet", "wasm-bindgen-cli", "--version"])
             .arg(&version)
             .arg("--root")
             .arg(&root))?;
