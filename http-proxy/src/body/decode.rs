@@ -138,7 +138,7 @@ impl Decoder {
     /// `max_piece` bytes.
     pub fn new(framing: RequestFraming, max_line: usize, max_piece: usize) -> Self {
         let state = match framing {
-            RequestFraming::Empty => State::Done,
+            RequestFraming::Empty | RequestFraming::Length(0) => State::Done,
             RequestFraming::Length(n) => State::Length { remaining: n },
             RequestFraming::Chunked => State::ChunkSize,
         };
@@ -224,7 +224,8 @@ impl Decoder {
                 buf.advance(2);
                 Ok(Some(line))
             }
-            None if buf.len() > self.max_line => Err(DecodeError::LineTooLong),
+            // A line of exactly `max_line` bytes may have its CR buffered without the LF yet.
+            None if buf.len() > self.max_line + 1 => Err(DecodeError::LineTooLong),
             None => Ok(None),
         }
     }
@@ -425,6 +426,58 @@ mod tests {
             decode_all(RequestFraming::Chunked, &long, 100),
             Err(DecodeError::LineTooLong)
         );
+    }
+
+    #[test]
+    fn line_of_exactly_the_limit_whatever_the_split() {
+        // Found by the body_decoder fuzz target: a line of max_line bytes was rejected when a
+        // read ended between its CR and LF.
+        let mut line = b"0;".to_vec();
+        line.resize(64, b'x');
+        let mut input = line.clone();
+        input.extend_from_slice(b"\r\nTrailer: 1\r\n\r\n");
+        let mut too_long = line.clone();
+        too_long.push(b'x');
+        too_long.extend_from_slice(b"\r\n\r\n");
+        for split in 1..=input.len() {
+            assert_eq!(
+                decode_all(RequestFraming::Chunked, &input, split),
+                Ok(Vec::new()),
+                "split {split}"
+            );
+        }
+        for split in 1..=too_long.len() {
+            assert_eq!(
+                decode_all(RequestFraming::Chunked, &too_long, split),
+                Err(DecodeError::LineTooLong),
+                "split {split}"
+            );
+        }
+        // The fuzzer's reproducer: max_line 3, "0;x" delivered byte by byte.
+        let mut decoder = Decoder::new(RequestFraming::Chunked, 3, 16);
+        let mut buf = BytesMut::new();
+        for &b in b"0;x\r\n\r\n" {
+            buf.extend_from_slice(&[b]);
+            assert!(matches!(
+                decoder.decode(&mut buf),
+                Ok(Step::NeedMore | Step::Done)
+            ));
+        }
+        assert!(decoder.is_done());
+    }
+
+    #[test]
+    fn zero_length_body_is_done_at_once() {
+        // Found by the body_decoder fuzz target: Length(0) returned an empty data piece when
+        // bytes followed, and waited for more (then failed at EOF) when none did.
+        assert_eq!(
+            decode_all(RequestFraming::Length(0), b"", 64),
+            Ok(Vec::new())
+        );
+        let mut decoder = Decoder::new(RequestFraming::Length(0), 64, 16);
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+        assert_eq!(decoder.decode(&mut buf), Ok(Step::Done));
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
     }
 
     #[test]
