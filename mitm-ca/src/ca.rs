@@ -290,6 +290,10 @@ impl CertificateAuthority {
         if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
             return Err(ImportError::KeyMismatch);
         }
+        // An RSA key can parse and carry the certificate's public key while its private
+        // parameters are corrupt: ring then refuses every signature, and every leaf would fail.
+        rcgen::SigningKey::sign(&key, b"c2w-net-proxy CA import check")
+            .map_err(|e| ImportError::KeyMalformed(format!("it cannot sign: {e}")))?;
 
         match cert.basic_constraints() {
             Ok(Some(bc)) if bc.value.ca => {}
@@ -328,6 +332,7 @@ impl CertificateAuthority {
             });
         }
 
+        check_subject_encodable(&cert)?;
         let subject = cert.subject().to_string();
         let issuer = rcgen::Issuer::from_ca_cert_der(&der, key)
             .map_err(|e| ImportError::CertificateDer(e.to_string()))?;
@@ -383,6 +388,33 @@ impl CertificateAuthority {
     pub(crate) fn rcgen_issuer(&self) -> &rcgen::Issuer<'static, KeyPair> {
         &self.issuer
     }
+}
+
+/// rcgen copies the CA's subject into every leaf: it panics on an empty RDN set, and yasna
+/// panics writing an attribute type OID without a canonical encoding (first arc above 2, or
+/// second arc above 39 under arcs 0 and 1). Such a CA is refused at import instead.
+fn check_subject_encodable(cert: &X509Certificate<'_>) -> Result<(), ImportError> {
+    for rdn in cert.subject().iter() {
+        if rdn.iter().next().is_none() {
+            return Err(ImportError::CertificateDer(
+                "the subject has an empty relative distinguished name".into(),
+            ));
+        }
+        for attr in rdn.iter() {
+            let arcs: Option<Vec<u64>> = attr.attr_type().iter().map(|arcs| arcs.collect());
+            let encodable = matches!(
+                arcs.as_deref(),
+                Some([a, b, ..]) if *a < 3 && (*a == 2 || *b < 40) && *b < u64::MAX - 80
+            );
+            if !encodable {
+                return Err(ImportError::CertificateDer(format!(
+                    "the subject has an attribute type OID that cannot be re-encoded ({})",
+                    attr.attr_type().to_id_string()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Debug for CertificateAuthority {

@@ -216,3 +216,28 @@ fn unparsable_inputs() {
         }
     );
 }
+
+#[test]
+fn rsa_key_that_cannot_sign_is_rejected() {
+    // Found by the pem_import fuzz target: an RSA CA whose key PEM has a few mutated base64
+    // characters in its private parameters. The key parses and its public key matches the
+    // certificate, but ring refuses to sign with it, so every leaf would fail to issue.
+    let cert = include_str!("data/fuzz-rsa-ca.crt");
+    let key = include_str!("data/fuzz-rsa-key-cannot-sign.pem");
+    match CertificateAuthority::from_pem(cert, key, &FixedClock::new(1_800_000_000)) {
+        Err(ImportError::KeyMalformed(reason)) => assert!(reason.contains("cannot sign")),
+        other => panic!("expected KeyMalformed, got {other:?}"),
+    }
+}
+
+#[test]
+fn subject_that_cannot_be_re_encoded_is_rejected() {
+    // Found by the pem_import fuzz target: a CA whose subject's attribute type OID decodes as
+    // 3.6.4.3 imported fine, then rcgen (yasna) panicked writing it into the first leaf.
+    let cert = include_str!("data/fuzz-bad-oid-ca.crt");
+    let key = include_str!("data/fuzz-bad-oid-ca-key.pem");
+    match CertificateAuthority::from_pem(cert, key, &FixedClock::new(1_800_000_000)) {
+        Err(ImportError::CertificateDer(reason)) => assert!(reason.contains("OID"), "{reason}"),
+        other => panic!("expected CertificateDer, got {other:?}"),
+    }
+}
