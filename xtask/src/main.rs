@@ -8,6 +8,7 @@ mod cleanup;
 mod demo;
 mod e2e;
 mod fixtures;
+mod fuzz;
 mod guest;
 mod guest_image;
 mod http_server;
@@ -29,6 +30,8 @@ commands:
                the same kind of guest behind the browser build, in headless Chromium (default)
                or Firefox ESR, over a TAP-to-WebSocket bridge (needs root)
   transport-node  fetch-transport's browser backend under node against a local origin
+  fuzz [--smoke] [--seconds N] [TARGET...]
+               the cargo-fuzz targets on nightly, one at a time (--smoke: ~10 s each)
   fixtures     re-capture the pcap fixtures under net-stack/tests/fixtures (needs root)
   bench        benchmarks; writes docs/benchmarks.md and target/bench/results.json
   guest-image [--force]
@@ -65,6 +68,7 @@ fn run(args: &[String]) -> Result<()> {
         },
         "bench" => bench::run(rest),
         "fixtures" => fixtures::run(rest),
+        "fuzz" => fuzz::run_cmd(rest),
         "transport-node" => transport_node::run(rest),
         "guest-image" => guest_image::run_cmd(rest),
         "demo" => demo::run(rest),
