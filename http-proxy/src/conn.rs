@@ -228,7 +228,8 @@ fn wants_keep_alive(head: &RequestHead) -> bool {
 
 /// Where a request goes, or an answer made here.
 enum Route {
-    Forward { url: String, origin: Origin },
+    /// The absolute URL the transport is asked for.
+    Forward(String),
     OwnPage(String),
 }
 
@@ -246,10 +247,7 @@ fn route(proxy: &Proxy, head: &RequestHead, mode: &Mode) -> Result<Route, Box<Er
             if proxy.is_own_host(&origin.host.bare()) && origin.scheme == Scheme::Http {
                 return Ok(Route::OwnPage(path_and_query));
             }
-            Ok(Route::Forward {
-                url: origin.url(&path_and_query),
-                origin,
-            })
+            Ok(Route::Forward(origin.url(&path_and_query)))
         }
         (Mode::Forward, Target::Origin(path)) => Ok(Route::OwnPage(path)),
         (
@@ -274,10 +272,7 @@ fn route(proxy: &Proxy, head: &RequestHead, mode: &Mode) -> Result<Route, Box<Er
             if proxy.is_own_host(&origin.host.bare()) {
                 return Ok(Route::OwnPage(path));
             }
-            Ok(Route::Forward {
-                url: origin.url(&path),
-                origin,
-            })
+            Ok(Route::Forward(origin.url(&path)))
         }
         (_, Target::Asterisk) => Err(bad("OPTIONS * is not supported by this proxy".into())),
         (_, Target::Authority { .. }) => {
@@ -336,7 +331,7 @@ where
     }));
     inbound.borrow_mut().set_timeout(limits.io_timeout);
 
-    let (url, _origin) = match route {
+    let url = match route {
         Route::OwnPage(path) => {
             let body_done = drain_body(inbound, &state).await;
             let page = proxy.own_page(&head.method, &path);
@@ -355,7 +350,7 @@ where
                 Outcome::Close
             });
         }
-        Route::Forward { url, origin } => (url, origin),
+        Route::Forward(url) => url,
     };
 
     let body = match framing {

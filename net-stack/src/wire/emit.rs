@@ -29,6 +29,27 @@ fn ethernet(
     buf
 }
 
+/// An Ethernet frame sized for `ip`'s packet with the IPv4 header emitted; the caller emits
+/// the payload into the packet's payload.
+fn ipv4_header_frame(
+    src_mac: EthernetAddress,
+    dst_mac: EthernetAddress,
+    ip: &Ipv4Repr,
+    caps: &ChecksumCapabilities,
+) -> Vec<u8> {
+    let mut buf = ethernet(
+        src_mac,
+        dst_mac,
+        EthernetProtocol::Ipv4,
+        IPV4_HEADER_LEN + ip.payload_len,
+    );
+    ip.emit(
+        &mut Ipv4Packet::new_unchecked(&mut buf[ETHERNET_HEADER_LEN..]),
+        caps,
+    );
+    buf
+}
+
 /// An Ethernet frame around an already built IPv4 packet.
 pub(crate) fn ipv4_frame(src: EthernetAddress, dst: EthernetAddress, packet: &[u8]) -> Vec<u8> {
     let mut buf = ethernet(src, dst, EthernetProtocol::Ipv4, packet.len());
@@ -64,15 +85,9 @@ pub(crate) fn udp_frame(
         payload_len: UDP_HEADER_LEN + payload.len(),
         hop_limit: HOP_LIMIT,
     };
-    let mut buf = ethernet(
-        src_mac,
-        dst_mac,
-        EthernetProtocol::Ipv4,
-        IPV4_HEADER_LEN + ip.payload_len,
-    );
     let caps = ChecksumCapabilities::default();
+    let mut buf = ipv4_header_frame(src_mac, dst_mac, &ip, &caps);
     let mut packet = Ipv4Packet::new_unchecked(&mut buf[ETHERNET_HEADER_LEN..]);
-    ip.emit(&mut packet, &caps);
     let mut datagram = UdpPacket::new_unchecked(packet.payload_mut());
     udp.emit(
         &mut datagram,
@@ -100,15 +115,9 @@ pub(crate) fn icmp_frame(
         payload_len: icmp.buffer_len(),
         hop_limit: HOP_LIMIT,
     };
-    let mut buf = ethernet(
-        src_mac,
-        dst_mac,
-        EthernetProtocol::Ipv4,
-        IPV4_HEADER_LEN + ip.payload_len,
-    );
     let caps = ChecksumCapabilities::default();
+    let mut buf = ipv4_header_frame(src_mac, dst_mac, &ip, &caps);
     let mut packet = Ipv4Packet::new_unchecked(&mut buf[ETHERNET_HEADER_LEN..]);
-    ip.emit(&mut packet, &caps);
     icmp.emit(
         &mut Icmpv4Packet::new_unchecked(packet.payload_mut()),
         &caps,
