@@ -1,32 +1,16 @@
-//! `cargo xtask bench`: benchmarks written to `docs/benchmarks.md` (one `##` section per
-//! component, replaced in place) and `target/bench/results.json` (an array of
-//! `{name, unit, value, reference}` objects, merged by name with the other sections' entries).
-//!
 //! Section "Certificate authority": mitm-ca's `ca_bench` example, natively (`bench-native`
 //! profile) and as wasm (the shipped `release` profile) under node after wasm-bindgen.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use super::{human, publish, stdout_of, target_dir, Machine};
 use crate::tools;
 
 const CA_HEADING: &str = "## Certificate authority";
-
-/// Runs the benchmarks; `args` may name the section (`ca`) and `--no-wasm` skips the wasm runs.
-pub fn run(args: &[String]) -> Result<()> {
-    let mut wasm = true;
-    for arg in args {
-        match arg.as_str() {
-            "ca" | "mitm-ca" => {}
-            "--no-wasm" => wasm = false,
-            other => bail!("bench: unknown argument `{other}` (accepted: ca, --no-wasm)"),
-        }
-    }
-    ca_section(wasm)
-}
 
 /// One line printed by a benchmark program.
 #[derive(Debug, Clone)]
@@ -66,7 +50,8 @@ const CA_ROWS: [(&str, &str, Option<f64>); 5] = [
     ),
 ];
 
-fn ca_section(with_wasm: bool) -> Result<()> {
+/// The CA section: natively and, with `with_wasm`, as wasm under node.
+pub(super) fn section(with_wasm: bool) -> Result<()> {
     let root = tools::workspace_root();
     let target = target_dir(&root);
 
@@ -87,23 +72,7 @@ fn ca_section(with_wasm: bool) -> Result<()> {
 
     let machine = Machine::detect();
     let section = ca_markdown(&native, wasm.as_deref(), &machine)?;
-    let doc_path = root.join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&doc_path).unwrap_or_default();
-    std::fs::create_dir_all(root.join("docs"))?;
-    std::fs::write(&doc_path, replace_section(&doc, CA_HEADING, &section))
-        .with_context(|| format!("writing {}", doc_path.display()))?;
-
-    let entries = ca_entries(&native, wasm.as_deref());
-    let json_path = target.join("bench/results.json");
-    merge_results(&json_path, entries)?;
-
-    println!("{section}");
-    eprintln!(
-        "xtask bench: wrote {} and {}",
-        doc_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    publish(CA_HEADING, &section, ca_entries(&native, wasm.as_deref()))
 }
 
 /// Builds the example for wasm32, binds it for node and runs it there.
@@ -138,18 +107,6 @@ fn run_ca_wasm(root: &Path, target: &Path) -> Result<Vec<Measurement>> {
     parse_lines(&out, "wasm/")
 }
 
-/// Runs a command with stderr shown live and returns its stdout.
-fn stdout_of(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed with {}", out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Parses the JSON lines `{"name","unit","value","iterations"}` whose name starts with `prefix`.
 fn parse_lines(output: &str, prefix: &str) -> Result<Vec<Measurement>> {
     let mut found = Vec::new();
@@ -175,59 +132,6 @@ fn parse_lines(output: &str, prefix: &str) -> Result<Vec<Measurement>> {
 
 fn find<'a>(list: &'a [Measurement], name: &str) -> Option<&'a Measurement> {
     list.iter().find(|m| m.name == name)
-}
-
-/// The machine the numbers come from.
-struct Machine {
-    cpus: String,
-    cpu_model: String,
-    date: String,
-    node: String,
-    rustc: String,
-}
-
-impl Machine {
-    fn detect() -> Self {
-        let cmd = |program: &str, args: &[&str]| {
-            tools::output(Command::new(program).args(args))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".to_string())
-        };
-        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|info| {
-                info.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown CPU".to_string());
-        Self {
-            cpus: cmd("nproc", &[]),
-            cpu_model,
-            date: cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-            node: cmd("node", &["--version"]),
-            rustc: cmd("rustc", &["--version"]),
-        }
-    }
-}
-
-/// Formats a value for people: µs below 1 ms, ms above; ns below 1 µs.
-fn human(value: f64, unit: &str) -> String {
-    let ns = match unit {
-        "ns" => value,
-        "us" => value * 1e3,
-        "ms" => value * 1e6,
-        "s" => value * 1e9,
-        _ => return format!("{value:.3} {unit}"),
-    };
-    if ns < 1e3 {
-        format!("{ns:.0} ns")
-    } else if ns < 1e6 {
-        format!("{:.1} µs", ns / 1e3)
-    } else {
-        format!("{:.2} ms", ns / 1e6)
-    }
 }
 
 fn ca_markdown(
@@ -314,122 +218,9 @@ fn entry(name: &str, m: &Measurement, reference: Option<f64>) -> Value {
     json!({ "name": name, "unit": m.unit, "value": m.value, "reference": reference })
 }
 
-/// Replaces the `heading` section (up to the next `## ` heading) of a Markdown document, or
-/// appends it; a missing document gets a title first.
-fn replace_section(doc: &str, heading: &str, section: &str) -> String {
-    let section = format!("{}\n", section.trim_end());
-    if doc.trim().is_empty() {
-        return format!("# Benchmarks\n\n{section}");
-    }
-    let lines: Vec<&str> = doc.lines().collect();
-    let Some(start) = lines.iter().position(|l| l.trim_end() == heading) else {
-        return format!("{}\n\n{section}", doc.trim_end());
-    };
-    let end = lines[start + 1..]
-        .iter()
-        .position(|l| l.starts_with("## "))
-        .map(|i| start + 1 + i)
-        .unwrap_or(lines.len());
-    let mut out = String::new();
-    for line in &lines[..start] {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str(&section);
-    if end < lines.len() {
-        out.push('\n');
-        for line in &lines[end..] {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-/// Writes `entries` into the JSON array at `path`, replacing entries of the same name and
-/// keeping everyone else's.
-fn merge_results(path: &Path, entries: Vec<Value>) -> Result<()> {
-    let mut all = match std::fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => match serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?
-        {
-            Value::Array(items) => items,
-            _ => bail!("{} is not a JSON array", path.display()),
-        },
-        _ => Vec::new(),
-    };
-    for new in entries {
-        match all.iter_mut().find(|old| old["name"] == new["name"]) {
-            Some(old) => *old = new,
-            None => all.push(new),
-        }
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let text = serde_json::to_string_pretty(&Value::Array(all))? + "\n";
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn results_merge_by_name() {
-        let text = r#"[{"name": "net/x", "unit": "MB/s", "value": 12.5, "reference": null, "extra": [1, true, "a\"b\u00e9"]}]"#;
-
-        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
-        let path = dir.join("results.json");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(&path, text).unwrap();
-        let m = Measurement {
-            name: "leaf_new_host".into(),
-            unit: "us".into(),
-            value: 30.0,
-            iterations: 10,
-        };
-        merge_results(
-            &path,
-            vec![entry("ca/native/leaf_new_host", &m, Some(1000.0))],
-        )
-        .unwrap();
-        let m2 = Measurement { value: 31.0, ..m };
-        merge_results(&path, vec![entry("ca/native/leaf_new_host", &m2, None)]).unwrap();
-        let written: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let items = written.as_array().expect("an array");
-        assert_eq!(items.len(), 2, "other sections kept, same name replaced");
-        assert_eq!(items[0]["name"], "net/x");
-        assert_eq!(items[0]["extra"][2], "a\"b\u{e9}");
-        assert_eq!(items[1]["value"], 31.0);
-        assert_eq!(items[1]["reference"], Value::Null);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn sections_are_replaced_in_place() {
-        let new = "## Certificate authority\n\nnew table\n";
-        assert_eq!(
-            replace_section("", CA_HEADING, new),
-            "# Benchmarks\n\n## Certificate authority\n\nnew table\n"
-        );
-        let doc = "# Benchmarks\n\n## Network\n\nnet\n\n## Certificate authority\n\nold\n\n## Proxy\n\np\n";
-        assert_eq!(
-            replace_section(doc, CA_HEADING, new),
-            "# Benchmarks\n\n## Network\n\nnet\n\n## Certificate authority\n\nnew table\n\n## Proxy\n\np\n"
-        );
-        assert_eq!(
-            replace_section("# Benchmarks\n\n## Network\n\nnet\n", CA_HEADING, new),
-            "# Benchmarks\n\n## Network\n\nnet\n\n## Certificate authority\n\nnew table\n"
-        );
-    }
 
     #[test]
     fn parses_benchmark_lines() {

@@ -1,0 +1,240 @@
+//! `cargo xtask bench`: benchmarks written to `docs/benchmarks.md` (one `##` section per
+//! component, replaced in place) and `target/bench/results.json` (an array of
+//! `{name, unit, value, reference}` objects, merged by name with the other sections' entries).
+//!
+//! Sections: `ca` (mitm-ca natively and as wasm, [`ca`]), `net` (the guest's traffic on every
+//! path side by side with the direct path, [`net`]), `size` (the shipped package, [`size`]).
+
+mod ca;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::tools;
+
+const USAGE: &str = "usage: cargo xtask bench [ca] [--no-wasm]";
+
+/// Runs the benchmarks named in `args` (all when none is named).
+pub fn run(args: &[String]) -> Result<()> {
+    let mut wasm = true;
+    let mut sections = Vec::new();
+    for arg in args {
+        match arg.as_str() {
+            "ca" | "mitm-ca" => sections.push("ca"),
+            "--no-wasm" => wasm = false,
+            other => bail!("bench: unknown argument `{other}`\n{USAGE}"),
+        }
+    }
+    if sections.is_empty() {
+        sections = vec!["ca"];
+    }
+    for section in sections {
+        match section {
+            "ca" => ca::section(wasm)?,
+            _ => unreachable!("sections are parsed above"),
+        }
+    }
+    Ok(())
+}
+
+/// Writes one section into docs/benchmarks.md (replacing its old text) and merges its entries
+/// into target/bench/results.json.
+pub(super) fn publish(heading: &str, section: &str, entries: Vec<Value>) -> Result<()> {
+    let root = tools::workspace_root();
+    let doc_path = root.join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&doc_path).unwrap_or_default();
+    std::fs::create_dir_all(root.join("docs"))?;
+    std::fs::write(&doc_path, replace_section(&doc, heading, section))
+        .with_context(|| format!("writing {}", doc_path.display()))?;
+    let json_path = target_dir(&root).join("bench/results.json");
+    merge_results(&json_path, entries)?;
+    println!("{section}");
+    eprintln!(
+        "xtask bench: wrote {} and {}",
+        doc_path.display(),
+        json_path.display()
+    );
+    Ok(())
+}
+
+/// Runs a command with stderr shown live and returns its stdout.
+pub(super) fn stdout_of(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The machine the numbers come from.
+pub(super) struct Machine {
+    pub(super) cpus: String,
+    pub(super) cpu_model: String,
+    pub(super) date: String,
+    pub(super) node: String,
+    pub(super) rustc: String,
+}
+
+impl Machine {
+    pub(super) fn detect() -> Self {
+        let cmd = |program: &str, args: &[&str]| {
+            tools::output(Command::new(program).args(args))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".to_string())
+        };
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".to_string());
+        Self {
+            cpus: cmd("nproc", &[]),
+            cpu_model,
+            date: cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            node: cmd("node", &["--version"]),
+            rustc: cmd("rustc", &["--version"]),
+        }
+    }
+}
+
+/// Formats a value for people: µs below 1 ms, ms above; ns below 1 µs.
+pub(super) fn human(value: f64, unit: &str) -> String {
+    let ns = match unit {
+        "ns" => value,
+        "us" => value * 1e3,
+        "ms" => value * 1e6,
+        "s" => value * 1e9,
+        _ => return format!("{value:.3} {unit}"),
+    };
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{:.2} ms", ns / 1e6)
+    }
+}
+
+/// Replaces the `heading` section (up to the next `## ` heading) of a Markdown document, or
+/// appends it; a missing document gets a title first.
+pub(super) fn replace_section(doc: &str, heading: &str, section: &str) -> String {
+    let section = format!("{}\n", section.trim_end());
+    if doc.trim().is_empty() {
+        return format!("# Benchmarks\n\n{section}");
+    }
+    let lines: Vec<&str> = doc.lines().collect();
+    let Some(start) = lines.iter().position(|l| l.trim_end() == heading) else {
+        return format!("{}\n\n{section}", doc.trim_end());
+    };
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.starts_with("## "))
+        .map(|i| start + 1 + i)
+        .unwrap_or(lines.len());
+    let mut out = String::new();
+    for line in &lines[..start] {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&section);
+    if end < lines.len() {
+        out.push('\n');
+        for line in &lines[end..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Writes `entries` into the JSON array at `path`, replacing entries of the same name and
+/// keeping everyone else's.
+pub(super) fn merge_results(path: &Path, entries: Vec<Value>) -> Result<()> {
+    let mut all = match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => match serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?
+        {
+            Value::Array(items) => items,
+            _ => bail!("{} is not a JSON array", path.display()),
+        },
+        _ => Vec::new(),
+    };
+    for new in entries {
+        match all.iter_mut().find(|old| old["name"] == new["name"]) {
+            Some(old) => *old = new,
+            None => all.push(new),
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text = serde_json::to_string_pretty(&Value::Array(all))? + "\n";
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+pub(super) fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn results_merge_by_name() {
+        let text = r#"[{"name": "net/x", "unit": "MB/s", "value": 12.5, "reference": null, "extra": [1, true, "a\"b\u00e9"]}]"#;
+
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        let path = dir.join("results.json");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&path, text).unwrap();
+        let leaf = |value: f64, reference: Option<f64>| json!({ "name": "ca/native/leaf_new_host", "unit": "us", "value": value, "reference": reference });
+        merge_results(&path, vec![leaf(30.0, Some(1000.0))]).unwrap();
+        merge_results(&path, vec![leaf(31.0, None)]).unwrap();
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let items = written.as_array().expect("an array");
+        assert_eq!(items.len(), 2, "other sections kept, same name replaced");
+        assert_eq!(items[0]["name"], "net/x");
+        assert_eq!(items[0]["extra"][2], "a\"b\u{e9}");
+        assert_eq!(items[1]["value"], 31.0);
+        assert_eq!(items[1]["reference"], Value::Null);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn sections_are_replaced_in_place() {
+        let new = "## Certificate authority\n\nnew table\n";
+        assert_eq!(
+            replace_section("", "## Certificate authority", new),
+            "# Benchmarks\n\n## Certificate authority\n\nnew table\n"
+        );
+        let doc = "# Benchmarks\n\n## Network\n\nnet\n\n## Certificate authority\n\nold\n\n## Proxy\n\np\n";
+        assert_eq!(
+            replace_section(doc, "## Certificate authority", new),
+            "# Benchmarks\n\n## Network\n\nnet\n\n## Certificate authority\n\nnew table\n\n## Proxy\n\np\n"
+        );
+        assert_eq!(
+            replace_section(
+                "# Benchmarks\n\n## Network\n\nnet\n",
+                "## Certificate authority",
+                new
+            ),
+            "# Benchmarks\n\n## Network\n\nnet\n\n## Certificate authority\n\nnew table\n"
+        );
+    }
+}
