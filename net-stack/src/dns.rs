@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use crate::config::DnsConfig;
-use crate::fake_ip::FakeIpPool;
+use crate::fake_ip::{Assigned, FakeIpPool};
 use crate::wire::dns::{self, QueryError, Rcode};
 
 /// What answering one datagram did, for the stack's counters.
@@ -13,6 +13,8 @@ use crate::wire::dns::{self, QueryError, Rcode};
 pub(crate) struct DnsOutcome {
     /// A new fake IP was allocated.
     pub new_fake_ip: bool,
+    /// The fake-IP pool was full: the least recently used mapping was recycled for this name.
+    pub recycled_fake_ip: bool,
     /// The query was answered with an error code (FORMERR, NOTIMP, SERVFAIL).
     pub error: bool,
 }
@@ -68,8 +70,10 @@ impl DnsServer {
                     dns::emit_response(&query, Rcode::NoError, Some((*ip, self.ttl)))
                 } else {
                     match self.fake_ips.lookup_or_assign(&query.name) {
-                        Some((ip, new)) => {
-                            outcome.new_fake_ip = new;
+                        Some(assigned) => {
+                            outcome.new_fake_ip = !matches!(assigned, Assigned::Existing(_));
+                            outcome.recycled_fake_ip = matches!(assigned, Assigned::Recycled(_));
+                            let ip = assigned.ip();
                             dns::emit_response(&query, Rcode::NoError, Some((ip, self.ttl)))
                         }
                         None => {
@@ -135,6 +139,31 @@ mod tests {
         assert_eq!(
             s.fake_ips.name_of(Ipv4Addr::new(198, 18, 0, 1)),
             Some("example.com")
+        );
+    }
+
+    #[test]
+    fn a_full_pool_recycles_and_says_so() {
+        let config = DnsConfig {
+            fake_ip_net: Ipv4Addr::new(100, 64, 0, 0),
+            fake_ip_prefix_len: 30,
+            ..DnsConfig::default()
+        };
+        let mut s = DnsServer::new(&config);
+        let (_, a) = s.answer(&query(1, "a.test", dns::TYPE_A));
+        let (_, b) = s.answer(&query(2, "b.test", dns::TYPE_A));
+        assert!(a.new_fake_ip && b.new_fake_ip && !a.recycled_fake_ip && !b.recycled_fake_ip);
+        // "a.test" asked again: "b.test" is now the least recently used.
+        let (_, again) = s.answer(&query(3, "a.test", dns::TYPE_A));
+        assert!(!again.new_fake_ip && !again.recycled_fake_ip);
+        let (reply, c) = s.answer(&query(4, "c.test", dns::TYPE_A));
+        let reply = reply.unwrap();
+        assert!(c.new_fake_ip && c.recycled_fake_ip && !c.error);
+        assert_eq!(rcode(&reply), 0);
+        assert_eq!(answer_ip(&reply), Ipv4Addr::new(100, 64, 0, 2));
+        assert_eq!(
+            s.fake_ips.name_of(Ipv4Addr::new(100, 64, 0, 2)),
+            Some("c.test")
         );
     }
 

@@ -217,9 +217,11 @@ impl Stack {
         Ok(TcpListener::new(self.shared.clone(), id, port))
     }
 
-    /// The name a fake IP handed out by the DNS server stands for.
+    /// The name a fake IP handed out by the DNS server stands for. Counts as a use of the
+    /// mapping: call it when a connection to the address is accepted, so a name in use is the
+    /// last to be recycled when the pool is full.
     pub fn fake_ip_name(&self, ip: Ipv4Addr) -> Option<String> {
-        let inner = self.shared.inner.borrow();
+        let mut inner = self.shared.inner.borrow_mut();
         inner.dns.fake_ips.name_of(ip).map(str::to_string)
     }
 
@@ -453,6 +455,7 @@ impl Inner {
             };
             self.stats.dns_queries += 1;
             self.stats.dns_fake_ips += u64::from(outcome.new_fake_ip);
+            self.stats.dns_fake_ips_recycled += u64::from(outcome.recycled_fake_ip);
             self.stats.dns_errors += u64::from(outcome.error);
             let frame = emit::udp_frame(
                 self.mac,

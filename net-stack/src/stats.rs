@@ -45,8 +45,10 @@ pub struct Stats {
     pub dns_queries: u64,
     /// DNS queries answered with an error code (FORMERR, NOTIMP, SERVFAIL).
     pub dns_errors: u64,
-    /// Fake IPs handed out.
+    /// Fake IPs handed out (including recycled ones).
     pub dns_fake_ips: u64,
+    /// Of `dns_fake_ips`: the pool was full, so the least recently used name lost its address.
+    pub dns_fake_ips_recycled: u64,
     /// TCP connections established and queued on a listener.
     pub tcp_accepted: u64,
     /// SYNs answered with RST (no listener, backlog or connection limit).

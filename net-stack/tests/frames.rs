@@ -154,11 +154,30 @@ fn dhcp_msg(
     server: Option<Ipv4Address>,
     broadcast_flag: bool,
 ) -> Vec<u8> {
+    dhcp_msg_from(
+        GUEST_MAC,
+        message_type,
+        ciaddr,
+        requested,
+        server,
+        broadcast_flag,
+    )
+}
+
+/// A DHCP message whose client hardware address is `chaddr`.
+fn dhcp_msg_from(
+    chaddr: [u8; 6],
+    message_type: DhcpMessageType,
+    ciaddr: Ipv4Address,
+    requested: Option<Ipv4Address>,
+    server: Option<Ipv4Address>,
+    broadcast_flag: bool,
+) -> Vec<u8> {
     let repr = DhcpRepr {
         message_type,
         transaction_id: 0xcafe_f00d,
         secs: 0,
-        client_hardware_address: EthernetAddress(GUEST_MAC),
+        client_hardware_address: EthernetAddress(chaddr),
         client_ip: ciaddr,
         your_ip: Ipv4Address::UNSPECIFIED,
         server_ip: Ipv4Address::UNSPECIFIED,
@@ -642,13 +661,208 @@ fn connection_limit_refuses_with_rst() {
             &tcp_frame(PROXY_IP, 40012, 80, TcpControl::Syn, 1, None),
             T,
         );
-        assert!(segment(&out[0]).rst);
+        // Exactly the RST a closed port gets (RFC 9293 3.10.7.1): seq 0, ACK of the SYN,
+        // window 0, no options, from the address and port the guest tried.
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0],
+            tcp_reply_frame(PROXY_IP, 80, 40012, TcpControl::Rst, 0, Some(2))
+        );
         let s = stack.stats();
         assert_eq!((s.tcp_refused, s.tcp_refused_limit, s.tcp_open), (1, 1, 2));
+        // Retransmissions of the refused SYN are refused and counted again, never queued.
+        let out = exchange(
+            &stack,
+            &tcp_frame(PROXY_IP, 40012, 80, TcpControl::Syn, 1, None),
+            T,
+        );
+        assert!(segment(&out[0]).rst);
+        assert_eq!(stack.stats().tcp_refused_limit, 2);
         // The guest gives up on one handshake with RST: its socket is freed.
         let rst = tcp_frame(PROXY_IP, 40010, 80, TcpControl::Rst, 2, None);
         assert!(exchange(&stack, &rst, T).is_empty());
         assert_eq!(stack.stats().tcp_open, 1);
+        // Below the limit again: the next SYN is served.
+        let out = exchange(
+            &stack,
+            &tcp_frame(PROXY_IP, 40013, 80, TcpControl::Syn, 1, None),
+            T,
+        );
+        let s = segment(&out[0]);
+        assert!(s.syn && s.ack);
+        assert_eq!(stack.stats().tcp_refused_limit, 2);
+    });
+}
+
+/// A TCP segment from `src:src_port` to the guest as the stack must emit it (no options).
+fn tcp_reply_frame(
+    src: Ipv4Address,
+    src_port: u16,
+    dst_port: u16,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port,
+        dst_port,
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: GUEST_IP,
+        next_header: IpProtocol::Tcp,
+        payload_len: repr.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; 14 + 20 + repr.buffer_len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(GW_MAC),
+        dst_addr: EthernetAddress(GUEST_MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut eth);
+    let caps = ChecksumCapabilities::default();
+    let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
+    ip.emit(&mut packet, &caps);
+    repr.emit(
+        &mut TcpPacket::new_unchecked(packet.payload_mut()),
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(GUEST_IP),
+        &caps,
+    );
+    buf
+}
+
+#[test]
+fn dhcp_pool_exhaustion_sends_no_offer_and_is_counted() {
+    let mut config = Config::default();
+    config.dhcp.pool_start = Ipv4Address::new(192, 168, 127, 3);
+    config.dhcp.pool_end = Ipv4Address::new(192, 168, 127, 4);
+    let (stack, rec) = stack_with(config);
+    with_dump(&rec, "dhcp_exhausted", || {
+        let discover = |mac: [u8; 6]| {
+            dhcp_msg_from(
+                mac,
+                DhcpMessageType::Discover,
+                Ipv4Address::UNSPECIFIED,
+                None,
+                None,
+                true,
+            )
+        };
+        let request = |mac: [u8; 6], ip: Ipv4Address| {
+            dhcp_msg_from(
+                mac,
+                DhcpMessageType::Request,
+                Ipv4Address::UNSPECIFIED,
+                Some(ip),
+                Some(GW_IP),
+                true,
+            )
+        };
+        // Two clients take the two addresses (offered and acknowledged).
+        for (n, ip) in [(1u8, 3u8), (2, 4)] {
+            let mac = [2, 0, 0, 0, 9, n];
+            let ip = Ipv4Address::new(192, 168, 127, ip);
+            let out = exchange(&stack, &discover(mac), T);
+            assert_eq!(out.len(), 1);
+            let offer = dhcp_reply_any(&out[0]);
+            assert_eq!((offer.0, offer.1), (DhcpMessageType::Offer, ip));
+            let out = exchange(&stack, &request(mac, ip), T);
+            assert_eq!(dhcp_reply_any(&out[0]).0, DhcpMessageType::Ack);
+        }
+        // A third client: silence (no OFFER, no NAK), counted each time it asks.
+        let third = [2, 0, 0, 0, 9, 3];
+        assert!(exchange(&stack, &discover(third), T).is_empty());
+        assert!(exchange(&stack, &discover(third), T).is_empty());
+        let s = stack.stats();
+        assert_eq!(
+            (s.dhcp_offers, s.dhcp_acks, s.dhcp_pool_exhausted),
+            (2, 2, 2)
+        );
+        assert_eq!(stack.leases().len(), 2);
+        // The bound clients still get their own address back.
+        let out = exchange(&stack, &discover([2, 0, 0, 0, 9, 1]), T);
+        let again = dhcp_reply_any(&out[0]);
+        assert_eq!(
+            (again.0, again.1),
+            (DhcpMessageType::Offer, Ipv4Address::new(192, 168, 127, 3))
+        );
+        assert_eq!(stack.stats().dhcp_pool_exhausted, 2);
+    });
+}
+
+/// The message type and offered address of a DHCP reply to any client.
+fn dhcp_reply_any(frame: &[u8]) -> (DhcpMessageType, Ipv4Address) {
+    let (src, dst, payload) = parse_udp(frame);
+    assert_eq!((src, dst.1), ((GW_IP, 67), 68));
+    let packet = DhcpPacket::new_checked(&payload[..]).unwrap();
+    let repr = DhcpRepr::parse(&packet).unwrap();
+    (repr.message_type, repr.your_ip)
+}
+
+#[test]
+fn full_fake_ip_pool_recycles_the_least_recently_used_name() {
+    let mut config = Config::default();
+    config.dns.fake_ip_net = Ipv4Address::new(100, 64, 0, 0);
+    config.dns.fake_ip_prefix_len = 30;
+    let (stack, rec) = stack_with(config);
+    with_dump(&rec, "fake_ip_recycle", || {
+        let _listener = stack.listen(ListenAddr::FakeIps, 80).unwrap();
+        let resolve = |id: u16, name: &str| {
+            let reply = ask(&stack, &dns_query(id, name, 1)).unwrap();
+            assert_eq!(reply[3] & 0xf, 0, "{name}: NOERROR");
+            let n = reply.len();
+            Ipv4Address::new(reply[n - 4], reply[n - 3], reply[n - 2], reply[n - 1])
+        };
+        let a = resolve(1, "a.example");
+        let b = resolve(2, "b.example");
+        assert_eq!(
+            (a, b),
+            (
+                Ipv4Address::new(100, 64, 0, 1),
+                Ipv4Address::new(100, 64, 0, 2)
+            )
+        );
+        // A connection to "a.example" is accepted: the composition asks for its name, which
+        // marks it as used, so "b.example" is now the least recently used.
+        let out = exchange(
+            &stack,
+            &tcp_frame(a, 40100, 80, TcpControl::Syn, 1, None),
+            T,
+        );
+        assert!(segment(&out[0]).syn);
+        assert_eq!(stack.fake_ip_name(a), Some("a.example".into()));
+        let c = resolve(3, "c.example");
+        assert_eq!(c, b, "b.example's address recycled");
+        assert_eq!(stack.fake_ip_name(b), Some("c.example".into()));
+        assert_eq!(stack.fake_ip_name(a), Some("a.example".into()));
+        // "a.example" was used last (the name lookup just above): "b.example" asked again
+        // gets a fresh mapping on the address of "c.example", now the least recently used.
+        assert_eq!(resolve(4, "b.example"), b);
+        assert_eq!(stack.fake_ip_name(b), Some("b.example".into()));
+        assert_eq!(stack.fake_ip_name(a), Some("a.example".into()));
+        let s = stack.stats();
+        assert_eq!(
+            (
+                s.dns_queries,
+                s.dns_fake_ips,
+                s.dns_fake_ips_recycled,
+                s.dns_errors
+            ),
+            (4, 4, 2, 0)
+        );
     });
 }
 
