@@ -160,6 +160,11 @@ impl Runner {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
+    /// The runner's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -7,12 +7,14 @@ mod build_wasm;
 mod cleanup;
 mod demo;
 mod e2e;
+mod e2e_faults;
 mod fixtures;
 mod fuzz;
 mod guest;
 mod guest_image;
 mod http_server;
 mod origin;
+mod procfs;
 mod report;
 mod test;
 mod tools;
@@ -26,6 +28,8 @@ commands:
   test         fmt check, clippy (native + wasm32), unit tests (native + wasm32), build-wasm, e2e
   build-wasm   build the browser package into dist/
   e2e [FILTER] end to end with a real Linux guest in a network namespace (needs root)
+  e2e faults [PROFILE]
+               only the fault phase: http/https transfers through --fault loss, reorder-dup, delay
   e2e --browser [chromium|firefox] [FILTER]
                the same kind of guest behind the browser build, in headless Chromium (default)
                or Firefox ESR, over a TAP-to-WebSocket bridge (needs root)

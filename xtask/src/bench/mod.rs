@@ -6,6 +6,9 @@
 //! path side by side with the direct path, [`net`]), `size` (the shipped package, [`size`]).
 
 mod ca;
+mod net;
+mod routes;
+mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,27 +18,76 @@ use serde_json::Value;
 
 use crate::tools;
 
-const USAGE: &str = "usage: cargo xtask bench [ca] [--no-wasm]";
+const USAGE: &str = "usage: cargo xtask bench [ca] [net [--quick] [--only PATH]...] [--no-wasm]
+
+  ca      mitm-ca natively and as wasm under node
+  net     the guest's traffic on every path next to the direct path (needs root)
+          --quick       small sizes, for checking the harness
+          --only PATH   native, browser, c2w (repeatable; default all)
+With no section named, every section runs.";
 
 /// Runs the benchmarks named in `args` (all when none is named).
 pub fn run(args: &[String]) -> Result<()> {
     let mut wasm = true;
     let mut sections = Vec::new();
-    for arg in args {
+    let mut plan = net::Plan::full();
+    let mut only = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "ca" | "mitm-ca" => sections.push("ca"),
+            "net" => sections.push("net"),
+            "--quick" => plan = net::Plan::quick(),
+            "--only" => only.push(args.next().context("--only needs a path name")?.clone()),
             "--no-wasm" => wasm = false,
             other => bail!("bench: unknown argument `{other}`\n{USAGE}"),
         }
     }
+    plan.only = only;
     if sections.is_empty() {
-        sections = vec!["ca"];
+        sections = vec!["ca", "net"];
+    }
+    if sections.contains(&"net") && !cfg!(debug_assertions) {
+        eprintln!("xtask bench: running as an optimized build");
+    } else if sections.contains(&"net") {
+        return rerun_optimized();
     }
     for section in sections {
         match section {
             "ca" => ca::section(wasm)?,
+            "net" => net::section(&plan)?,
             _ => unreachable!("sections are parsed above"),
         }
+    }
+    Ok(())
+}
+
+/// Re-runs this command with xtask built by the `bench-tools` profile (optimized), so the
+/// origin servers, the blob generator and the hashing are as fast as the paths they serve.
+fn rerun_optimized() -> Result<()> {
+    let root = tools::workspace_root();
+    eprintln!("xtask bench: building xtask with the bench-tools profile");
+    tools::run(
+        Command::new("cargo")
+            .args([
+                "build",
+                "--quiet",
+                "--profile",
+                "bench-tools",
+                "-p",
+                "xtask",
+            ])
+            .current_dir(&root),
+    )?;
+    let exe = target_dir(&root).join("bench-tools/xtask");
+    let status = Command::new(&exe)
+        .arg("bench")
+        .args(std::env::args().skip(2))
+        .current_dir(&root)
+        .status()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    if !status.success() {
+        bail!("the optimized bench run failed ({status})");
     }
     Ok(())
 }

@@ -248,6 +248,11 @@ impl Browser {
         })
     }
 
+    /// The main process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// True while the main process runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -261,50 +266,10 @@ impl Browser {
     }
 }
 
-/// Every process descended from `root` (children first found by scanning /proc).
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parent_of: Vec<(u32, u32)> = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // The fields after the parenthesized command name: state, ppid, ...
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-                continue;
-            };
-            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
-                parent_of.push((pid, ppid));
-            }
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let p = found[i];
-        found.extend(
-            parent_of
-                .iter()
-                .filter(|(_, ppid)| *ppid == p)
-                .map(|(pid, _)| *pid),
-        );
-        i += 1;
-    }
-    found.remove(0);
-    found
-}
-
 impl Drop for Browser {
     fn drop(&mut self) {
         // Note the whole tree first: once the main process is gone its children are reparented.
-        let tree = descendants(self.child.id());
+        let tree = crate::procfs::descendants(self.child.id());
         cleanup::run_one(&self.action);
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(200));

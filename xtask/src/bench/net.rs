@@ -1,0 +1,588 @@
+//! Section "Network paths": the same guest workloads (downloads, uploads, request latency,
+//! new HTTPS hosts, concurrent downloads, memory, idle CPU) on every path, in one run, each
+//! figure next to the direct path's (curl on the host to the same origin on loopback) and
+//! reported as a ratio, because these machines are shared and noisy.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::routes::{self, Direct, Origins, Page, FRESH_SUFFIX};
+use super::workload::{self, mb_per_s, median, Route, Scheme};
+use super::{publish, Machine};
+use crate::browser::server::PageServer;
+use crate::cleanup;
+use crate::origin::{Cors, Origin, OriginFiles};
+use crate::tools::{self, ensure_programs, is_root, workspace_root};
+
+const HEADING: &str = "## Network paths";
+const MIB: u64 = 1 << 20;
+
+/// What to measure; `--quick` shrinks the sizes for a smoke run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Download sizes; the last is the one memory is watched during.
+    pub downloads: Vec<u64>,
+    /// Upload size.
+    pub upload: u64,
+    /// Requests per latency run.
+    pub requests: usize,
+    /// New-host rounds.
+    pub new_hosts: usize,
+    /// Concurrent download counts, and the size of each.
+    pub concurrency: Vec<usize>,
+    /// Size of each concurrent download.
+    pub concurrent_size: u64,
+    /// Idle period for the CPU measurement.
+    pub idle: Duration,
+    /// Which paths to run (`native`, `browser`, `c2w`, `mtu`, `v86`); all when empty.
+    pub only: Vec<String>,
+}
+
+impl Plan {
+    /// The issue's plan: 1, 64 and 512 MiB downloads, 64 MiB upload, 200 requests, 64 and 256
+    /// concurrent downloads, 10 idle seconds.
+    pub fn full() -> Self {
+        Self {
+            downloads: vec![MIB, 64 * MIB, 512 * MIB],
+            upload: 64 * MIB,
+            requests: 200,
+            new_hosts: 20,
+            concurrency: vec![64, 256],
+            concurrent_size: MIB,
+            idle: Duration::from_secs(10),
+            only: Vec::new(),
+        }
+    }
+
+    /// A short run of every workload, for checking the harness.
+    pub fn quick() -> Self {
+        Self {
+            downloads: vec![MIB, 16 * MIB],
+            upload: 8 * MIB,
+            requests: 50,
+            new_hosts: 5,
+            concurrency: vec![16],
+            concurrent_size: 256 << 10,
+            idle: Duration::from_secs(3),
+            only: Vec::new(),
+        }
+    }
+
+    fn runs(&self, path: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == path)
+    }
+}
+
+/// One row of the table: a metric measured on several paths.
+#[derive(Debug, Clone)]
+struct Metric {
+    key: String,
+    label: String,
+    unit: &'static str,
+    /// Higher is better (throughput) or lower is better (latency, memory, CPU).
+    higher_is_better: bool,
+}
+
+/// Every figure, by metric key and then by path name.
+#[derive(Debug, Default)]
+struct Results {
+    metrics: Vec<Metric>,
+    values: BTreeMap<String, BTreeMap<String, f64>>,
+    paths: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl Results {
+    fn record(&mut self, path: &str, metric: Metric, value: f64) {
+        eprintln!(
+            "xtask bench: {path:>10} {:<48} {value:.3} {}",
+            metric.label, metric.unit
+        );
+        if !self.paths.iter().any(|p| p == path) {
+            self.paths.push(path.to_string());
+        }
+        if !self.metrics.iter().any(|m| m.key == metric.key) {
+            self.metrics.push(metric.clone());
+        }
+        self.values
+            .entry(metric.key)
+            .or_default()
+            .insert(path.to_string(), value);
+    }
+
+    fn get(&self, key: &str, path: &str) -> Option<f64> {
+        self.values.get(key)?.get(path).copied()
+    }
+
+    /// A figure failed to be measured: noted, and the run goes on.
+    fn failed(&mut self, path: &str, what: &str, err: anyhow::Error) {
+        let line = format!("{path}: {what} failed: {}", first_line(&format!("{err:#}")));
+        eprintln!("xtask bench: {line}");
+        self.notes.push(line);
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(300).collect()
+}
+
+fn size_label(size: u64) -> String {
+    if size >= MIB {
+        format!("{} MiB", size / MIB)
+    } else {
+        format!("{} KiB", size >> 10)
+    }
+}
+
+fn throughput_metric(key: String, label: String) -> Metric {
+    Metric {
+        key,
+        label,
+        unit: "MB/s",
+        higher_is_better: true,
+    }
+}
+
+fn lower_metric(key: String, label: String, unit: &'static str) -> Metric {
+    Metric {
+        key,
+        label,
+        unit,
+        higher_is_better: false,
+    }
+}
+
+/// Runs every workload of `plan` on `route`, recording into `results`. A workload that fails
+/// is noted and the others still run.
+fn measure(route: &dyn Route, plan: &Plan, results: &mut Results, subset: Subset) {
+    let path = route.name();
+    let schemes: Vec<Scheme> = Scheme::BOTH
+        .into_iter()
+        .filter(|s| route.base(*s).is_some())
+        .collect();
+    let biggest = plan.downloads.iter().copied().max().unwrap_or(MIB);
+    for &scheme in &schemes {
+        for &size in &plan.downloads {
+            if subset == Subset::Light && size > 64 * MIB {
+                continue;
+            }
+            let watch = size == biggest && scheme == Scheme::Http;
+            let expected = workload::blob_sha(size);
+            let metric = throughput_metric(
+                format!("download/{}/{}", scheme.as_str(), size),
+                format!("Download {} over {}", size_label(size), scheme.as_str()),
+            );
+            let baseline = route.memory();
+            let mut peak = baseline.unwrap_or(0);
+            let outcome = std::thread::scope(|s| {
+                let job = s.spawn(|| workload::download(route, scheme, size, &expected));
+                while watch && !job.is_finished() {
+                    if let Some(m) = route.memory() {
+                        peak = peak.max(m);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                job.join()
+                    .unwrap_or_else(|_| bail!("download thread panicked"))
+            });
+            match outcome {
+                Ok(secs) => {
+                    results.record(&path, metric, mb_per_s(size, secs));
+                    if let (true, Some(base)) = (watch, baseline) {
+                        if let Some(m) = route.memory() {
+                            peak = peak.max(m);
+                        }
+                        results.record(
+                            &path,
+                            lower_metric(
+                                format!("memory/growth/{size}"),
+                                format!("Memory growth during the {} download", size_label(size)),
+                                "MiB",
+                            ),
+                            peak.saturating_sub(base) as f64 / MIB as f64,
+                        );
+                    }
+                }
+                Err(e) => results.failed(&path, &metric.label, e),
+            }
+        }
+        if subset == Subset::Full {
+            let file = route.scratch().join("upload.bin");
+            let metric = throughput_metric(
+                format!("upload/{}/{}", scheme.as_str(), plan.upload),
+                format!(
+                    "Upload (POST) {} over {}",
+                    size_label(plan.upload),
+                    scheme.as_str()
+                ),
+            );
+            match workload::upload_file(&file, plan.upload)
+                .and_then(|()| workload::upload(route, scheme, plan.upload, &file))
+            {
+                Ok(secs) => results.record(&path, metric, mb_per_s(plan.upload, secs)),
+                Err(e) => results.failed(&path, &metric.label, e),
+            }
+        }
+        for new_connections in [false, true] {
+            let (key, what) = if new_connections {
+                ("new", "each on a new connection")
+            } else {
+                ("keepalive", "on one keep-alive connection")
+            };
+            let metric = lower_metric(
+                format!("requests/{}/{key}", scheme.as_str()),
+                format!(
+                    "{} sequential small {} requests {what}: median per request",
+                    plan.requests,
+                    scheme.as_str()
+                ),
+                "ms",
+            );
+            match workload::requests(route, scheme, plan.requests, new_connections) {
+                Ok(times) => results.record(&path, metric, median(&times)),
+                Err(e) => results.failed(&path, &metric.label, e),
+            }
+        }
+    }
+    if subset == Subset::Full && route.fresh_https_host(0).is_some() {
+        match workload::https_hosts(route, plan.new_hosts) {
+            Ok(pairs) => {
+                let first: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+                let again: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+                results.record(
+                    &path,
+                    lower_metric(
+                        "https/new_host".into(),
+                        "First HTTPS request to a new host (handshake + leaf), median".into(),
+                        "ms",
+                    ),
+                    median(&first),
+                );
+                results.record(
+                    &path,
+                    lower_metric(
+                        "https/known_host".into(),
+                        "First HTTPS request on a new connection to a known host, median".into(),
+                        "ms",
+                    ),
+                    median(&again),
+                );
+            }
+            Err(e) => results.failed(&path, "new HTTPS hosts", e),
+        }
+    }
+    if subset == Subset::Full {
+        for &n in &plan.concurrency {
+            let metric = throughput_metric(
+                format!("concurrent/{n}"),
+                format!(
+                    "{n} simultaneous {} http downloads, aggregate",
+                    size_label(plan.concurrent_size)
+                ),
+            );
+            match workload::concurrent(route, Scheme::Http, n, plan.concurrent_size) {
+                Ok(wall) => results.record(
+                    &path,
+                    metric,
+                    mb_per_s(n as u64 * plan.concurrent_size, wall),
+                ),
+                Err(e) => results.failed(&path, &metric.label, e),
+            }
+        }
+    }
+    if let Some(before) = route.cpu_time() {
+        std::thread::sleep(plan.idle);
+        if let Some(after) = route.cpu_time() {
+            results.record(
+                &path,
+                lower_metric(
+                    "idle/cpu".into(),
+                    format!(
+                        "CPU time while idle for {} s (serving side)",
+                        plan.idle.as_secs()
+                    ),
+                    "ms",
+                ),
+                (after - before).as_secs_f64() * 1e3,
+            );
+        }
+    }
+}
+
+/// How much of the plan a path runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subset {
+    /// Everything.
+    Full,
+    /// Downloads up to 64 MiB and request latency (slow or limited paths).
+    Light,
+}
+
+/// Runs the section.
+pub(super) fn section(plan: &Plan) -> Result<()> {
+    if !is_root() {
+        bail!("bench (network paths) needs root (TAP devices and network namespaces)");
+    }
+    ensure_programs(&[
+        ("udhcpc", "udhcpc"),
+        ("/etc/udhcpc/default.script", "udhcpc"),
+        ("curl", "curl"),
+        ("ip", "iproute2"),
+        ("timeout", "coreutils"),
+        ("sha256sum", "coreutils"),
+        ("openssl", "openssl"),
+    ])?;
+    let root = workspace_root();
+    let dir = root.join("target/bench/net");
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("xtask bench: building the native runner (profile bench-native)");
+    let binary = build_runner(&root)?;
+    let _guard = cleanup::Guard;
+    let files = OriginFiles::create(&dir.join("origin")).context("creating the origin's files")?;
+    let origins = Origins {
+        http: Origin::http_with(&files, 32, Cors::On)?,
+        https: Origin::https_with(&files, 32, Cors::On)?,
+        ca: files.ca_cert.clone(),
+        server_cert: files.server_cert().to_path_buf(),
+    };
+    let mut results = Results::default();
+    let started = Instant::now();
+
+    let direct = Direct {
+        origins: &origins,
+        scratch: routes::fresh_dir(&dir.join("direct-work"))?,
+    };
+    measure(&direct, plan, &mut results, Subset::Full);
+
+    if plan.runs("native") {
+        match routes::native(&origins, &binary, &dir, "native", &[]) {
+            Ok(route) => measure(&route, plan, &mut results, Subset::Full),
+            Err(e) => results.failed("native", "setup", e),
+        }
+    }
+    if plan.runs("browser") || plan.runs("c2w") {
+        let pages = browser_pages(&root, &dir, &origins)?;
+        if plan.runs("browser") {
+            match routes::browser(&origins, &pages, &dir, "browser", Page::NetProxy) {
+                Ok(route) => measure(&route, plan, &mut results, Subset::Full),
+                Err(e) => results.failed("browser", "setup", e),
+            }
+        }
+        if plan.runs("c2w") {
+            match routes::browser(&origins, &pages, &dir, "c2w", Page::C2wRelay) {
+                Ok(route) => measure(&route, plan, &mut results, Subset::Light),
+                Err(e) => results.failed("c2w", "setup", e),
+            }
+        }
+    }
+    eprintln!(
+        "xtask bench: network paths measured in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let md = markdown(&results, plan);
+    publish(HEADING, &md, entries(&results))
+}
+
+/// Builds the runner with the optimized native profile.
+fn build_runner(root: &Path) -> Result<std::path::PathBuf> {
+    tools::run(
+        std::process::Command::new("cargo")
+            .args(["build", "--quiet", "--profile", "bench-native"])
+            .args(["-p", "c2w-net-proxy", "--bin", "c2w-net-proxy"])
+            .current_dir(root),
+    )?;
+    Ok(super::target_dir(root).join("bench-native/c2w-net-proxy"))
+}
+
+/// Serves the browser test pages with a config whose rewrites map the fresh names to the
+/// HTTPS origin.
+fn browser_pages(root: &Path, dir: &Path, origins: &Origins) -> Result<PageServer> {
+    crate::browser::launch::Kind::Chromium.ensure_installed()?;
+    let dist = root.join("dist");
+    if !crate::browser::PACKAGE_FILES
+        .iter()
+        .all(|f| dist.join(f).is_file())
+    {
+        eprintln!("xtask bench: dist/ is missing or incomplete; running build-wasm");
+        crate::build_wasm::run_build(&[])?;
+    }
+    let dist = crate::browser::snapshot_dist(&dist, &dir.join("dist"))?;
+    let config = json!({
+        "origins": {
+            "http": origins.http.base_url(),
+            "https": origins.https.base_url(),
+            "nocors": origins.http.base_url(),
+        },
+        "rewrites": [
+            { "host": format!("*.{FRESH_SUFFIX}"), "url": origins.https.base_url() },
+        ],
+    })
+    .to_string();
+    PageServer::start(&root.join("xtask/browser"), &dist, config)
+}
+
+/// A cell: the value, and its ratio to the direct path's.
+fn cell(results: &Results, metric: &Metric, path: &str) -> String {
+    let Some(v) = results.get(&metric.key, path) else {
+        return "–".into();
+    };
+    let value = match metric.unit {
+        "MB/s" => format!("{v:.1} MB/s"),
+        "ms" if v < 10.0 => format!("{v:.2} ms"),
+        "ms" => format!("{v:.0} ms"),
+        "MiB" => format!("{v:.1} MiB"),
+        unit => format!("{v:.2} {unit}"),
+    };
+    match (path, results.get(&metric.key, "direct")) {
+        ("direct", _) | (_, None) => value,
+        (_, Some(d)) if d > 0.0 => format!("{value} ({:.2}×)", v / d),
+        _ => value,
+    }
+}
+
+fn markdown(results: &Results, plan: &Plan) -> String {
+    let machine = Machine::detect();
+    let mut md = format!("{HEADING}\n\n");
+    md.push_str(&format!(
+        "Measured by `cargo xtask bench net` on {} on {} CPUs ({}). One run, every path \
+         against the same origin servers (tiny_http on loopback, 32 threads, TLS by rustls) \
+         and the same guest (a network namespace running the Linux kernel's stack and curl). \
+         Ratios are against the direct path (curl on the host to the origin) measured in the \
+         same run; downloads are piped into sha256sum and checked on every path. Times are \
+         curl's own (`time_total`). The runner is the `bench-native` build; the browser paths \
+         use dist/ in headless Chromium through the TAP-to-WebSocket bridge.\n\n",
+        machine.date, machine.cpus, machine.cpu_model
+    ));
+    md.push_str("| Metric |");
+    for p in &results.paths {
+        md.push_str(&format!(" {p} |"));
+    }
+    md.push_str("\n|---|");
+    for _ in &results.paths {
+        md.push_str("---:|");
+    }
+    md.push('\n');
+    for metric in &results.metrics {
+        md.push_str(&format!("| {} |", metric.label));
+        for p in &results.paths {
+            md.push_str(&format!(" {} |", cell(results, metric, p)));
+        }
+        md.push('\n');
+    }
+    md.push_str(
+        "\nPaths: **direct** curl on the host, no proxy; **native** the runner on a TAP \
+         device; **browser** `NetProxy` on a Chromium page, frames over the bridge; **c2w** \
+         `stack-worker.js` behind a page playing container2wasm's relay (its 4 KiB \
+         SharedArrayBuffer protocol).\n",
+    );
+    let target_lines = targets(results, plan);
+    if !target_lines.is_empty() {
+        md.push_str("\nTargets:\n\n");
+        for line in target_lines {
+            md.push_str(&format!("- {line}\n"));
+        }
+    }
+    if !results.notes.is_empty() {
+        md.push_str("\nNot measured in this run:\n\n");
+        for n in &results.notes {
+            md.push_str(&format!("- {n}\n"));
+        }
+    }
+    md
+}
+
+/// The issue's targets, each with the measured figure and met / NOT met.
+fn targets(results: &Results, plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |what: String, ok: bool, measured: String| {
+        out.push(format!(
+            "{what}: {measured} — {}",
+            if ok { "met" } else { "NOT met" }
+        ));
+    };
+    let big = plan.downloads.iter().copied().max().unwrap_or(MIB);
+    let key = format!("download/http/{big}");
+    for (path, floor) in [("native", 0.25), ("browser", 0.10)] {
+        if let (Some(v), Some(d)) = (results.get(&key, path), results.get(&key, "direct")) {
+            check(
+                format!(
+                    "{path} download ≥ {floor}× direct ({} over http)",
+                    size_label(big)
+                ),
+                v / d >= floor,
+                format!("{:.3}×", v / d),
+            );
+        }
+        if let (Some(v), Some(peer)) = (results.get(&key, path), results.get(&key, "v86")) {
+            check(
+                format!("{path} download ≥ 10× the v86 peer"),
+                v / peer >= 10.0,
+                format!("{:.1}×", v / peer),
+            );
+        }
+    }
+    if let Some(v) = results.get("requests/http/keepalive", "native") {
+        let d = results
+            .get("requests/http/keepalive", "direct")
+            .unwrap_or(0.0);
+        check(
+            "native per-request overhead on a keep-alive connection < 1 ms".into(),
+            v - d < 1.0,
+            format!("{:.2} ms over direct", v - d),
+        );
+    }
+    if let Some(v) = results.get("https/new_host", "native") {
+        check(
+            "native first request to a new HTTPS host < 5 ms".into(),
+            v < 5.0,
+            format!("{v:.2} ms"),
+        );
+    }
+    for path in ["native", "browser"] {
+        if let Some(v) = results.get(&format!("memory/growth/{big}"), path) {
+            check(
+                format!(
+                    "{path} memory growth during the {} download < 32 MiB",
+                    size_label(big)
+                ),
+                v < 32.0,
+                format!("{v:.1} MiB"),
+            );
+        }
+    }
+    for path in ["native", "browser"] {
+        if let Some(v) = results.get("idle/cpu", path) {
+            let per_s = v / plan.idle.as_secs_f64().max(1.0);
+            check(
+                format!("{path} idle CPU near zero"),
+                per_s < 20.0,
+                format!("{per_s:.1} ms of CPU per idle second"),
+            );
+        }
+    }
+    out
+}
+
+/// results.json entries: `net/<path>/<metric>` with the direct value as reference.
+fn entries(results: &Results) -> Vec<Value> {
+    let mut out = Vec::new();
+    for metric in &results.metrics {
+        let reference = results.get(&metric.key, "direct");
+        for path in &results.paths {
+            if let Some(v) = results.get(&metric.key, path) {
+                out.push(json!({
+                    "name": format!("net/{path}/{}", metric.key),
+                    "unit": metric.unit,
+                    "value": v,
+                    "reference": if path == "direct" { None } else { reference },
+                    "higher_is_better": metric.higher_is_better,
+                }));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,313 @@
+//! The paths the network benchmark measures, each a [`Route`]: the host talking to the origins
+//! directly (the reference), and a guest namespace behind the native runner, behind the wasm
+//! build in headless Chromium (over the TAP-to-WebSocket bridge), and behind the
+//! container2wasm drop-in worker and relay in the same browser.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::workload::{Route, Scheme};
+use crate::browser::bridge::Bridge;
+use crate::browser::checks::save_ca;
+use crate::browser::launch::{Browser, Kind, LaunchSpec};
+use crate::browser::server::PageServer;
+use crate::guest::{text, Guest, GuestNs, Runner, PROXY};
+use crate::origin::Origin;
+use crate::procfs;
+
+/// The origins every route reaches, and the test CA of the HTTPS one.
+pub struct Origins {
+    /// Plain HTTP origin (CORS on, so the browser routes can fetch it).
+    pub http: Origin,
+    /// HTTPS origin.
+    pub https: Origin,
+    /// The test CA that signed the HTTPS origin's certificate.
+    pub ca: PathBuf,
+    /// The HTTPS origin's certificate (Chromium trusts its key for the run).
+    pub server_cert: PathBuf,
+}
+
+/// Names under this suffix are rewritten to the HTTPS origin: each is a host the proxy has not
+/// issued a leaf for yet.
+pub const FRESH_SUFFIX: &str = "h.bench.test";
+
+/// Runs `script` with `sh -c` within `limit`, returning stdout or an error with all output.
+fn sh_output(mut cmd: Command, script: &str) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running `{script}`"))?;
+    if !out.status.success() {
+        bail!("`{script}` failed ({}): {}", out.status, text(&out));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The host itself, talking to the origins on loopback: the physical reference.
+pub struct Direct<'a> {
+    /// The origins.
+    pub origins: &'a Origins,
+    /// Scratch directory.
+    pub scratch: PathBuf,
+}
+
+impl Route for Direct<'_> {
+    fn name(&self) -> String {
+        "direct".into()
+    }
+
+    fn sh(&self, script: &str, limit: Duration) -> Result<String> {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("--kill-after=2")
+            .arg(format!("{}", limit.as_secs_f64()))
+            .args(["sh", "-c", script])
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy");
+        sh_output(cmd, script)
+    }
+
+    fn curl(&self) -> String {
+        format!(
+            "curl -sS --noproxy '*' --cacert {}",
+            self.origins.ca.display()
+        )
+    }
+
+    fn base(&self, scheme: Scheme) -> Option<String> {
+        Some(match scheme {
+            Scheme::Http => self.origins.http.base_url(),
+            Scheme::Https => self.origins.https.base_url(),
+        })
+    }
+
+    fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+}
+
+/// How a guest route's serving side is observed.
+pub enum Server {
+    /// The native runner process.
+    Runner(Runner),
+    /// A browser (its process tree) and the page's stats board.
+    Browser {
+        /// The browser; dropped before the guest.
+        browser: Browser,
+        /// The page server whose board has the page's `stats` (with `wasmMemoryBytes`).
+        pages: std::sync::Arc<crate::browser::server::Board>,
+        /// The bridge between the guest's TAP and the page.
+        _bridge: Bridge,
+    },
+}
+
+/// A guest namespace reaching the origins through the proxy at 192.168.127.253:80.
+pub struct GuestRoute<'a> {
+    /// `native`, `browser`, `c2w`, ... (with an `-mtuN` suffix for variants).
+    pub name: String,
+    /// The serving side (dropped first).
+    pub server: Server,
+    /// The guest.
+    pub ns: GuestNs,
+    /// The proxy's CA (PEM file) the guest trusts.
+    pub proxy_ca: PathBuf,
+    /// The guest's HOME and scratch directory.
+    pub work: PathBuf,
+    /// The origins.
+    pub origins: &'a Origins,
+    /// Whether fresh HTTPS names are rewritten to the origin on this route.
+    pub fresh_names: bool,
+}
+
+impl GuestRoute<'_> {
+    /// The shared guest-side checks (DHCP etc.).
+    pub fn guest(&self) -> Guest<'_> {
+        Guest {
+            ns: &self.ns,
+            ca: self.proxy_ca.clone(),
+            work: self.work.clone(),
+        }
+    }
+}
+
+impl Route for GuestRoute<'_> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn sh(&self, script: &str, limit: Duration) -> Result<String> {
+        self.guest().sh(script, limit)
+    }
+
+    fn curl(&self) -> String {
+        format!("curl -sS -x {PROXY} --cacert {}", self.proxy_ca.display())
+    }
+
+    fn base(&self, scheme: Scheme) -> Option<String> {
+        Some(match scheme {
+            Scheme::Http => self.origins.http.base_url(),
+            Scheme::Https => self.origins.https.base_url(),
+        })
+    }
+
+    fn scratch(&self) -> &Path {
+        &self.work
+    }
+
+    fn memory(&self) -> Option<u64> {
+        match &self.server {
+            Server::Runner(runner) => procfs::rss(runner.pid()),
+            Server::Browser { pages, .. } => {
+                let (_, text) = pages.get("stats")?;
+                let stats: serde_json::Value = serde_json::from_str(&text).ok()?;
+                stats.get("wasmMemoryBytes")?.as_f64().map(|v| v as u64)
+            }
+        }
+    }
+
+    fn cpu_time(&self) -> Option<Duration> {
+        match &self.server {
+            Server::Runner(runner) => procfs::cpu_time(runner.pid()),
+            Server::Browser { browser, .. } => procfs::tree_cpu_time(browser.pid()),
+        }
+    }
+
+    fn fresh_https_host(&self, n: usize) -> Option<String> {
+        self.fresh_names.then(|| {
+            format!(
+                "https://n{n}-{}.{FRESH_SUFFIX}",
+                std::process::id() % 100_000
+            )
+        })
+    }
+}
+
+/// A fresh, empty directory.
+pub fn fresh_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    Ok(dir.to_path_buf())
+}
+
+/// Starts the native runner `binary` on a TAP, a guest namespace behind it, and runs DHCP.
+pub fn native<'a>(
+    origins: &'a Origins,
+    binary: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[String],
+) -> Result<GuestRoute<'a>> {
+    let id = std::process::id();
+    let tap = format!("c2wn{}{}", name.len(), id % 1_000_000);
+    let proxy_ca = dir.join(format!("proxy-ca-{name}.pem"));
+    let _ = std::fs::remove_file(&proxy_ca);
+    let mut args: Vec<String> = vec![
+        "--log".into(),
+        "warn".into(),
+        "--trust-ca".into(),
+        origins.ca.display().to_string(),
+        "--ca-cert-out".into(),
+        proxy_ca.display().to_string(),
+        "--allow".into(),
+        "loopback".into(),
+        "--rewrite".into(),
+        format!("*.{FRESH_SUFFIX}={}", origins.https.base_url()),
+        "--timeout".into(),
+        "120".into(),
+    ];
+    args.extend_from_slice(extra);
+    let runner = Runner::start_tap(binary, &tap, &args, dir.join(format!("runner-{name}.log")))?;
+    let work = fresh_dir(&dir.join(format!("{name}-work")))?;
+    let mut ns = GuestNs::create(&format!("c2w-bench-{name}-{id}"), &work)?;
+    ns.adopt(&tap)?;
+    let route = GuestRoute {
+        name: name.to_string(),
+        server: Server::Runner(runner),
+        ns,
+        proxy_ca,
+        work,
+        origins,
+        fresh_names: true,
+    };
+    route
+        .guest()
+        .dhcp()
+        .context("DHCP behind the native runner")?;
+    Ok(route)
+}
+
+/// Which page a browser route loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// `e2e.html`: `NetProxy` on the page's main thread.
+    NetProxy,
+    /// `c2w.html`: container2wasm's relay on the main thread, `stack-worker.js` as the proxy.
+    C2wRelay,
+}
+
+/// Starts a bridge, a guest namespace behind it and headless Chromium on `page`; waits for the
+/// page's CA and runs DHCP.
+pub fn browser<'a>(
+    origins: &'a Origins,
+    pages: &PageServer,
+    dir: &Path,
+    name: &str,
+    page: Page,
+) -> Result<GuestRoute<'a>> {
+    let id = std::process::id();
+    let tap = format!("c2wb{}{}", name.len(), id % 1_000_000);
+    let bridge = Bridge::start(&tap)?;
+    let work = fresh_dir(&dir.join(format!("{name}-work")))?;
+    let mut ns = GuestNs::create(&format!("c2w-bench-{name}-{id}"), &work)?;
+    ns.adopt(&tap)?;
+    pages.board.clear();
+    let (file, query) = match page {
+        Page::NetProxy => ("e2e.html", String::new()),
+        Page::C2wRelay => (
+            "c2w.html",
+            "net=browser&proxy-allow=loopback&proxy-timeout-ms=120000&proxy-log=warn&".to_string(),
+        ),
+    };
+    let url = format!("{}/{file}?{query}ws={}", pages.base, bridge.port);
+    let spec = LaunchSpec {
+        dir: &dir.join(format!("{name}-chromium")),
+        origin_cert: &origins.server_cert,
+        origin_ca: &origins.ca,
+    };
+    let browser = Browser::start(Kind::Chromium, &url, &spec)?;
+    let waited = pages
+        .board
+        .wait("ready", 0, Duration::from_secs(90))
+        .and_then(|_| pages.board.wait("ca", 0, Duration::from_secs(30)));
+    let (_, pem) = match waited {
+        Ok(v) => v,
+        Err(e) => bail!("{e:#}\n--- browser log ---\n{}", browser.log_tail(25)),
+    };
+    let proxy_ca = dir.join(format!("proxy-ca-{name}.pem"));
+    save_ca(&pem, &proxy_ca)?;
+    let route = GuestRoute {
+        name: name.to_string(),
+        server: Server::Browser {
+            browser,
+            pages: pages.board.clone(),
+            _bridge: bridge,
+        },
+        ns,
+        proxy_ca,
+        work,
+        origins,
+        fresh_names: page == Page::NetProxy,
+    };
+    route
+        .guest()
+        .dhcp()
+        .with_context(|| format!("DHCP behind {name}"))?;
+    Ok(route)
+}
