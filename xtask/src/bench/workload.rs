@@ -269,6 +269,7 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 /// Mean of `values`.
+#[cfg(test)]
 pub fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }

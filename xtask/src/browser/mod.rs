@@ -14,8 +14,8 @@
 //! takes effect because the profile directory is explicit), Firefox with the test CA added to
 //! the fresh profile's own NSS database. So `fetch()` really speaks TLS to the origin.
 
-mod bridge;
-mod checks;
+pub(crate) mod bridge;
+pub(crate) mod checks;
 pub(crate) mod launch;
 pub(crate) mod server;
 
@@ -41,14 +41,14 @@ const MEMORY_BOUND: u64 = 32 << 20;
 const BIG: usize = 100_000_000;
 
 /// The package files the pages load.
-const PACKAGE_FILES: &[&str] = &[
+pub(crate) const PACKAGE_FILES: &[&str] = &[
     "c2w_net_proxy.js",
     "c2w_net_proxy_bg.wasm",
     "stack-worker.js",
 ];
 
 /// Copies `dist` to `to` (replacing it) and checks the copy is complete.
-fn snapshot_dist(dist: &Path, to: &Path) -> Result<PathBuf> {
+pub(crate) fn snapshot_dist(dist: &Path, to: &Path) -> Result<PathBuf> {
     if to.exists() {
         std::fs::remove_dir_all(to)?;
     }
