@@ -37,6 +37,9 @@ pub fn run(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("e2e needs root (TAP devices and network namespaces); run it as root");
     }
+    if let Some(filter) = args.first().filter(|f| f.starts_with("faults")) {
+        return crate::e2e_faults::run(Some(filter));
+    }
     ensure_programs(&[
         ("busybox", "busybox"),
         ("udhcpc", "udhcpc"),
@@ -191,7 +194,14 @@ pub fn run(args: &[String]) -> Result<()> {
     });
     drop(env);
     drop(runner);
-    r.finish("e2e")
+    let result = r.finish("e2e");
+    // The fault phase (own runner, guest and directory) runs with the whole suite.
+    let faults = if args.is_empty() {
+        crate::e2e_faults::run(None)
+    } else {
+        Ok(())
+    };
+    result.and(faults)
 }
 
 impl Env {

@@ -32,6 +32,11 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub pcap: Option<PathBuf>,
 
+    /// Inject seeded faults into the frames of both directions (off by default), e.g.
+    /// `loss=5%,reorder=1%,dup=1%,delay=100ms,seed=7` (also `jitter=`, `queue=`), for testing.
+    #[arg(long, value_name = "SPEC")]
+    pub fault: Option<net_stack::fault::FaultSpec>,
+
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log: String,

@@ -1,10 +1,15 @@
 //! The loop that drives the sans-IO stack: frames in from the link, `poll` at the times the
 //! stack asks for, frames out to the link. Nothing busy-waits: the loop sleeps until a frame
-//! arrives, a timer the stack asked for expires, or a connection's reader/writer woke it.
+//! arrives, a timer the stack asked for expires, a delayed frame is due, or a connection's
+//! reader/writer woke it.
+//!
+//! With `--fault`, every frame in each direction goes through its own seeded
+//! [`FaultInjector`] (loss, duplication, reordering, delay) between the link and the stack.
 
 use std::time::Duration;
 
 use futures::future::poll_fn;
+use net_stack::fault::{FaultInjector, FaultSpec, FaultStats};
 use net_stack::Stack;
 
 use super::cli::ListenTarget;
@@ -41,14 +46,74 @@ impl Default for Clock {
     }
 }
 
-/// Serves guests on `target` until an unrecoverable error.
-pub async fn serve(stack: &Stack, clock: &Clock, target: &ListenTarget) -> Result<(), RunnerError> {
+/// Seed stream of the guest-to-stack injector (see [`FaultSpec::with_stream`]).
+const TO_STACK_STREAM: u64 = 1;
+/// Seed stream of the stack-to-guest injector.
+const TO_GUEST_STREAM: u64 = 2;
+
+/// The fault injectors of one guest link, one per direction with independent seeds. Their
+/// counters are logged when the link ends, however it ends (guest gone, error, shutdown).
+pub struct Faults {
+    to_stack: FaultInjector,
+    to_guest: FaultInjector,
+}
+
+impl Faults {
+    /// Injectors for both directions from one spec.
+    pub fn new(spec: &FaultSpec) -> Self {
+        Self {
+            to_stack: FaultInjector::new(spec.with_stream(TO_STACK_STREAM)),
+            to_guest: FaultInjector::new(spec.with_stream(TO_GUEST_STREAM)),
+        }
+    }
+
+    /// The earliest time a delayed or held frame is due in either direction.
+    fn next_release(&self) -> Option<net_stack::Instant> {
+        match (self.to_stack.next_release(), self.to_guest.next_release()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+fn log_fault_stats(direction: &str, s: FaultStats) {
+    tracing::info!(
+        direction,
+        passed = s.passed,
+        lost = s.lost,
+        reordered = s.reordered,
+        duplicated = s.duplicated,
+        delayed = s.delayed,
+        dropped_queue_full = s.dropped_queue_full,
+        "fault counters"
+    );
+}
+
+impl Drop for Faults {
+    fn drop(&mut self) {
+        log_fault_stats("guest->stack", self.to_stack.stats());
+        log_fault_stats("stack->guest", self.to_guest.stats());
+    }
+}
+
+/// Serves guests on `target` until an unrecoverable error, through fault injectors when
+/// `fault` is given.
+pub async fn serve(
+    stack: &Stack,
+    clock: &Clock,
+    target: &ListenTarget,
+    fault: Option<&FaultSpec>,
+) -> Result<(), RunnerError> {
+    if let Some(spec) = fault {
+        tracing::info!(%spec, "injecting faults in both directions");
+    }
+    let faults = || fault.map(Faults::new);
     match target {
         ListenTarget::Tap(name) => {
             let tap = Tap::open(name).map_err(RunnerError::Tap)?;
             tracing::info!(interface = tap.name(), "TAP device ready");
             let mut link = Link::tap(tap).map_err(RunnerError::Tap)?;
-            run_link(stack, clock, &mut link).await?;
+            run_link(stack, clock, &mut link, faults()).await?;
             Ok(())
         }
         ListenTarget::Tcp(addr) => {
@@ -64,7 +129,7 @@ pub async fn serve(stack: &Stack, clock: &Clock, target: &ListenTarget) -> Resul
                 let (socket, peer) = listener.accept().await.map_err(socket_err)?;
                 let _ = socket.set_nodelay(true);
                 tracing::info!(%peer, "guest connected");
-                serve_stream(stack, clock, Link::stream(Box::new(socket))).await;
+                serve_stream(stack, clock, Link::stream(Box::new(socket)), faults()).await;
             }
         }
         ListenTarget::Unix(path) => {
@@ -78,14 +143,14 @@ pub async fn serve(stack: &Stack, clock: &Clock, target: &ListenTarget) -> Resul
             loop {
                 let (socket, _) = listener.accept().await.map_err(socket_err)?;
                 tracing::info!("guest connected");
-                serve_stream(stack, clock, Link::stream(Box::new(socket))).await;
+                serve_stream(stack, clock, Link::stream(Box::new(socket)), faults()).await;
             }
         }
     }
 }
 
-async fn serve_stream(stack: &Stack, clock: &Clock, mut link: Link) {
-    match run_link(stack, clock, &mut link).await {
+async fn serve_stream(stack: &Stack, clock: &Clock, mut link: Link, faults: Option<Faults>) {
+    match run_link(stack, clock, &mut link, faults).await {
         Ok(()) => tracing::info!(dropped_frames = link.dropped(), "guest disconnected"),
         Err(err) => {
             tracing::warn!(error = %err, "guest link failed; waiting for the next connection")
@@ -93,19 +158,47 @@ async fn serve_stream(stack: &Stack, clock: &Clock, mut link: Link) {
     }
 }
 
-/// Moves frames between `link` and `stack` until the link closes.
-pub async fn run_link(stack: &Stack, clock: &Clock, link: &mut Link) -> Result<(), LinkError> {
+/// Moves frames between `link` and `stack` until the link closes, through `faults` when
+/// given (their counters are logged when this returns or is dropped).
+pub async fn run_link(
+    stack: &Stack,
+    clock: &Clock,
+    link: &mut Link,
+    mut faults: Option<Faults>,
+) -> Result<(), LinkError> {
     loop {
-        stack.poll(clock.now());
-        while let Some(frame) = stack.pop_frame() {
-            link.send(&frame).await?;
+        let now = clock.now();
+        if let Some(f) = faults.as_mut() {
+            while let Some(frame) = f.to_stack.pop(now) {
+                stack.push_frame(&frame);
+            }
         }
-        let delay = stack
-            .poll_delay(clock.now())
+        stack.poll(now);
+        while let Some(frame) = stack.pop_frame() {
+            match faults.as_mut() {
+                Some(f) => f.to_guest.push(frame, now),
+                None => link.send(&frame).await?,
+            }
+        }
+        if let Some(f) = faults.as_mut() {
+            while let Some(frame) = f.to_guest.pop(now) {
+                link.send(&frame).await?;
+            }
+        }
+        let now = clock.now();
+        let mut delay = stack
+            .poll_delay(now)
             .map(|d| Duration::from_micros(d.total_micros()))
             .unwrap_or(Duration::from_secs(3600));
+        if let Some(due) = faults.as_ref().and_then(Faults::next_release) {
+            let until = Duration::from_micros(
+                due.total_micros().saturating_sub(now.total_micros()).max(0) as u64,
+            );
+            delay = delay.min(until);
+        }
         if delay.is_zero() {
-            // The stack has more to do right away; let connection tasks run first.
+            // The stack has more to do right away, or a delayed frame is due; let connection
+            // tasks run first.
             tokio::task::yield_now().await;
             continue;
         }
@@ -113,10 +206,15 @@ pub async fn run_link(stack: &Stack, clock: &Clock, link: &mut Link) -> Result<(
             biased;
             frame = link.recv() => {
                 let Some(frame) = frame? else { return Ok(()) };
-                stack.push_frame(&frame);
+                let now = clock.now();
+                let mut take = |frame: Vec<u8>| match faults.as_mut() {
+                    Some(f) => f.to_stack.push(frame, now),
+                    None => stack.push_frame(&frame),
+                };
+                take(frame);
                 for _ in 1..BATCH {
                     match link.try_recv()? {
-                        Some(frame) => stack.push_frame(&frame),
+                        Some(frame) => take(frame),
                         None => break,
                     }
                 }

@@ -20,6 +20,8 @@ use tracing_subscriber::EnvFilter;
 
 pub use cli::{Args, ListenTarget};
 pub use driver::Clock;
+/// The fault layer `--fault` puts in the frame path (re-exported for test harnesses).
+pub use net_stack::fault::{FaultInjector, FaultSpec, FaultStats};
 
 use crate::services;
 
@@ -141,7 +143,7 @@ pub async fn run(args: Args) -> Result<(), RunnerError> {
     let clock = Clock::new();
     let target = args.listen();
     let result = tokio::select! {
-        result = driver::serve(&stack, &clock, &target) => result,
+        result = driver::serve(&stack, &clock, &target, args.fault.as_ref()) => result,
         () = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
