@@ -118,6 +118,9 @@ where
             Ok(None) => return Ok(None),
             Err(HeadRead::Rejected(page)) => {
                 Counters::add(&proxy.counters.bad_requests, 1);
+                if page.status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+                    Counters::add(&proxy.counters.heads_too_large, 1);
+                }
                 write_page(proxy, out, &page, &Method::GET, Version::Http11, false).await?;
                 return Ok(None);
             }
@@ -319,21 +322,31 @@ where
         Ok(route) => route,
         Err(page) => return reject_and_close(proxy, out, &page, &head.method, version).await,
     };
+    let limits = &proxy.config.limits;
+    if let (RequestFraming::Length(n), Some(limit)) = (framing, limits.max_request_body) {
+        if n > limit {
+            // Refused before anything is read or sent upstream (and before 100 Continue).
+            Counters::add(&proxy.counters.bodies_too_large, 1);
+            let page = body_too_large(limit);
+            return reject_and_close(proxy, out, &page, &head.method, version).await;
+        }
+    }
     if framing != RequestFraming::Empty && expects_continue(&head) {
         out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
 
-    let limits = &proxy.config.limits;
-    let state = Rc::new(RefCell::new(DecoderState {
-        decoder: Decoder::new(framing, limits.max_chunk_line_bytes, limits.max_body_piece),
-        failed: false,
-        decoded: 0,
-    }));
+    let state = Rc::new(RefCell::new(DecoderState::new(
+        Decoder::new(framing, limits.max_chunk_line_bytes, limits.max_body_piece),
+        limits.max_request_body,
+    )));
     inbound.borrow_mut().set_timeout(limits.io_timeout);
 
     let url = match route {
         Route::OwnPage(path) => {
             let body_done = drain_body(inbound, &state).await;
+            if let Some(page) = body_over_limit(proxy, &state) {
+                return reject_and_close(proxy, out, &page, &head.method, version).await;
+            }
             let page = proxy.own_page(&head.method, &path);
             write_page(
                 proxy,
@@ -389,6 +402,13 @@ where
     if !body_done {
         keep_alive = false;
     }
+    if let Some(page) = body_over_limit(proxy, &state) {
+        // The body stream failed, so the transport aborted the upstream request (or answers
+        // without having sent the whole body): whatever it returned is dropped unread.
+        drop(response);
+        tracing::info!(method = %head.method, %url, "request body over the limit");
+        return reject_and_close(proxy, out, &page, &head.method, version).await;
+    }
     let response = match response {
         Ok(response) => response,
         Err(err) => {
@@ -425,6 +445,16 @@ where
         version,
     )
     .await?;
+    if state.borrow().too_large {
+        // The body crossed the limit after the response had started: it cannot become a 413
+        // any more, so the connection closes (the response is cut short or already whole).
+        Counters::add(&proxy.counters.bodies_too_large, 1);
+        if !complete {
+            Counters::add(&proxy.counters.aborted_responses, 1);
+        }
+        tracing::info!(method = %head.method, %url, complete, "request body over the limit mid-response; closing");
+        return Ok(Outcome::Close);
+    }
     let bytes = proxy.counters.bytes_to_guest.get() - started;
     tracing::info!(method = %head.method, %url, status = status.as_u16(), bytes, complete, "request");
     if !complete {
@@ -497,6 +527,26 @@ where
         host,
         port,
     }))
+}
+
+/// The 413 for a request body over `Limits::max_request_body`.
+fn body_too_large(limit: u64) -> ErrorPage {
+    ErrorPage::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        format!("the request body is larger than this proxy's limit of {limit} bytes"),
+    )
+}
+
+/// When the request body crossed the limit before any response was written: counts it and
+/// returns the 413 to answer with.
+fn body_over_limit(proxy: &Proxy, state: &Rc<RefCell<DecoderState>>) -> Option<ErrorPage> {
+    let state = state.borrow();
+    if !state.too_large {
+        return None;
+    }
+    Counters::add(&proxy.counters.bodies_too_large, 1);
+    Some(body_too_large(state.limit.unwrap_or(0)))
 }
 
 fn expects_continue(head: &RequestHead) -> bool {

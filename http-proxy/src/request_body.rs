@@ -24,6 +24,23 @@ pub(crate) struct DecoderState {
     pub failed: bool,
     /// Body bytes handed to the transport so far.
     pub decoded: u64,
+    /// `Limits::max_request_body`: the body fails once more than this would be handed on.
+    pub limit: Option<u64>,
+    /// The body failed because it crossed `limit`.
+    pub too_large: bool,
+}
+
+impl DecoderState {
+    /// A fresh state for one request body.
+    pub fn new(decoder: Decoder, limit: Option<u64>) -> Self {
+        Self {
+            decoder,
+            failed: false,
+            decoded: 0,
+            limit,
+            too_large: false,
+        }
+    }
 }
 
 /// A request body stream over the connection's read half.
@@ -50,7 +67,16 @@ impl<R: AsyncRead + Unpin> Stream for RequestBody<R> {
         loop {
             match state.decoder.decode(&mut inbound.buf) {
                 Ok(Step::Data(data)) => {
-                    state.decoded += data.len() as u64;
+                    let total = state.decoded.saturating_add(data.len() as u64);
+                    if let Some(limit) = state.limit.filter(|limit| total > *limit) {
+                        // Nothing of the piece that crosses the limit is handed on.
+                        state.failed = true;
+                        state.too_large = true;
+                        return Poll::Ready(Some(Err(BodyError::new(format!(
+                            "request body larger than the proxy's limit of {limit} bytes"
+                        )))));
+                    }
+                    state.decoded = total;
                     return Poll::Ready(Some(Ok(data)));
                 }
                 Ok(Step::Done) => return Poll::Ready(None),

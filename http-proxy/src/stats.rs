@@ -11,6 +11,8 @@ pub(crate) struct Counters {
     pub responses_ok: Cell<u64>,
     pub responses_error_status: Cell<u64>,
     pub bad_requests: Cell<u64>,
+    pub heads_too_large: Cell<u64>,
+    pub bodies_too_large: Cell<u64>,
     pub transport_errors: Cell<u64>,
     pub aborted_responses: Cell<u64>,
     pub bytes_to_guest: Cell<u64>,
@@ -30,6 +32,8 @@ impl Counters {
             responses_ok: self.responses_ok.get(),
             responses_error_status: self.responses_error_status.get(),
             bad_requests: self.bad_requests.get(),
+            heads_too_large: self.heads_too_large.get(),
+            bodies_too_large: self.bodies_too_large.get(),
             transport_errors: self.transport_errors.get(),
             aborted_responses: self.aborted_responses.get(),
             bytes_to_guest: self.bytes_to_guest.get(),
@@ -51,8 +55,13 @@ pub struct ProxyStats {
     pub responses_ok: u64,
     /// Responses from origins with a status of 400 or more (forwarded intact).
     pub responses_error_status: u64,
-    /// Requests rejected as malformed or unsupported (4xx/501 made by the proxy).
+    /// Requests rejected as malformed, unsupported or over a limit (4xx/501 made by the proxy).
     pub bad_requests: u64,
+    /// Of `bad_requests`: heads over `Limits::max_head_bytes` or `max_headers` (431).
+    pub heads_too_large: u64,
+    /// Request bodies over `Limits::max_request_body` (413 when no response had started;
+    /// the connection is closed either way).
+    pub bodies_too_large: u64,
     /// Requests the transport could not carry (502/504/413 made by the proxy).
     pub transport_errors: u64,
     /// Responses cut short because the origin's body failed or the guest went away.

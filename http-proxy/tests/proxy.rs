@@ -606,3 +606,207 @@ fn error_page_for_head_has_no_body_and_keeps_the_connection() {
     );
     assert!(second.ends_with("\r\n\r\nnext"));
 }
+
+fn limited(max_request_body: u64) -> Limits {
+    Limits {
+        max_request_body: Some(max_request_body),
+        ..Limits::default()
+    }
+}
+
+/// The exact 413 the proxy answers for a request body over `limit`.
+fn body_too_large_page(limit: u64) -> String {
+    let body = format!(
+        "c2w-net-proxy: the request body is larger than this proxy's limit of {limit} bytes\n"
+    );
+    format!(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain; charset=utf-8\r\nx-c2w-proxy-error: body-too-large\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn content_length_over_the_body_limit_gets_413_before_anything_is_sent() {
+    // With Expect: 100-continue the guest is not invited to send the body either; the
+    // pipelined request after it is never read (the connection closes).
+    let input = b"PUT http://a.test/up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\nhello worldGET http://a.test/next HTTP/1.1\r\n\r\n";
+    let r = run_with(
+        input,
+        ok_text("should not be reached"),
+        Entry::ForwardProxy,
+        7,
+        false,
+        false,
+        limited(10),
+    );
+    assert_eq!(r.output, body_too_large_page(10));
+    assert!(r.seen.is_empty(), "nothing may reach the transport");
+    assert_eq!(
+        (
+            r.stats.bodies_too_large,
+            r.stats.bad_requests,
+            r.stats.bytes_from_guest
+        ),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn bodies_of_exactly_the_limit_pass() {
+    let input = b"POST http://a.test/a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789POST http://a.test/b HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\n0123\r\n6\r\n456789\r\n0\r\n\r\n";
+    let r = run_with(
+        input,
+        ok_text("ok"),
+        Entry::ForwardProxy,
+        3,
+        false,
+        false,
+        limited(10),
+    );
+    assert_eq!(r.seen.len(), 2);
+    assert_eq!(r.seen[0].body.as_deref().unwrap(), b"0123456789");
+    assert_eq!(r.seen[1].body.as_deref().unwrap(), b"0123456789");
+    assert_eq!(
+        r.output,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+    );
+    assert_eq!(
+        (r.stats.bodies_too_large, r.stats.bytes_from_guest),
+        (0, 20)
+    );
+}
+
+#[test]
+fn chunked_body_crossing_the_limit_aborts_upstream_and_gets_413() {
+    // 4 + 4 bytes pass, the third chunk crosses 10: the transport's body stream fails there
+    // (whatever it answers is dropped), the guest gets 413 and the connection closes.
+    let input = b"POST http://a.test/up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\naaaa\r\n4\r\nbbbb\r\n4\r\ncccc\r\n0\r\n\r\nGET http://a.test/next HTTP/1.1\r\n\r\n";
+    for piece in [1, 5, 4096] {
+        let r = run_with(
+            input,
+            ok_text("upstream answered anyway"),
+            Entry::ForwardProxy,
+            piece,
+            false,
+            false,
+            limited(10),
+        );
+        assert_eq!(r.output, body_too_large_page(10), "read pieces of {piece}");
+        assert_eq!(r.seen.len(), 1, "the second request is never read");
+        let err = r.seen[0].body.as_ref().unwrap_err();
+        assert!(err.contains("limit of 10 bytes"), "{err}");
+        assert_eq!(
+            (
+                r.stats.bodies_too_large,
+                r.stats.bad_requests,
+                r.stats.responses_ok
+            ),
+            (1, 1, 0)
+        );
+        // Never more than the limit is handed on (how much of "cccc" depends on the reads).
+        let handed_on = r.stats.bytes_from_guest;
+        assert!((8..=10).contains(&handed_on), "{handed_on}");
+    }
+}
+
+#[test]
+fn body_limit_applies_to_the_proxys_own_pages() {
+    let r = run_with(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n01234567\r\n0\r\n\r\n",
+        ok_text("never"),
+        Entry::ForwardProxy,
+        7,
+        false,
+        false,
+        limited(5),
+    );
+    assert_eq!(r.output, body_too_large_page(5));
+    assert_eq!(r.stats.bodies_too_large, 1);
+}
+
+/// A transport that answers at once and reads the request body only while the response body
+/// is being streamed (an origin that replies before the upload ends).
+struct EarlyAnswer;
+
+#[async_trait(?Send)]
+impl Transport for EarlyAnswer {
+    async fn send(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, TransportError> {
+        use futures::StreamExt;
+        let upload = request.into_body();
+        let body = stream::unfold(Some(upload), |upload| async move {
+            let mut upload = upload?;
+            match upload.next().await {
+                Some(Ok(_)) => Some((Ok(Bytes::from_static(b"x")), Some(upload))),
+                Some(Err(err)) => Some((Err(err), None)),
+                None => None,
+            }
+        });
+        Ok(http::Response::builder()
+            .status(200)
+            .body(Body::from_stream(body, None))
+            .unwrap())
+    }
+}
+
+#[test]
+fn body_crossing_the_limit_after_the_response_started_closes_the_connection() {
+    let proxy = Proxy::new(
+        ProxyConfig {
+            limits: limited(6),
+            ..ProxyConfig::default()
+        },
+        Rc::new(EarlyAnswer),
+        Rc::new(TestTimer { fire: false }),
+    );
+    let output = Rc::new(RefCell::new(Vec::new()));
+    let guest = Guest {
+        input: b"POST http://a.test/up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\naaaa\r\n4\r\nbbbb\r\n0\r\n\r\nGET http://a.test/next HTTP/1.1\r\n\r\n".to_vec(),
+        pos: 0,
+        piece: 4096,
+        stall_at_end: false,
+        output: output.clone(),
+        max_write: Rc::new(RefCell::new(0)),
+    };
+    let _ = block_on(proxy.serve(guest, Entry::ForwardProxy));
+    let out = String::from_utf8_lossy(&output.borrow()).into_owned();
+    // The head was out before the limit was crossed: it says close, and the chunked body is
+    // cut short (no last chunk), so the guest sees a truncated response, never a success.
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n1\r\nx\r\n"
+    );
+    let stats = proxy.stats();
+    assert_eq!(
+        (
+            stats.bodies_too_large,
+            stats.aborted_responses,
+            stats.requests,
+            stats.connections_open
+        ),
+        (1, 1, 1, 0)
+    );
+}
+
+#[test]
+fn too_large_heads_are_counted() {
+    let mut huge = b"GET http://a.test/ HTTP/1.1\r\nX-Big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 2000));
+    let r = run_with(
+        &huge,
+        ok_text("never"),
+        Entry::ForwardProxy,
+        7,
+        false,
+        false,
+        Limits {
+            max_head_bytes: 1024,
+            ..Limits::default()
+        },
+    );
+    assert!(r.output.starts_with("HTTP/1.1 431 "), "{}", r.output);
+    assert!(r.output.contains("request head larger than 1024 bytes"));
+    assert_eq!((r.stats.heads_too_large, r.stats.bad_requests), (1, 1));
+}
