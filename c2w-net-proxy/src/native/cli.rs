@@ -78,6 +78,10 @@ pub struct Args {
     /// Behave like the browser's fetch(): decoded bodies, forbidden headers removed.
     #[arg(long)]
     pub browser_like: bool,
+
+    /// Limits on connections, buffers, address pools and request sizes.
+    #[command(flatten)]
+    pub limits: super::limits::LimitArgs,
 }
 
 /// Where the runner gets its guest from.

@@ -3,6 +3,7 @@
 
 mod cli;
 mod driver;
+mod limits;
 mod link;
 pub mod tap;
 
@@ -20,6 +21,7 @@ use tracing_subscriber::EnvFilter;
 
 pub use cli::{Args, ListenTarget};
 pub use driver::Clock;
+pub use limits::{LimitArgs, LimitError};
 /// The fault layer `--fault` puts in the frame path (re-exported for test harnesses).
 pub use net_stack::fault::{FaultInjector, FaultSpec, FaultStats};
 
@@ -113,7 +115,9 @@ impl Timer for TokioTimer {
 /// Runs the stack and proxy on the link chosen by `args` until the link ends for good or a
 /// signal (SIGINT, SIGTERM) arrives. Must run inside a tokio `LocalSet`.
 pub async fn run(args: Args) -> Result<(), RunnerError> {
-    let config = Config::default();
+    let mut config = Config::default();
+    let mut proxy_config = ProxyConfig::default();
+    args.limits.apply(&mut config, &mut proxy_config.limits);
     let proxy_ip = config
         .virtual_ips
         .first()
@@ -133,7 +137,7 @@ pub async fn run(args: Args) -> Result<(), RunnerError> {
     }
     let transport = cli::build_transport(&args)?;
     let issuer = cli::build_issuer(&args)?;
-    let proxy = Proxy::new(ProxyConfig::default(), transport, Rc::new(TokioTimer));
+    let proxy = Proxy::new(proxy_config, transport, Rc::new(TokioTimer));
     let proxy = Rc::new(proxy.with_issuer(issuer));
     let spawner: services::Spawner = Rc::new(|task| {
         tokio::task::spawn_local(task);
