@@ -16,7 +16,7 @@ use crate::guest_image;
 use crate::tools::{ensure_programs, run as run_cmd, workspace_root};
 
 /// The pinned npm packages.
-const V86_VERSION: &str = "0.5.462";
+pub(crate) const V86_VERSION: &str = "0.5.462";
 const XTERM_VERSION: &str = "6.0.0";
 
 /// Entry point.
@@ -120,7 +120,7 @@ pub fn prepare() -> Result<PathBuf> {
 }
 
 /// Installs the pinned v86 and xterm.js into `dir` unless they are there.
-fn npm_install(dir: &Path) -> Result<()> {
+pub(crate) fn npm_install(dir: &Path) -> Result<()> {
     let installed = |pkg: &str, version: &str| {
         std::fs::read_to_string(dir.join("node_modules").join(pkg).join("package.json"))
             .ok()
