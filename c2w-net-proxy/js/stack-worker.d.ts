@@ -20,11 +20,22 @@ export type StackWorkerRequest =
 
 /**
  * Options read from the worker URL's query string (the page passes its location.search):
- * `proxy-allow`, `proxy-deny` (repeatable), `proxy-cors`, `proxy-timeout-ms`, `proxy-log`.
+ * `proxy-allow`, `proxy-deny` (repeatable), `proxy-cors`, `proxy-timeout-ms`, `proxy-log`,
+ * and the limits (`NetProxyConfig.limits`, see docs/usage.md "Limits"):
+ * `proxy-max-connections` (maxConnections), `proxy-tcp-buffer` (tcpBufferBytes),
+ * `proxy-dhcp-pool` (dhcpPool, `START-END`), `proxy-fake-ip-net` (fakeIpNet, `ADDR/LEN`),
+ * `proxy-max-head-bytes` (maxHeadBytes), `proxy-max-request-body` (maxRequestBody); sizes in
+ * bytes. A bad value makes the worker fail at start with a message naming the option.
  */
 export type StackWorkerQueryOption =
   | "proxy-allow"
   | "proxy-deny"
   | "proxy-cors"
   | "proxy-timeout-ms"
-  | "proxy-log";
+  | "proxy-log"
+  | "proxy-max-connections"
+  | "proxy-tcp-buffer"
+  | "proxy-dhcp-pool"
+  | "proxy-fake-ip-net"
+  | "proxy-max-head-bytes"
+  | "proxy-max-request-body";

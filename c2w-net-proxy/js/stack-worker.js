@@ -8,7 +8,10 @@
 //
 // Options can ride on the worker URL's query (the page passes its own location.search):
 //   proxy-allow=PATTERN, proxy-deny=PATTERN (repeatable), proxy-cors=URL,
-//   proxy-timeout-ms=N, proxy-log=error|warn|info|debug|trace
+//   proxy-timeout-ms=N, proxy-log=error|warn|info|debug|trace,
+//   limits (docs/usage.md "Limits"): proxy-max-connections=N, proxy-tcp-buffer=BYTES,
+//   proxy-dhcp-pool=START-END, proxy-fake-ip-net=ADDR/LEN, proxy-max-head-bytes=BYTES,
+//   proxy-max-request-body=BYTES
 // Other parameters (net=browser, ...) are the page's and are ignored.
 "use strict";
 
@@ -216,6 +219,19 @@ function configFromQuery() {
   if (query.has("proxy-cors")) config.corsProxy = query.get("proxy-cors");
   if (query.has("proxy-timeout-ms")) config.timeoutMs = Number(query.get("proxy-timeout-ms"));
   if (query.has("proxy-log")) config.logLevel = query.get("proxy-log");
+  // Numbers go through Number(): a malformed one becomes NaN, which create() refuses by name.
+  const limits = {};
+  for (const [param, key, number] of [
+    ["proxy-max-connections", "maxConnections", true],
+    ["proxy-tcp-buffer", "tcpBufferBytes", true],
+    ["proxy-dhcp-pool", "dhcpPool", false],
+    ["proxy-fake-ip-net", "fakeIpNet", false],
+    ["proxy-max-head-bytes", "maxHeadBytes", true],
+    ["proxy-max-request-body", "maxRequestBody", true],
+  ]) {
+    if (query.has(param)) limits[key] = number ? Number(query.get(param)) : query.get(param);
+  }
+  if (Object.keys(limits).length) config.limits = limits;
   return config;
 }
 

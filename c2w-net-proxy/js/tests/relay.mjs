@@ -27,7 +27,7 @@ function check(cond, what) {
 const shim = (noWaitAsync) => `
 const { parentPort } = require("node:worker_threads");
 globalThis.self = globalThis;
-self.location = { search: "?net=browser&proxy-log=warn&proxy-allow=loopback" };
+self.location = { search: "?net=browser&proxy-log=warn&proxy-allow=loopback&proxy-dhcp-pool=192.168.127.9-192.168.127.20&proxy-max-connections=64&proxy-tcp-buffer=65536&proxy-fake-ip-net=198.18.0.0/16&proxy-max-head-bytes=32768&proxy-max-request-body=1048576" };
 self.postMessage = (m) => parentPort.postMessage(m);
 parentPort.on("message", (data) => self.onmessage({ data }));
 globalThis.Blob = class { constructor(parts) { this.text = parts.join(""); } };
@@ -131,7 +131,8 @@ async function run(noWaitAsync) {
   await worker.terminate();
   check(types[0] === "send_cert" && cert.startsWith("-----BEGIN CERTIFICATE-----"), `${mode}: send_cert with the PEM comes first`);
   check(types.every((t) => ["send_cert", "accept", "send", "recv", "recv-is-readable"].includes(t)), `${mode}: only known request types`);
-  check(offered === "192.168.127.3", `${mode}: DISCOVER through recv -> OFFER of ${offered} through send`);
+  // The query's proxy-dhcp-pool (and the other limits) reached NetProxy.create.
+  check(offered === "192.168.127.9", `${mode}: DISCOVER through recv -> OFFER of ${offered} (proxy-dhcp-pool) through send`);
   check(maxUnread <= 64 * 1024, `${mode}: unread towards the VM stayed <= 64 KiB (${maxUnread})`);
 }
 

@@ -93,6 +93,14 @@ for (const [config, needle] of [
   [{ allow: ["10.0.0.0/99"] }, "10.0.0.0/99"],
   [{ ca: { certPem: "x", keyPem: "y" } }, "config.ca"],
   [{ logLevel: "loud" }, "logLevel"],
+  [{ limits: { maxConections: 5 } }, "limits.maxConections"],
+  [{ limits: { maxConnections: 0 } }, "limits.maxConnections"],
+  [{ limits: { maxRequestBody: 1.5 } }, "limits.maxRequestBody"],
+  [{ limits: { tcpBufferBytes: "1M" } }, "limits.tcpBufferBytes"],
+  [{ limits: { dhcpPool: "192.168.127.9" } }, "limits.dhcpPool"],
+  [{ limits: { fakeIpNet: "198.18.0.1/15" } }, "limits.fakeIpNet"],
+  [{ limits: { fakeIpNet: "192.168.0.0/16" } }, "fake-IP pool overlaps"],
+  [{ limits: { dhcpPool: "10.0.0.1-10.0.0.2" } }, "10.0.0.1"],
 ]) {
   let message = "";
   try {
@@ -102,6 +110,26 @@ for (const [config, needle] of [
     message = String(e && e.message);
   }
   check(message.includes(needle), `create(${JSON.stringify(config)}) rejects naming ${needle}: ${message}`);
+}
+
+// --- limits reach the stack: a one-address DHCP pool offers exactly that address
+{
+  const limited = await NetProxy.create({
+    logLevel: "warn",
+    limits: { dhcpPool: "192.168.127.50-192.168.127.50", maxConnections: 2, maxRequestBody: 1024 },
+  });
+  const reply = await first((resolve) => {
+    limited.onFrame((frame) => {
+      const r = dhcpReply(frame);
+      if (r) resolve(r);
+    });
+    limited.pushFrame(dhcpDiscover(0x0badcafe));
+  });
+  check(reply.type === 2 && reply.yiaddr === "192.168.127.50", `limits.dhcpPool: OFFER of ${reply.yiaddr}`);
+  const s = limited.stats();
+  check(s.dns.fakeIpsRecycled === 0 && s.proxy.errors.headsTooLarge === 0 && s.proxy.errors.bodiesTooLarge === 0,
+    "stats() carries the limit counters (fakeIpsRecycled, headsTooLarge, bodiesTooLarge)");
+  limited.close();
 }
 
 // --- a working proxy

@@ -74,11 +74,72 @@ pub struct NetworkOptions {
     pub dns_hosts: Vec<(String, Ipv4Addr)>,
 }
 
+/// The `limits` part of the config: every field unset keeps the default.
+#[derive(Debug, Clone, Default)]
+pub struct LimitOptions {
+    /// TCP connections alive at once; SYNs beyond get RST.
+    pub max_connections: Option<usize>,
+    /// TCP socket buffer per connection and direction, in bytes.
+    pub tcp_buffer_bytes: Option<usize>,
+    /// The DHCP pool, first and last address.
+    pub dhcp_pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// The DNS fake-IP network and prefix length.
+    pub fake_ip_net: Option<(Ipv4Addr, u8)>,
+    /// Largest HTTP request head in bytes.
+    pub max_head_bytes: Option<usize>,
+    /// Largest HTTP request body in bytes.
+    pub max_request_body: Option<u64>,
+}
+
+/// The browser's default request body limit: the fetch backend holds bodies whole, so the
+/// proxy refuses the same size early (413 on Content-Length, before reading anything).
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = fetch_transport::DEFAULT_MAX_REQUEST_BODY;
+
+impl LimitOptions {
+    /// Writes the network limits into the stack configuration (`Stack::new` checks them).
+    pub fn apply_to_stack(&self, config: &mut net_stack::Config) {
+        if let Some(n) = self.max_connections {
+            config.tcp.max_connections = n;
+        }
+        if let Some(bytes) = self.tcp_buffer_bytes {
+            config.tcp.rx_buffer = bytes;
+            config.tcp.tx_buffer = bytes;
+        }
+        if let Some((start, end)) = self.dhcp_pool {
+            config.dhcp.pool_start = start;
+            config.dhcp.pool_end = end;
+        }
+        if let Some((net, len)) = self.fake_ip_net {
+            config.dns.fake_ip_net = net;
+            config.dns.fake_ip_prefix_len = len;
+        }
+    }
+
+    /// The request body limit in bytes (the fetch backend gets the same cap).
+    pub fn max_request_body(&self) -> u64 {
+        self.max_request_body.unwrap_or(DEFAULT_MAX_REQUEST_BODY)
+    }
+
+    /// The proxy's per-connection limits.
+    pub fn proxy_limits(&self) -> http_proxy::Limits {
+        let mut limits = http_proxy::Limits {
+            max_request_body: Some(self.max_request_body()),
+            ..http_proxy::Limits::default()
+        };
+        if let Some(bytes) = self.max_head_bytes {
+            limits.max_head_bytes = bytes;
+        }
+        limits
+    }
+}
+
 /// Everything `NetProxy.create` accepts, checked for types.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Network settings.
     pub network: NetworkOptions,
+    /// Limits on connections, buffers, address pools and request sizes.
+    pub limits: LimitOptions,
     /// A CA to import.
     pub ca: Option<CaPem>,
     /// CORS proxy prefix or `{url}` template.
@@ -284,6 +345,79 @@ fn parse_network(value: JsValue) -> Result<NetworkOptions, ConfigError> {
     Ok(out)
 }
 
+/// Largest safe integer in JavaScript (2^53 - 1): sizes beyond cannot be written exactly.
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// `"START-END"`: two IPv4 addresses, START not after END.
+fn parse_pool(s: &str, path: String) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {
+    let err = || ConfigError::Value {
+        path: path.clone(),
+        reason: format!("{s:?} is not \"START-END\" with two IPv4 addresses, START not after END"),
+    };
+    let (start, end) = s.split_once('-').ok_or_else(err)?;
+    let start: Ipv4Addr = start.trim().parse().map_err(|_| err())?;
+    let end: Ipv4Addr = end.trim().parse().map_err(|_| err())?;
+    if u32::from(start) > u32::from(end) {
+        return Err(err());
+    }
+    Ok((start, end))
+}
+
+/// `"ADDR/LEN"`: a network address with LEN in 1..=30 and no host bits set.
+fn parse_cidr(s: &str, path: String) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let err = || ConfigError::Value {
+        path: path.clone(),
+        reason: format!(
+            "{s:?} is not a network \"ADDR/LEN\" with LEN in 1..=30 and no host bits set"
+        ),
+    };
+    let (addr, len) = s.split_once('/').ok_or_else(err)?;
+    let addr: Ipv4Addr = addr.trim().parse().map_err(|_| err())?;
+    let len: u8 = len.trim().parse().map_err(|_| err())?;
+    if !(1..=30).contains(&len) || u32::from(addr) & (u32::MAX >> len) != 0 {
+        return Err(err());
+    }
+    Ok((addr, len))
+}
+
+fn parse_limits(value: JsValue) -> Result<LimitOptions, ConfigError> {
+    let r = Reader::new(
+        value,
+        "limits.",
+        &[
+            "maxConnections",
+            "tcpBufferBytes",
+            "dhcpPool",
+            "fakeIpNet",
+            "maxHeadBytes",
+            "maxRequestBody",
+        ],
+    )?;
+    let dhcp_pool = match r.string("dhcpPool")? {
+        Some(s) => Some(parse_pool(&s, r.path("dhcpPool"))?),
+        None => None,
+    };
+    let fake_ip_net = match r.string("fakeIpNet")? {
+        Some(s) => Some(parse_cidr(&s, r.path("fakeIpNet"))?),
+        None => None,
+    };
+    Ok(LimitOptions {
+        max_connections: r
+            .integer("maxConnections", 1.0, 65_536.0)?
+            .map(|n| n as usize),
+        // smoltcp's window scaling reaches 1 GiB at most.
+        tcp_buffer_bytes: r
+            .integer("tcpBufferBytes", 1024.0, 1_073_741_824.0)?
+            .map(|n| n as usize),
+        dhcp_pool,
+        fake_ip_net,
+        max_head_bytes: r
+            .integer("maxHeadBytes", 256.0, 16_777_216.0)?
+            .map(|n| n as usize),
+        max_request_body: r.integer("maxRequestBody", 1.0, MAX_SAFE_INTEGER)?,
+    })
+}
+
 fn parse_rewrites(r: &Reader) -> Result<Vec<Rewrite>, ConfigError> {
     let Some(value) = r.get("rewrites") else {
         return Ok(Vec::new());
@@ -321,6 +455,7 @@ pub fn parse(value: &JsValue) -> Result<Options, ConfigError> {
         "",
         &[
             "network",
+            "limits",
             "ca",
             "corsProxy",
             "rewrites",
@@ -332,6 +467,7 @@ pub fn parse(value: &JsValue) -> Result<Options, ConfigError> {
         ],
     )?;
     let network = r.get("network").map(parse_network).transpose()?;
+    let limits = r.get("limits").map(parse_limits).transpose()?;
     let ca = match r.get("ca") {
         Some(v) => {
             let ca = Reader::new(v, "ca.", &["certPem", "keyPem"])?;
@@ -360,6 +496,7 @@ pub fn parse(value: &JsValue) -> Result<Options, ConfigError> {
     };
     Ok(Options {
         network: network.unwrap_or_default(),
+        limits: limits.unwrap_or_default(),
         ca,
         cors_proxy: r.string("corsProxy")?,
         rewrites: parse_rewrites(&r)?,

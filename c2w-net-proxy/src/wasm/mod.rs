@@ -40,6 +40,21 @@ export interface NetProxyConfig {
     gatewayIp?: string; gatewayMac?: string; proxyIp?: string;
     prefixLen?: number; mtu?: number; dnsHosts?: Record<string, string>;
   };
+  /** Limits and what happens when each is reached: see docs/usage.md, "Limits". */
+  limits?: {
+    /** TCP connections alive at once (default 256); SYNs beyond get RST. */
+    maxConnections?: number;
+    /** TCP socket buffer per connection and direction in bytes (default 262144). */
+    tcpBufferBytes?: number;
+    /** DHCP pool "START-END" (default "192.168.127.3-192.168.127.252"). */
+    dhcpPool?: string;
+    /** DNS fake-IP network "ADDR/LEN" (default "198.18.0.0/15"); full = LRU name recycled. */
+    fakeIpNet?: string;
+    /** Largest HTTP request head in bytes (default 65536); larger gets 431. */
+    maxHeadBytes?: number;
+    /** Largest HTTP request body in bytes (default 67108864); larger gets 413. */
+    maxRequestBody?: number;
+  };
   ca?: { certPem: string; keyPem: string };
   corsProxy?: string;
   rewrites?: { host: string; url: string }[];
@@ -62,12 +77,18 @@ export interface NetProxyStats {
   arpReplies: number; icmpEchoReplies: number; udpPortUnreachable: number;
   dhcp: { offers: number; acks: number; naks: number; poolExhausted: number;
           leases: { mac: string; ip: string }[] };
-  dns: { queries: number; errors: number; fakeIps: number };
+  dns: { queries: number; errors: number; fakeIps: number; fakeIpsRecycled: number };
   tcp: { open: number; accepted: number; refused: number; refusedLimit: number };
   proxy: {
     connectionsTotal: number; connectionsOpen: number; requests: number;
     responsesOk: number; responsesErrorStatus: number;
-    errors: { badRequests: number; transportErrors: number; abortedResponses: number };
+    errors: {
+      badRequests: number; transportErrors: number; abortedResponses: number;
+      /** Of badRequests: heads over limits.maxHeadBytes (431). */
+      headsTooLarge: number;
+      /** Bodies over limits.maxRequestBody: 413 (also in badRequests), or closed mid-response. */
+      bodiesTooLarge: number;
+    };
     bytesToGuest: number; bytesFromGuest: number;
   };
   capturing: boolean;
@@ -336,7 +357,9 @@ pub fn version() -> String {
 }
 
 fn transport_config(options: &Options) -> Result<TransportConfig, fetch_transport::ConfigError> {
-    let mut builder = TransportConfig::builder().keep_user_agent(options.keep_user_agent);
+    let mut builder = TransportConfig::builder()
+        .keep_user_agent(options.keep_user_agent)
+        .max_request_body(options.limits.max_request_body());
     if let Some(proxy) = &options.cors_proxy {
         builder = builder.cors_proxy(proxy.as_str());
     }
@@ -359,7 +382,8 @@ fn build(config: &JsValue) -> Result<NetProxy, CreateError> {
     let options = config::parse(config)?;
     log::init(options.log_level.unwrap_or(log::Level::Warn));
 
-    let stack_config = config::stack_config(&options.network);
+    let mut stack_config = config::stack_config(&options.network);
+    options.limits.apply_to_stack(&mut stack_config);
     let proxy_ip = stack_config.virtual_ips[0];
     let stack = Stack::new(stack_config)?;
     let transport = FetchTransport::new(transport_config(&options)?);
@@ -374,6 +398,7 @@ fn build(config: &JsValue) -> Result<NetProxy, CreateError> {
     let issuer = Arc::new(Issuer::new(ca, IssuerConfig::default(), clock)?);
 
     let proxy_config = ProxyConfig {
+        limits: options.limits.proxy_limits(),
         own_hosts: vec![proxy_ip.to_string(), "proxy.c2w.internal".into()],
         ..ProxyConfig::default()
     };

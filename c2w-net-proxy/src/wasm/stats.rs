@@ -105,6 +105,7 @@ pub fn to_js(s: &Snapshot) -> JsValue {
                 ("queries", n(st.dns_queries)),
                 ("errors", n(st.dns_errors)),
                 ("fakeIps", n(st.dns_fake_ips)),
+                ("fakeIpsRecycled", n(st.dns_fake_ips_recycled)),
             ]),
         ),
         (
@@ -130,6 +131,8 @@ pub fn to_js(s: &Snapshot) -> JsValue {
                         ("badRequests", n(p.bad_requests)),
                         ("transportErrors", n(p.transport_errors)),
                         ("abortedResponses", n(p.aborted_responses)),
+                        ("headsTooLarge", n(p.heads_too_large)),
+                        ("bodiesTooLarge", n(p.bodies_too_large)),
                     ]),
                 ),
                 ("bytesToGuest", n(p.bytes_to_guest)),
