@@ -82,6 +82,11 @@ pub struct Args {
     /// Limits on connections, buffers, address pools and request sizes.
     #[command(flatten)]
     pub limits: super::limits::LimitArgs,
+
+    /// Write the stack's and proxy's counters and the process's memory (JSON) to PATH every
+    /// 500 ms and on exit, replacing the file atomically.
+    #[arg(long, value_name = "PATH")]
+    pub stats_file: Option<PathBuf>,
 }
 
 /// Where the runner gets its guest from.

@@ -5,6 +5,7 @@ mod cli;
 mod driver;
 mod limits;
 mod link;
+mod stats_file;
 pub mod tap;
 
 use std::fs::File;
@@ -143,6 +144,10 @@ pub async fn run(args: Args) -> Result<(), RunnerError> {
         tokio::task::spawn_local(task);
     });
     services::start(&stack, proxy.clone(), proxy_ip, spawner)?;
+    let stats_file = args
+        .stats_file
+        .as_deref()
+        .map(|path| stats_file::spawn(path, &stack, &proxy));
 
     let clock = Clock::new();
     let target = args.listen();
@@ -153,6 +158,9 @@ pub async fn run(args: Args) -> Result<(), RunnerError> {
             Ok(())
         }
     };
+    if let Some(stats_file) = &stats_file {
+        stats_file.write_logged(true);
+    }
     // Flush the capture before leaving.
     stack.set_frame_observer(None);
     result

@@ -1,0 +1,265 @@
+//! `--stats-file PATH`: the runner's counters and memory as a JSON snapshot that tests and
+//! monitoring read from outside the process. The file is replaced atomically (written beside
+//! it, then renamed) every [`INTERVAL`] and once more on exit, so a reader never sees half a
+//! snapshot.
+
+use std::cell::Cell;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http_proxy::{Proxy, ProxyStats};
+use net_stack::{Stack, Stats};
+use serde_json::{json, Value};
+
+/// How often the snapshot is rewritten.
+pub const INTERVAL: Duration = Duration::from_millis(500);
+
+/// Writes snapshots of one stack and proxy to one path.
+pub struct StatsFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    stack: Stack,
+    proxy: Rc<Proxy>,
+    started: Instant,
+    /// Snapshots written so far (the reader's counter to tell a fresh file from a stale one).
+    seq: Cell<u64>,
+    /// Whether the last write failed (so a broken path is logged once, not twice a second).
+    failing: Cell<bool>,
+}
+
+impl StatsFile {
+    /// A writer for `path`; nothing is written until [`StatsFile::write`] or
+    /// [`StatsFile::run`].
+    pub fn new(path: PathBuf, stack: Stack, proxy: Rc<Proxy>) -> Self {
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(format!(".tmp{}", std::process::id()));
+        Self {
+            path,
+            tmp: PathBuf::from(tmp),
+            stack,
+            proxy,
+            started: Instant::now(),
+            seq: Cell::new(0),
+            failing: Cell::new(false),
+        }
+    }
+
+    /// The snapshot as JSON. `last` marks the one written on exit.
+    pub fn snapshot(&self, last: bool) -> Value {
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        let memory = Memory::read();
+        json!({
+            "seq": seq,
+            "last": last,
+            "pid": std::process::id(),
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "unix_ms": SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            "rss_bytes": memory.rss_bytes,
+            "rss_peak_bytes": memory.rss_peak_bytes,
+            "net_stack": stack_json(&self.stack.stats()),
+            "http_proxy": proxy_json(&self.proxy.stats()),
+        })
+    }
+
+    /// Writes one snapshot now (temporary file, then rename over `path`).
+    pub fn write(&self, last: bool) -> io::Result<()> {
+        let mut text = self.snapshot(last).to_string();
+        text.push('\n');
+        std::fs::write(&self.tmp, text)?;
+        std::fs::rename(&self.tmp, &self.path)
+    }
+
+    /// Writes a snapshot, logging a failure once per failing streak.
+    pub fn write_logged(&self, last: bool) {
+        match self.write(last) {
+            Ok(()) => self.failing.set(false),
+            Err(err) => {
+                if !self.failing.replace(true) {
+                    tracing::warn!(path = %self.path.display(), error = %err, "cannot write the stats file");
+                }
+            }
+        }
+    }
+
+    /// Rewrites the snapshot every [`INTERVAL`], forever (spawn it on the `LocalSet`).
+    pub async fn run(self: Rc<Self>) {
+        let mut ticks = tokio::time::interval(INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.write_logged(false);
+        }
+    }
+}
+
+/// Starts the periodic writer for `path` on the current `LocalSet`; the returned handle
+/// writes the final snapshot (call [`StatsFile::write_logged`] with `true` on exit).
+pub fn spawn(path: &Path, stack: &Stack, proxy: &Rc<Proxy>) -> Rc<StatsFile> {
+    let file = Rc::new(StatsFile::new(
+        path.to_path_buf(),
+        stack.clone(),
+        proxy.clone(),
+    ));
+    tokio::task::spawn_local(file.clone().run());
+    file
+}
+
+/// net-stack's counters by name.
+fn stack_json(s: &Stats) -> Value {
+    json!({
+        "frames_in": s.frames_in,
+        "frames_out": s.frames_out,
+        "bytes_in": s.bytes_in,
+        "bytes_out": s.bytes_out,
+        "frames_dropped": s.frames_dropped,
+        "dropped_oversized": s.dropped_oversized,
+        "dropped_malformed": s.dropped_malformed,
+        "dropped_unsupported": s.dropped_unsupported,
+        "dropped_not_for_us": s.dropped_not_for_us,
+        "dropped_queue_full": s.dropped_queue_full,
+        "dropped_outbound_full": s.dropped_outbound_full,
+        "dropped_no_neighbor": s.dropped_no_neighbor,
+        "arp_replies": s.arp_replies,
+        "icmp_echo_replies": s.icmp_echo_replies,
+        "udp_port_unreachable": s.udp_port_unreachable,
+        "dhcp_offers": s.dhcp_offers,
+        "dhcp_acks": s.dhcp_acks,
+        "dhcp_naks": s.dhcp_naks,
+        "dhcp_pool_exhausted": s.dhcp_pool_exhausted,
+        "dns_queries": s.dns_queries,
+        "dns_errors": s.dns_errors,
+        "dns_fake_ips": s.dns_fake_ips,
+        "dns_fake_ips_recycled": s.dns_fake_ips_recycled,
+        "tcp_accepted": s.tcp_accepted,
+        "tcp_refused": s.tcp_refused,
+        "tcp_refused_limit": s.tcp_refused_limit,
+        "tcp_open": s.tcp_open,
+    })
+}
+
+/// http-proxy's counters by name.
+fn proxy_json(s: &ProxyStats) -> Value {
+    json!({
+        "connections_total": s.connections_total,
+        "connections_open": s.connections_open,
+        "requests": s.requests,
+        "responses_ok": s.responses_ok,
+        "responses_error_status": s.responses_error_status,
+        "bad_requests": s.bad_requests,
+        "heads_too_large": s.heads_too_large,
+        "bodies_too_large": s.bodies_too_large,
+        "transport_errors": s.transport_errors,
+        "aborted_responses": s.aborted_responses,
+        "bytes_to_guest": s.bytes_to_guest,
+        "bytes_from_guest": s.bytes_from_guest,
+    })
+}
+
+/// The process's resident memory, from `/proc/self/status` (0 where unreadable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Memory {
+    /// `VmRSS`: resident now.
+    rss_bytes: u64,
+    /// `VmHWM`: the highest resident size so far.
+    rss_peak_bytes: u64,
+}
+
+impl Memory {
+    fn read() -> Self {
+        std::fs::read_to_string("/proc/self/status")
+            .map(|text| Self::parse(&text))
+            .unwrap_or_default()
+    }
+
+    /// Parses the `VmRSS:` and `VmHWM:` lines (values in kB).
+    fn parse(status: &str) -> Self {
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .map(|kb| kb.saturating_mul(1024))
+                .unwrap_or(0)
+        };
+        Self {
+            rss_bytes: kb("VmRSS:"),
+            rss_peak_bytes: kb("VmHWM:"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_status() {
+        let status =
+            "Name:\tc2w-net-proxy\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nThreads:\t1\n";
+        assert_eq!(
+            Memory::parse(status),
+            Memory {
+                rss_bytes: 10240 * 1024,
+                rss_peak_bytes: 20480 * 1024
+            }
+        );
+        assert_eq!(
+            Memory::parse("garbage\nVmRSS: lots kB\n"),
+            Memory::default()
+        );
+    }
+
+    #[test]
+    fn own_process_has_memory() {
+        let memory = Memory::read();
+        assert!(memory.rss_bytes > 0);
+        assert!(memory.rss_peak_bytes >= memory.rss_bytes);
+    }
+
+    #[test]
+    fn writes_atomically_with_counters() {
+        let dir = std::env::temp_dir().join(format!("c2w-stats-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stats.json");
+        let stack = Stack::new(net_stack::Config::default()).unwrap();
+        let transport = fetch_transport::ScriptedTransport::new();
+        let proxy = Rc::new(Proxy::new(
+            http_proxy::ProxyConfig::default(),
+            Rc::new(transport),
+            Rc::new(NoTimer),
+        ));
+        let file = StatsFile::new(path.clone(), stack, proxy);
+        file.write(false).unwrap();
+        file.write(true).unwrap();
+        let value: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(value["seq"], 2);
+        assert_eq!(value["last"], true);
+        assert_eq!(value["net_stack"]["tcp_open"], 0);
+        assert_eq!(value["http_proxy"]["connections_open"], 0);
+        assert!(value["rss_bytes"].as_u64().unwrap() > 0);
+        // The temporary file was renamed away.
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(left.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    struct NoTimer;
+
+    impl http_proxy::Timer for NoTimer {
+        fn sleep(&self, _: Duration) -> futures::future::LocalBoxFuture<'static, ()> {
+            Box::pin(std::future::pending())
+        }
+    }
+}
