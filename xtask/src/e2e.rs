@@ -40,6 +40,9 @@ pub fn run(args: &[String]) -> Result<()> {
     if let Some(filter) = args.first().filter(|f| f.starts_with("faults")) {
         return crate::e2e_faults::run(Some(filter));
     }
+    if let Some(filter) = args.first().filter(|f| f.starts_with("robust")) {
+        return crate::e2e_robust::run(Some(filter.clone()));
+    }
     ensure_programs(&[
         ("busybox", "busybox"),
         ("udhcpc", "udhcpc"),
@@ -201,7 +204,13 @@ pub fn run(args: &[String]) -> Result<()> {
     } else {
         Ok(())
     };
-    result.and(faults)
+    // The robustness phase (load and failures; own runner, guest and directory) too.
+    let robust = if args.is_empty() {
+        crate::e2e_robust::run(None)
+    } else {
+        Ok(())
+    };
+    result.and(faults).and(robust)
 }
 
 impl Env {

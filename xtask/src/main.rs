@@ -8,6 +8,7 @@ mod cleanup;
 mod demo;
 mod e2e;
 mod e2e_faults;
+mod e2e_robust;
 mod fixtures;
 mod fuzz;
 mod guest;
@@ -28,6 +29,9 @@ commands:
   test         fmt check, clippy (native + wasm32), unit tests (native + wasm32), build-wasm, e2e
   build-wasm   build the browser package into dist/
   e2e [FILTER] end to end with a real Linux guest in a network namespace (needs root)
+  e2e robust[: CHECK]
+               only the robustness phase: 1,000 sequential and 256 concurrent connections,
+               failing origins, a garbage-frame flood, a vanishing guest (stats back to idle)
   e2e faults [PROFILE]
                only the fault phase: http/https transfers through --fault loss, reorder-dup, delay
   e2e --browser [chromium|firefox] [FILTER]

@@ -523,3 +523,158 @@ fn git_cgi(
         ),
     }
 }
+
+/// An origin that fails on purpose, for the robustness checks: a plain `std` listener on
+/// 127.0.0.1 answered by one thread, so a hanging request cannot starve the other origins'
+/// workers.
+/// - `/reset/<len>`: a 200 with `Content-Length: <len>`, half the body (of [`blob`]), then a
+///   reset (SO_LINGER 0 and close).
+/// - `/hang`: reads the request and never answers; the connection is held (at most
+///   [`FaultOrigin::MAX_HELD`] at once) until the origin is dropped.
+///
+/// Anything else gets a 404 and a close.
+pub struct FaultOrigin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl FaultOrigin {
+    /// Hanging connections held at once; older ones are closed beyond this.
+    pub const MAX_HELD: usize = 64;
+
+    /// Starts it on a free port of 127.0.0.1.
+    pub fn start() -> Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut held = std::collections::VecDeque::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if let Some(hung) = fault_answer(stream) {
+                            if held.len() >= Self::MAX_HELD {
+                                held.pop_front();
+                            }
+                            held.push_back(hung);
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(_) => thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for FaultOrigin {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one request head and misbehaves as its path asks; returns the stream to hold for
+/// `/hang`.
+fn fault_answer(mut stream: std::net::TcpStream) -> Option<std::net::TcpStream> {
+    use std::io::Read;
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let path = line.split(' ').nth(1).unwrap_or("").to_string();
+    if path == "/hang" {
+        return Some(stream);
+    }
+    if let Some(len) = path
+        .strip_prefix("/reset/")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n <= 1 << 30)
+    {
+        let body = blob(len);
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+        );
+        let _ = stream.write_all(&body[..len / 2]);
+        let _ = stream.flush();
+        // Give the half body time to leave before the reset discards what is unsent.
+        thread::sleep(std::time::Duration::from_millis(200));
+        reset(&stream);
+        return None;
+    }
+    let _ = stream.write_all(
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 15\r\nConnection: close\r\n\r\nnot found here\n",
+    );
+    None
+}
+
+/// Closes `stream` with a TCP reset instead of a FIN (SO_LINGER with a zero timeout).
+fn reset(stream: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a descriptor `stream` owns, with a correctly sized `linger`.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn blob_reader_yields_the_blob_whatever_the_read_sizes() {
+        for len in [0, 1, 3, 4, 5, 1000, 65_537] {
+            for step in [1, 3, 4, 7, 4096, 100_000] {
+                let mut reader = BlobReader::new(len);
+                let mut out = Vec::new();
+                let mut buf = vec![0; step];
+                loop {
+                    let n = reader.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&buf[..n]);
+                }
+                assert_eq!(out, blob(len), "len {len}, reads of {step}");
+            }
+        }
+    }
+}
