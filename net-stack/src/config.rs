@@ -65,6 +65,8 @@ pub struct TcpConfig {
     /// Connections alive at once (handshaking, open or closing); SYNs beyond get RST.
     pub max_connections: usize,
     /// Connections per listener that are handshaking or waiting for `accept`; SYNs beyond get RST.
+    /// As large as `max_connections` by default, so a burst of connections to one port (a
+    /// client opening 256 at once) is limited by the connection limit only.
     pub listen_backlog: usize,
     /// How long a dropped stream's connection may linger (closing) before it is aborted.
     pub orphan_timeout: Duration,
@@ -124,7 +126,7 @@ impl Default for TcpConfig {
             rx_buffer: 256 * 1024,
             tx_buffer: 256 * 1024,
             max_connections: 256,
-            listen_backlog: 128,
+            listen_backlog: 256,
             orphan_timeout: Duration::from_secs(60),
         }
     }

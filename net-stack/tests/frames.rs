@@ -996,3 +996,38 @@ fn udp_to_an_unserved_port_of_ours_gets_port_unreachable() {
         );
     });
 }
+
+#[test]
+fn a_burst_of_256_syns_to_one_port_is_served_by_default() {
+    // The backlog follows the connection limit: 256 handshakes at once to one listener, none
+    // accepted yet, all get SYN-ACK; the 257th is refused by the connection limit.
+    let (stack, rec) = stack_with(Config::default());
+    with_dump(&rec, "tcp_burst", || {
+        let _listener = stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+        for port in 0..256u16 {
+            stack.push_frame(&tcp_frame(
+                PROXY_IP,
+                30000 + port,
+                80,
+                TcpControl::Syn,
+                1,
+                None,
+            ));
+        }
+        stack.poll(T);
+        let out: Vec<_> = std::iter::from_fn(|| stack.pop_frame()).collect();
+        assert_eq!(out.len(), 256);
+        assert!(out.iter().all(|f| {
+            let s = segment(f);
+            s.syn && s.ack
+        }));
+        let out = exchange(
+            &stack,
+            &tcp_frame(PROXY_IP, 30256, 80, TcpControl::Syn, 1, None),
+            T,
+        );
+        assert!(segment(&out[0]).rst);
+        let s = stack.stats();
+        assert_eq!((s.tcp_open, s.tcp_refused_limit), (256, 1));
+    });
+}

@@ -9,8 +9,8 @@ use clap::Args;
 /// request sizes.
 #[derive(Debug, Clone, Default, Args)]
 pub struct LimitArgs {
-    /// TCP connections alive at once (default 256); new SYNs beyond get RST (counted as
-    /// tcp_refused_limit).
+    /// TCP connections alive at once (default 256; a listener's backlog follows it); new SYNs
+    /// beyond get RST (counted as tcp_refused_limit).
     #[arg(long, help_heading = "Limits", value_name = "N", value_parser = parse_count)]
     pub max_connections: Option<usize>,
 
@@ -136,6 +136,8 @@ impl LimitArgs {
     pub fn apply(&self, stack: &mut net_stack::Config, proxy: &mut http_proxy::Limits) {
         if let Some(n) = self.max_connections {
             stack.tcp.max_connections = n;
+            // A burst to one port must be limited by the connection limit, not the backlog.
+            stack.tcp.listen_backlog = stack.tcp.listen_backlog.max(n);
         }
         if let Some(bytes) = self.tcp_buffer {
             stack.tcp.rx_buffer = size(bytes);
@@ -216,6 +218,7 @@ mod tests {
         let mut proxy = http_proxy::Limits::default();
         args.apply(&mut stack, &mut proxy);
         assert_eq!(stack.tcp.max_connections, 3);
+        assert_eq!(stack.tcp.listen_backlog, 256);
         assert_eq!((stack.tcp.rx_buffer, stack.tcp.tx_buffer), (16384, 16384));
         assert_eq!(
             (stack.dhcp.pool_start, stack.dhcp.pool_end),

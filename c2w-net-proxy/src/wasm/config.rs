@@ -100,6 +100,8 @@ impl LimitOptions {
     pub fn apply_to_stack(&self, config: &mut net_stack::Config) {
         if let Some(n) = self.max_connections {
             config.tcp.max_connections = n;
+            // A burst to one port must be limited by the connection limit, not the backlog.
+            config.tcp.listen_backlog = config.tcp.listen_backlog.max(n);
         }
         if let Some(bytes) = self.tcp_buffer_bytes {
             config.tcp.rx_buffer = bytes;
