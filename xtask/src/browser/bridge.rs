@@ -7,17 +7,23 @@
 //! while a frame from the page cannot be written to the TAP the WebSocket is not read (TCP
 //! flow control then stops the page). At most one frame is held in each direction plus
 //! tungstenite's write buffer, which is capped.
+//!
+//! With a [`FaultSpec`] ([`Bridge::start_with_faults`]) each direction also crosses its own
+//! seeded fault injector (loss, duplication, reordering, delay), the same layer as the native
+//! runner's `--fault`. A side is not read while its injector's queue is full, so backpressure
+//! still holds; the loop sleeps until the next delayed frame is due.
 
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use c2w_net_proxy::native::tap::Tap;
+use c2w_net_proxy::native::{Clock, FaultInjector, FaultSpec, FaultStats};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
@@ -32,6 +38,29 @@ pub struct BridgeStats {
     pub tap_errors: AtomicU64,
     /// WebSocket clients accepted so far.
     pub clients: AtomicU64,
+    /// Fault counters (towards the guest, towards the page), summed over clients; `None`
+    /// without faults.
+    pub faults: Mutex<Option<[FaultStats; 2]>>,
+}
+
+/// `a + b`, counter by counter.
+fn add_stats(a: FaultStats, b: FaultStats) -> FaultStats {
+    FaultStats {
+        passed: a.passed + b.passed,
+        lost: a.lost + b.lost,
+        reordered: a.reordered + b.reordered,
+        duplicated: a.duplicated + b.duplicated,
+        delayed: a.delayed + b.delayed,
+        dropped_queue_full: a.dropped_queue_full + b.dropped_queue_full,
+    }
+}
+
+/// One line for a direction's fault counters.
+fn fault_line(s: &FaultStats) -> String {
+    format!(
+        "{} passed, {} lost, {} reordered, {} duplicated, {} delayed, {} dropped (queue full)",
+        s.passed, s.lost, s.reordered, s.duplicated, s.delayed, s.dropped_queue_full
+    )
 }
 
 /// A running bridge; stops (and closes the TAP, which deletes the interface) when dropped.
@@ -51,18 +80,27 @@ const BATCH: usize = 64;
 impl Bridge {
     /// Creates the TAP device `tap_name` and listens for the page on a free loopback port.
     pub fn start(tap_name: &str) -> Result<Self> {
+        Self::start_with_faults(tap_name, None)
+    }
+
+    /// Like [`start`](Self::start), with `faults` injected in both directions when given
+    /// (independent seeds per direction, derived from the spec's).
+    pub fn start_with_faults(tap_name: &str, faults: Option<FaultSpec>) -> Result<Self> {
         let tap = Tap::open(tap_name).with_context(|| format!("opening TAP {tap_name}"))?;
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the bridge")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
-        let stats = Arc::new(BridgeStats::default());
+        let stats = Arc::new(BridgeStats {
+            faults: Mutex::new(faults.map(|_| [FaultStats::default(); 2])),
+            ..BridgeStats::default()
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stats = stats.clone();
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("tap-ws-bridge".into())
-                .spawn(move || serve(tap, listener, &stats, &stop))?
+                .spawn(move || serve(tap, listener, &stats, &stop, faults))?
         };
         Ok(Self {
             port,
@@ -75,13 +113,27 @@ impl Bridge {
     /// One line of counters.
     pub fn summary(&self) -> String {
         let s = &self.stats;
+        let faults = match self.fault_stats() {
+            Some([to_guest, to_page]) => format!(
+                "; faults towards the guest: {}; towards the page: {}",
+                fault_line(&to_guest),
+                fault_line(&to_page)
+            ),
+            None => String::new(),
+        };
         format!(
-            "bridge: {} client(s), {} frames to the page, {} to the guest, {} TAP write errors",
+            "bridge: {} client(s), {} frames to the page, {} to the guest, {} TAP write errors{faults}",
             s.clients.load(Ordering::Relaxed),
             s.to_page.load(Ordering::Relaxed),
             s.to_guest.load(Ordering::Relaxed),
             s.tap_errors.load(Ordering::Relaxed)
         )
+    }
+
+    /// The fault counters so far (towards the guest, towards the page), summed over clients;
+    /// `None` when the bridge injects no faults.
+    pub fn fault_stats(&self) -> Option<[FaultStats; 2]> {
+        *self.stats.faults.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Number of clients accepted so far.
@@ -111,7 +163,13 @@ fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) {
 }
 
 /// Accepts clients one after the other and relays for each until it goes away or `stop`.
-fn serve(tap: Tap, listener: TcpListener, stats: &BridgeStats, stop: &AtomicBool) {
+fn serve(
+    tap: Tap,
+    listener: TcpListener,
+    stats: &BridgeStats,
+    stop: &AtomicBool,
+    faults: Option<FaultSpec>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -133,7 +191,12 @@ fn serve(tap: Tap, listener: TcpListener, stats: &BridgeStats, stop: &AtomicBool
         stats.clients.fetch_add(1, Ordering::Relaxed);
         match handshake(stream) {
             Ok(ws) => {
-                if let Err(e) = relay(&tap, ws, stats, stop) {
+                let mut injectors = faults.map(Injectors::new);
+                let result = relay(&tap, ws, stats, stop, injectors.as_mut());
+                if let Some(injectors) = &injectors {
+                    injectors.publish(stats);
+                }
+                if let Err(e) = result {
                     eprintln!("xtask: bridge: client ended: {e:#}");
                 }
             }
@@ -163,28 +226,91 @@ fn would_block(err: &tungstenite::Error) -> bool {
     matches!(err, tungstenite::Error::Io(e) if e.kind() == ErrorKind::WouldBlock)
 }
 
-/// Relays frames until the client closes, an error occurs, or `stop` is set.
+/// Seed stream of the injector towards the guest (as in the native runner).
+const TO_GUEST_STREAM: u64 = 2;
+/// Seed stream of the injector towards the page (the network stack's side).
+const TO_PAGE_STREAM: u64 = 1;
+
+/// One client's fault injectors.
+struct Injectors {
+    to_guest: FaultInjector,
+    to_page: FaultInjector,
+    clock: Clock,
+    /// Counters of earlier clients, to which this client's are added.
+    base: Option<[FaultStats; 2]>,
+}
+
+impl Injectors {
+    fn new(spec: FaultSpec) -> Self {
+        Self {
+            to_guest: FaultInjector::new(spec.with_stream(TO_GUEST_STREAM)),
+            to_page: FaultInjector::new(spec.with_stream(TO_PAGE_STREAM)),
+            clock: Clock::new(),
+            base: None,
+        }
+    }
+
+    /// Stores the counters in `stats` (this client's added to earlier clients').
+    fn publish(&self, stats: &BridgeStats) {
+        let mut slot = stats.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let base = self.base.unwrap_or_else(|| slot.unwrap_or_default());
+        *slot = Some([
+            add_stats(base[0], self.to_guest.stats()),
+            add_stats(base[1], self.to_page.stats()),
+        ]);
+    }
+
+    /// True while `inj` has room (otherwise its input side is not read: backpressure).
+    fn room(inj: &FaultInjector) -> bool {
+        inj.len() < inj.spec().queue
+    }
+
+    /// Time until the earliest frame due in a direction that can take it now (`to_guest`
+    /// when no TAP write is pending, `to_page` when the WebSocket is flushed).
+    fn wait(&self, to_guest: bool, to_page: bool) -> Option<Duration> {
+        let now = self.clock.now();
+        let mut due = None;
+        for (ready, inj) in [(to_guest, &self.to_guest), (to_page, &self.to_page)] {
+            if let (true, Some(at)) = (ready, inj.next_release()) {
+                let micros = (at.total_micros() - now.total_micros()).max(0) as u64;
+                let wait = Duration::from_micros(micros);
+                due = Some(due.map_or(wait, |d: Duration| d.min(wait)));
+            }
+        }
+        due
+    }
+}
+
+/// Relays frames until the client closes, an error occurs, or `stop` is set; through
+/// `faults` when given.
 fn relay(
     tap: &Tap,
     mut ws: WebSocket<TcpStream>,
     stats: &BridgeStats,
     stop: &AtomicBool,
+    mut faults: Option<&mut Injectors>,
 ) -> Result<()> {
+    if let Some(f) = faults.as_mut() {
+        // Earlier clients' counters, fixed for this one.
+        f.base = *stats.faults.lock().unwrap_or_else(|e| e.into_inner());
+    }
     let mut buf = vec![0u8; FRAME_BUF];
     // Bytes given to the WebSocket that are not yet on the socket.
     let mut unflushed = false;
     // A frame from the page that the TAP could not take yet.
     let mut held: Option<Vec<u8>> = None;
     while !stop.load(Ordering::Relaxed) {
+        let page_room = faults.as_ref().is_none_or(|f| Injectors::room(&f.to_guest));
+        let tap_room = faults.as_ref().is_none_or(|f| Injectors::room(&f.to_page));
         let mut tap_events = 0;
-        if !unflushed {
+        if !unflushed && tap_room {
             tap_events |= libc::POLLIN;
         }
         if held.is_some() {
             tap_events |= libc::POLLOUT;
         }
         let mut ws_events = 0;
-        if held.is_none() {
+        if held.is_none() && page_room {
             ws_events |= libc::POLLIN;
         }
         if unflushed {
@@ -202,15 +328,34 @@ fn relay(
                 revents: 0,
             },
         ];
-        poll_fds(&mut fds, Duration::from_millis(100));
+        let mut timeout = Duration::from_millis(100);
+        if let Some(wait) = faults
+            .as_ref()
+            .and_then(|f| f.wait(held.is_none(), !unflushed))
+        {
+            // poll() counts whole milliseconds: round up so a frame due in 0.4 ms does not
+            // make the loop spin.
+            timeout = timeout.min(Duration::from_millis(wait.as_micros().div_ceil(1000) as u64));
+        }
+        poll_fds(&mut fds, timeout);
 
         // Page -> guest.
         if let Some(frame) = held.take() {
             held = write_tap(tap, frame, stats);
         }
-        while held.is_none() {
+        if let Some(f) = faults.as_mut() {
+            deliver_to_guest(tap, f, &mut held, stats);
+        }
+        while held.is_none() && faults.as_ref().is_none_or(|f| Injectors::room(&f.to_guest)) {
             match ws.read() {
-                Ok(Message::Binary(frame)) => held = write_tap(tap, frame.to_vec(), stats),
+                Ok(Message::Binary(frame)) => match faults.as_mut() {
+                    Some(f) => {
+                        let now = f.clock.now();
+                        f.to_guest.push(frame.to_vec(), now);
+                        deliver_to_guest(tap, f, &mut held, stats);
+                    }
+                    None => held = write_tap(tap, frame.to_vec(), stats),
+                },
                 Ok(Message::Close(_)) => return Ok(()),
                 Ok(_) => {}
                 Err(e) if would_block(&e) => break,
@@ -233,8 +378,15 @@ fn relay(
                 Err(e) => return Err(anyhow::anyhow!("flushing the WebSocket: {e}")),
             }
         }
+        let mut wrote = false;
+        if let Some(f) = faults.as_mut() {
+            wrote |= send_due(&mut ws, f, &mut unflushed, stats)?;
+        }
         let mut moved = 0;
-        while !unflushed && moved < BATCH {
+        while !unflushed
+            && moved < BATCH
+            && faults.as_ref().is_none_or(|f| Injectors::room(&f.to_page))
+        {
             let n = match tap.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -242,25 +394,75 @@ fn relay(
                 Err(e) => return Err(anyhow::anyhow!("reading the TAP: {e}")),
             };
             moved += 1;
-            stats.to_page.fetch_add(1, Ordering::Relaxed);
-            match ws.write(Message::binary(buf[..n].to_vec())) {
-                Ok(()) => {}
-                // Queued in the (capped) write buffer; stop reading the TAP until it drains.
-                Err(e) if would_block(&e) => unflushed = true,
-                Err(e) => return Err(anyhow::anyhow!("writing the WebSocket: {e}")),
+            match faults.as_mut() {
+                Some(f) => {
+                    let now = f.clock.now();
+                    f.to_page.push(buf[..n].to_vec(), now);
+                    wrote |= send_due(&mut ws, f, &mut unflushed, stats)?;
+                }
+                None => {
+                    wrote = true;
+                    stats.to_page.fetch_add(1, Ordering::Relaxed);
+                    match ws.write(Message::binary(buf[..n].to_vec())) {
+                        Ok(()) => {}
+                        // Queued in the (capped) write buffer; stop reading the TAP until it
+                        // drains.
+                        Err(e) if would_block(&e) => unflushed = true,
+                        Err(e) => return Err(anyhow::anyhow!("writing the WebSocket: {e}")),
+                    }
+                }
             }
         }
-        if moved > 0 && !unflushed {
+        if wrote && !unflushed {
             match ws.flush() {
                 Ok(()) => {}
                 Err(e) if would_block(&e) => unflushed = true,
                 Err(e) => return Err(anyhow::anyhow!("flushing the WebSocket: {e}")),
             }
         }
+        if let Some(f) = faults.as_ref() {
+            f.publish(stats);
+        }
     }
     let _ = ws.close(None);
     let _ = ws.flush();
     Ok(())
+}
+
+/// Writes the frames due towards the guest to the TAP until none is due or the TAP is full.
+fn deliver_to_guest(tap: &Tap, f: &mut Injectors, held: &mut Option<Vec<u8>>, stats: &BridgeStats) {
+    let now = f.clock.now();
+    while held.is_none() {
+        let Some(frame) = f.to_guest.pop(now) else {
+            break;
+        };
+        *held = write_tap(tap, frame, stats);
+    }
+}
+
+/// Writes the frames due towards the page to the WebSocket until none is due or it is full;
+/// true if it wrote any.
+fn send_due(
+    ws: &mut WebSocket<TcpStream>,
+    f: &mut Injectors,
+    unflushed: &mut bool,
+    stats: &BridgeStats,
+) -> Result<bool> {
+    let now = f.clock.now();
+    let mut wrote = false;
+    while !*unflushed {
+        let Some(frame) = f.to_page.pop(now) else {
+            break;
+        };
+        wrote = true;
+        stats.to_page.fetch_add(1, Ordering::Relaxed);
+        match ws.write(Message::binary(frame)) {
+            Ok(()) => {}
+            Err(e) if would_block(&e) => *unflushed = true,
+            Err(e) => return Err(anyhow::anyhow!("writing the WebSocket: {e}")),
+        }
+    }
+    Ok(wrote)
 }
 
 /// Writes one frame to the TAP; returns it back when the TAP cannot take it yet.

@@ -31,6 +31,7 @@ use crate::origin::{Cors, Origin, OriginFiles};
 use crate::report::Report;
 use crate::tools::{ensure_programs, is_root, workspace_root};
 use bridge::Bridge;
+use c2w_net_proxy::native::FaultSpec;
 use checks::{save_ca, PLAIN_NAME, SECURE_NAME};
 use launch::{Browser, Kind, LaunchSpec};
 use server::PageServer;
@@ -144,9 +145,15 @@ pub fn run(args: &[String]) -> Result<()> {
         pages,
     };
 
+    let faults_wanted = filter
+        .as_deref()
+        .is_none_or(|f| "faults".contains(f) || f.starts_with("faults"));
     let mut r = Report::filtered(filter);
     netproxy_phase(&shared, &mut r)?;
     c2w_phase(&shared, &mut r)?;
+    if faults_wanted {
+        faults_phase(&shared, &mut r)?;
+    }
     drop(shared);
     r.finish("e2e-browser")
 }
@@ -161,10 +168,21 @@ struct Phase {
 
 impl Phase {
     fn start(shared: &Shared, name: &str, page: &str, query: &str) -> Result<Self> {
+        Self::start_with_faults(shared, name, page, query, None)
+    }
+
+    /// [`start`](Self::start) with a bridge that injects `faults` in both directions.
+    fn start_with_faults(
+        shared: &Shared,
+        name: &str,
+        page: &str,
+        query: &str,
+        faults: Option<FaultSpec>,
+    ) -> Result<Self> {
         let id = std::process::id();
         // Interface names are at most 15 bytes.
         let tap = format!("c2wb{}{}", &name[..1], id % 1_000_000);
-        let bridge = Bridge::start(&tap)?;
+        let bridge = Bridge::start_with_faults(&tap, faults)?;
         let work = shared.dir.join(format!("{name}-work"));
         if work.exists() {
             std::fs::remove_dir_all(&work)?;
@@ -563,6 +581,94 @@ fn c2w_phase(shared: &Shared, r: &mut Report) -> Result<()> {
     );
     drop(g);
     r.check("c2w: browser still running after the checks", || {
+        phase.browser_alive()
+    });
+    drop(phase);
+    Ok(())
+}
+
+/// The faults the third phase's bridge injects in both directions.
+const FAULTS: &str = "loss=5%,dup=1%,reorder=1%,delay=10ms,seed=21";
+/// Download size per scheme under faults.
+const FAULT_DOWNLOAD: usize = 1 << 20;
+/// Upload size under faults.
+const FAULT_UPLOAD: usize = 2 << 20;
+
+/// `e2e.html` again, behind a bridge that loses, duplicates, reorders and delays frames in
+/// both directions: downloads over http and https and an upload stay byte-exact.
+fn faults_phase(shared: &Shared, r: &mut Report) -> Result<()> {
+    let spec: FaultSpec = FAULTS.parse()?;
+    let mut phase = Phase::start_with_faults(shared, "faults", "e2e.html", "", Some(spec))?;
+    let ca_file = shared.dir.join("proxy-ca-faults.pem");
+    let ready = phase.wait_ready(shared, &ca_file);
+    r.check(
+        &format!("faults: e2e.html up behind a bridge with {FAULTS}"),
+        || {
+            ready.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            Ok("ready, CA exported".into())
+        },
+    );
+    let g = Guest {
+        ns: &phase.guest,
+        ca: ca_file.clone(),
+        work: phase.work.clone(),
+    };
+    r.check(
+        "dhcp (faults): udhcpc gets 192.168.127.3 through the lossy bridge",
+        || {
+            need(&ready)?;
+            g.dhcp()
+        },
+    );
+    for (scheme, base) in [
+        ("http", shared.http.base_url()),
+        ("https", shared.https.base_url()),
+    ] {
+        r.check(
+            &format!(
+                "faults: curl {scheme} {} MiB download, sha256",
+                FAULT_DOWNLOAD >> 20
+            ),
+            || {
+                need(&ready)?;
+                let rate = g.download(&base, FAULT_DOWNLOAD, Duration::from_secs(120))?;
+                Ok(format!("sha256 ok, {rate:.2} MB/s"))
+            },
+        );
+    }
+    r.check(
+        &format!(
+            "faults: curl https {} MiB POST --data-binary, sha256",
+            FAULT_UPLOAD >> 20
+        ),
+        || {
+            need(&ready)?;
+            g.upload(&shared.https.base_url(), FAULT_UPLOAD, false)
+        },
+    );
+    drop(g);
+    r.check(
+        "faults: the bridge lost, duplicated, reordered and delayed frames",
+        || {
+            need(&ready)?;
+            let Some([to_guest, to_page]) = phase.bridge.fault_stats() else {
+                bail!("the bridge reports no fault counters");
+            };
+            let sum = |f: fn(&c2w_net_proxy::native::FaultStats) -> u64| f(&to_guest) + f(&to_page);
+            let lost = sum(|s| s.lost);
+            let passed = sum(|s| s.passed);
+            let rate = lost as f64 / (lost + passed).max(1) as f64;
+            if !(0.03..=0.07).contains(&rate)
+                || sum(|s| s.duplicated) == 0
+                || sum(|s| s.reordered) == 0
+                || sum(|s| s.delayed) < passed / 2
+            {
+                bail!("faults not applied as asked: {}", phase.bridge.summary());
+            }
+            Ok(phase.bridge.summary())
+        },
+    );
+    r.check("faults: browser still running after the checks", || {
         phase.browser_alive()
     });
     drop(phase);
