@@ -179,7 +179,23 @@ pub(crate) fn mask(prefix_len: u8) -> u32 {
     }
 }
 
+/// Full-size TCP segments the socket buffers hold at least, so a large MTU still leaves a
+/// window of several segments in flight.
+pub const MIN_SEGMENTS_BUFFERED: usize = 16;
+
 impl Config {
+    /// Sets the link MTU (offered to the guest by DHCP) and grows the TCP buffers to hold at
+    /// least [`MIN_SEGMENTS_BUFFERED`] full segments, so a jumbo MTU does not shrink the window
+    /// to a few segments; smaller buffers already configured are raised, larger ones kept.
+    pub fn set_mtu(&mut self, mtu: usize) {
+        self.mtu = mtu;
+        // IPv4 and TCP headers without options.
+        let segment = mtu.saturating_sub(40);
+        let floor = segment.saturating_mul(MIN_SEGMENTS_BUFFERED);
+        self.tcp.rx_buffer = self.tcp.rx_buffer.max(floor);
+        self.tcp.tx_buffer = self.tcp.tx_buffer.max(floor);
+    }
+
     /// The guest network's netmask.
     pub fn netmask(&self) -> Ipv4Addr {
         Ipv4Addr::from(mask(self.prefix_len))
@@ -270,6 +286,25 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    #[test]
+    fn a_large_mtu_grows_the_tcp_buffers_to_sixteen_segments() {
+        let mut c = Config::default();
+        c.set_mtu(1500);
+        assert_eq!(
+            (c.mtu, c.tcp.rx_buffer),
+            (1500, 256 * 1024),
+            "defaults kept"
+        );
+        c.set_mtu(65520);
+        assert_eq!(c.tcp.rx_buffer, 16 * 65480);
+        assert_eq!(c.tcp.tx_buffer, 16 * 65480);
+        assert_eq!(c.validate(), Ok(()));
+        let mut big = Config::default();
+        big.tcp.rx_buffer = 64 << 20;
+        big.set_mtu(9000);
+        assert_eq!(big.tcp.rx_buffer, 64 << 20, "larger buffers kept");
+    }
 
     #[test]
     fn defaults_are_valid_and_match_the_original() {

@@ -26,7 +26,8 @@ use anyhow::{bail, Result};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test         fmt check, clippy (native + wasm32), unit tests (native + wasm32), build-wasm, e2e
+  test         fmt check, clippy (native + wasm32), unit tests (native + wasm32), fuzz --smoke,
+               build-wasm, e2e (incl. faults and load), e2e --browser, demo --check
   build-wasm   build the browser package into dist/
   e2e [FILTER] end to end with a real Linux guest in a network namespace (needs root)
   e2e robust[: CHECK]

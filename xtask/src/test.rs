@@ -1,7 +1,7 @@
 //! `cargo xtask test`: everything CI runs, in order, stopping at the first failure: fmt,
 //! clippy (native and wasm32), unit tests (native and wasm32 under node), fetch()'s backend
-//! under node, build-wasm with its node smoke tests, the real-guest e2e, and the same guest
-//! behind the browser build in headless Chromium and Firefox ESR, and the demo (a v86 Linux
+//! under node, each fuzz target briefly (`fuzz --smoke`), build-wasm with its node smoke
+//! tests, the real-guest e2e (with its fault and load phases), and the same guest behind the browser build in headless Chromium and Firefox ESR, and the demo (a v86 Linux
 //! VM booting in the page) checked headless.
 
 use std::process::Command;
@@ -45,6 +45,8 @@ pub fn run_all(args: &[String]) -> Result<()> {
     println!("xtask: wasm32 tests under node");
     cargo_test_wasm(&["net-stack", "mitm-ca", "http-proxy"])?;
     crate::transport_node::run(&[])?;
+    // Every fuzz target briefly on its seed corpus (nightly cargo-fuzz; a crash fails the run).
+    crate::fuzz::run_cmd(&["--smoke".to_string()])?;
     crate::build_wasm::run_build(&["--check".to_string()])?;
     crate::e2e::run(args)?;
     crate::browser::run(&["chromium".to_string()])?;

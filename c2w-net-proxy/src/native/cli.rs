@@ -32,6 +32,12 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub pcap: Option<PathBuf>,
 
+    /// Link MTU offered to the guest by DHCP (576..=65535, default 1500). A large MTU such as
+    /// 65520 cuts per-packet work when the guest's link allows it; TCP buffers grow to hold at
+    /// least 16 segments unless --tcp-buffer says otherwise.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(576..))]
+    pub mtu: Option<u16>,
+
     /// Inject seeded faults into the frames of both directions (off by default), e.g.
     /// `loss=5%,reorder=1%,dup=1%,delay=100ms,seed=7` (also `jitter=`, `queue=`), for testing.
     #[arg(long, value_name = "SPEC")]

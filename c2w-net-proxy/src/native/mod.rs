@@ -118,6 +118,9 @@ impl Timer for TokioTimer {
 pub async fn run(args: Args) -> Result<(), RunnerError> {
     let mut config = Config::default();
     let mut proxy_config = ProxyConfig::default();
+    if let Some(mtu) = args.mtu {
+        config.set_mtu(usize::from(mtu));
+    }
     args.limits.apply(&mut config, &mut proxy_config.limits);
     let proxy_ip = config
         .virtual_ips

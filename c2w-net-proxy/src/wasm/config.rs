@@ -525,7 +525,7 @@ pub fn stack_config(network: &NetworkOptions) -> net_stack::Config {
         config.gateway_mac = mac;
     }
     if let Some(mtu) = network.mtu {
-        config.mtu = mtu;
+        config.set_mtu(mtu);
     }
     if moved {
         let net = u32::from(config.gateway_ip) & u32::from(config.netmask());
