@@ -184,8 +184,10 @@ impl Route for V86Route<'_> {
 
     /// v86's adapter answers port 80 of any address and fetches the Host header's origin, so
     /// the origin's loopback URL is kept (as Host) and the connection goes to v86's router.
+    /// curl's `Expect: 100-continue` (bodies over 1 MiB) is left out: the adapter passes every
+    /// request header on to fetch(), and node's fetch() refuses `Expect` (a browser's drops it).
     fn curl(&self) -> String {
-        format!("curl -sS --noproxy '*' --connect-to ::{V86_ROUTER}:80")
+        format!("curl -sS --noproxy '*' -H 'Expect:' --connect-to ::{V86_ROUTER}:80")
     }
 
     fn base(&self, scheme: Scheme) -> Option<String> {
