@@ -491,7 +491,15 @@ impl Env<'_> {
         // The transport keeps idle origin connections (and their read buffers) pooled for
         // its idle timeout (reqwest: 90 s); memory may return only when they close.
         let (waited, after) = wait_rss(&self.stats, idle, Duration::from_secs(100))?;
-        let rss = check_rss(idle, after.top("rss_peak_bytes"), after.rss())?;
+        let rss = check_rss(idle, after.top("rss_peak_bytes"), after.rss()).with_context(|| {
+            format!(
+                "all {count} transfers byte-exact in {:.1} s and counters 0 after {} ms, but {pooled} pooled origin connections then and {} after {:.0} s more",
+                elapsed.as_secs_f64(),
+                settle.as_millis(),
+                established_to(self.http.addr.port()),
+                waited.as_secs_f64()
+            )
+        })?;
         Ok(format!(
             "{count} transfers ({:.1} MB) in {:.1} s over {connections} connections, byte-exact; idle after {} ms; right then RSS {:.1} MiB with {pooled} pooled origin connections; near idle after {:.1} s more: {rss}",
             total as f64 / 1e6,
