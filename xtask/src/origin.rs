@@ -68,6 +68,50 @@ pub fn blob(len: usize) -> Vec<u8> {
     out
 }
 
+/// [`blob`]'s bytes produced as they are read, so a large body costs no memory.
+pub struct BlobReader {
+    x: u32,
+    left: usize,
+    /// Bytes of the current word not handed out yet (little-endian, like [`blob`]).
+    pending: [u8; 4],
+    pending_len: usize,
+}
+
+impl BlobReader {
+    /// The first `len` bytes of the blob.
+    pub fn new(len: usize) -> Self {
+        Self {
+            x: 0x9e37_79b9,
+            left: len,
+            pending: [0; 4],
+            pending_len: 0,
+        }
+    }
+}
+
+impl std::io::Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min(self.left);
+        let mut n = 0;
+        while n < want {
+            if self.pending_len == 0 {
+                self.x ^= self.x << 13;
+                self.x ^= self.x >> 17;
+                self.x ^= self.x << 5;
+                self.pending = self.x.to_le_bytes();
+                self.pending_len = 4;
+            }
+            let start = 4 - self.pending_len;
+            let take = (want - n).min(self.pending_len);
+            buf[n..n + take].copy_from_slice(&self.pending[start..start + take]);
+            self.pending_len -= take;
+            n += take;
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
 /// Hex sha256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
@@ -161,6 +205,11 @@ impl OriginFiles {
     /// The HTTPS origin's certificate (PEM), e.g. to pin its key in a browser.
     pub fn server_cert(&self) -> &Path {
         &self.server_cert
+    }
+
+    /// The HTTPS origin's private key (PEM).
+    pub fn server_key(&self) -> &Path {
+        &self.server_key
     }
 }
 
@@ -340,8 +389,13 @@ fn handle(mut request: tiny_http::Request, files: &OriginFiles, cors: Cors) {
         match len.parse::<usize>() {
             Ok(len) if len <= 1 << 30 => send(
                 request,
-                tiny_http::Response::from_data(blob(len))
-                    .with_header(header("Content-Type", "application/octet-stream")),
+                tiny_http::Response::new(
+                    tiny_http::StatusCode(200),
+                    vec![header("Content-Type", "application/octet-stream")],
+                    BlobReader::new(len),
+                    Some(len),
+                    None,
+                ),
                 &extra,
             ),
             _ => send(

@@ -7,12 +7,12 @@
 
 mod ca;
 mod net;
+mod origin;
 // Until net.rs calls them (the v86 peer, the bridge and relay references).
-#[allow(dead_code)]
 mod peer;
-#[allow(dead_code)]
 mod reference;
 mod routes;
+mod size;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -23,12 +23,14 @@ use serde_json::Value;
 
 use crate::tools;
 
-const USAGE: &str = "usage: cargo xtask bench [ca] [net [--quick] [--only PATH]...] [--no-wasm]
+const USAGE: &str =
+    "usage: cargo xtask bench [ca] [size] [net [--quick] [--only PATH]...] [--no-wasm]
 
   ca      mitm-ca natively and as wasm under node
+  size    dist/ raw and gzipped
   net     the guest's traffic on every path next to the direct path (needs root)
           --quick       small sizes, for checking the harness
-          --only PATH   native, browser, c2w (repeatable; default all)
+          --only PATH   native, browser, c2w, v86, mtu, reference (repeatable; default all)
 With no section named, every section runs.";
 
 /// Runs the benchmarks named in `args` (all when none is named).
@@ -42,6 +44,7 @@ pub fn run(args: &[String]) -> Result<()> {
         match arg.as_str() {
             "ca" | "mitm-ca" => sections.push("ca"),
             "net" => sections.push("net"),
+            "size" => sections.push("size"),
             "--quick" => plan = net::Plan::quick(),
             "--only" => only.push(args.next().context("--only needs a path name")?.clone()),
             "--no-wasm" => wasm = false,
@@ -50,7 +53,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     plan.only = only;
     if sections.is_empty() {
-        sections = vec!["ca", "net"];
+        sections = vec!["ca", "size", "net"];
     }
     if sections.contains(&"net") && std::env::var_os(OPTIMIZED).is_none() {
         return rerun_optimized();
@@ -59,6 +62,7 @@ pub fn run(args: &[String]) -> Result<()> {
         match section {
             "ca" => ca::section(wasm)?,
             "net" => net::section(&plan)?,
+            "size" => size::section()?,
             _ => unreachable!("sections are parsed above"),
         }
     }

@@ -12,10 +12,11 @@ use serde_json::{json, Value};
 
 use super::routes::{self, Direct, Origins, Page, FRESH_SUFFIX};
 use super::workload::{self, mb_per_s, median, Route, Scheme};
+use super::{peer, reference};
 use super::{publish, Machine};
 use crate::browser::server::PageServer;
 use crate::cleanup;
-use crate::origin::{Cors, Origin, OriginFiles};
+use crate::origin::OriginFiles;
 use crate::tools::{self, ensure_programs, is_root, workspace_root};
 
 const HEADING: &str = "## Network paths";
@@ -320,6 +321,9 @@ enum Subset {
     Full,
     /// Downloads up to 64 MiB and request latency (slow or limited paths).
     Light,
+    /// A peer: downloads (all sizes, http only where it has no TLS) and request latency; no
+    /// uploads (v86's fetch backend re-copies the whole body per segment).
+    Peer,
 }
 
 /// Runs the section.
@@ -343,12 +347,7 @@ pub(super) fn section(plan: &Plan) -> Result<()> {
     let binary = build_runner(&root)?;
     let _guard = cleanup::Guard;
     let files = OriginFiles::create(&dir.join("origin")).context("creating the origin's files")?;
-    let origins = Origins {
-        http: Origin::http_with(&files, 32, Cors::On)?,
-        https: Origin::https_with(&files, 32, Cors::On)?,
-        ca: files.ca_cert.clone(),
-        server_cert: files.server_cert().to_path_buf(),
-    };
+    let origins = Origins::start(&files)?;
     let mut results = Results::default();
     let started = Instant::now();
 
@@ -364,7 +363,13 @@ pub(super) fn section(plan: &Plan) -> Result<()> {
             Err(e) => results.failed("native", "setup", e),
         }
     }
-    if plan.runs("browser") || plan.runs("c2w") {
+    if plan.runs("v86") {
+        match peer::v86(&origins, &dir) {
+            Ok(route) => measure(&route, plan, &mut results, Subset::Peer),
+            Err(e) => results.failed("v86", "setup", e),
+        }
+    }
+    if plan.runs("browser") || plan.runs("c2w") || plan.runs("reference") {
         let pages = browser_pages(&root, &dir, &origins)?;
         if plan.runs("browser") {
             match routes::browser(&origins, &pages, &dir, "browser", Page::NetProxy) {
@@ -378,6 +383,17 @@ pub(super) fn section(plan: &Plan) -> Result<()> {
                 Err(e) => results.failed("c2w", "setup", e),
             }
         }
+        if plan.runs("reference") {
+            references(&origins, &pages, &dir, &mut results);
+        }
+    }
+    if plan.runs("mtu") {
+        let extra = ["--mtu".to_string(), LARGE_MTU.to_string()];
+        let name = format!("native-mtu{LARGE_MTU}");
+        match routes::native(&origins, &binary, &dir, &name, &extra) {
+            Ok(route) => measure(&route, plan, &mut results, Subset::Light),
+            Err(e) => results.failed(&name, "setup", e),
+        }
     }
     eprintln!(
         "xtask bench: network paths measured in {:.0} s",
@@ -385,6 +401,37 @@ pub(super) fn section(plan: &Plan) -> Result<()> {
     );
     let md = markdown(&results, plan);
     publish(HEADING, &md, entries(&results))
+}
+
+/// The large MTU the `mtu` variant offers by DHCP (the largest Linux accepts on a TAP, less
+/// the Ethernet header, as in QEMU's and gVisor's jumbo setups).
+const LARGE_MTU: u32 = 65520;
+
+/// The stack-free references: the bridge echoing frames (Chromium and node), and
+/// container2wasm's relay fed by a synthetic worker. Recorded as their own paths.
+fn references(origins: &Origins, pages: &PageServer, dir: &Path, results: &mut Results) {
+    let record = |results: &mut Results, path: &str, figures: Vec<reference::Figure>| {
+        for f in figures {
+            let metric = Metric {
+                key: f.key,
+                label: f.label,
+                unit: f.unit,
+                higher_is_better: f.higher_is_better,
+            };
+            results.record(path, metric, f.value);
+        }
+    };
+    for peer in [reference::EchoPeer::Chromium, reference::EchoPeer::Node] {
+        let path = format!("bridge-{}", peer.name());
+        match reference::bridge_echo(peer, origins, pages, dir, 3.0) {
+            Ok(f) => record(results, &path, f),
+            Err(e) => results.failed(&path, "echo", e),
+        }
+    }
+    match reference::relay_alone(origins, pages, dir, 2000) {
+        Ok(f) => record(results, "relay-alone", f),
+        Err(e) => results.failed("relay-alone", "relay", e),
+    }
 }
 
 /// Builds the runner with the optimized native profile.
@@ -403,13 +450,8 @@ fn build_runner(root: &Path) -> Result<std::path::PathBuf> {
 fn browser_pages(root: &Path, dir: &Path, origins: &Origins) -> Result<PageServer> {
     crate::browser::launch::Kind::Chromium.ensure_installed()?;
     let dist = root.join("dist");
-    if !crate::browser::PACKAGE_FILES
-        .iter()
-        .all(|f| dist.join(f).is_file())
-    {
-        eprintln!("xtask bench: dist/ is missing or incomplete; running build-wasm");
-        crate::build_wasm::run_build(&[])?;
-    }
+    // Rebuilt every time (quick when nothing changed), so the browser paths run this code.
+    crate::build_wasm::run_build(&[])?;
     let dist = crate::browser::snapshot_dist(&dist, &dir.join("dist"))?;
     let config = json!({
         "origins": {
@@ -444,41 +486,81 @@ fn cell(results: &Results, metric: &Metric, path: &str) -> String {
     }
 }
 
+/// True for the stack-free reference figures (they get their own table).
+fn is_reference(key: &str) -> bool {
+    key.starts_with("bridge-echo/") || key.starts_with("relay-alone/")
+}
+
 fn markdown(results: &Results, plan: &Plan) -> String {
     let machine = Machine::detect();
     let mut md = format!("{HEADING}\n\n");
     md.push_str(&format!(
         "Measured by `cargo xtask bench net` on {} on {} CPUs ({}). One run, every path \
-         against the same origin servers (tiny_http on loopback, 32 threads, TLS by rustls) \
-         and the same guest (a network namespace running the Linux kernel's stack and curl). \
-         Ratios are against the direct path (curl on the host to the origin) measured in the \
-         same run; downloads are piped into sha256sum and checked on every path. Times are \
-         curl's own (`time_total`). The runner is the `bench-native` build; the browser paths \
-         use dist/ in headless Chromium through the TAP-to-WebSocket bridge.\n\n",
+         against the same origin servers (xtask's bench origin on loopback: a thread per \
+         connection, keep-alive, TCP_NODELAY, TLS by rustls) and the same kind of guest (a \
+         network namespace running the Linux kernel's stack and curl). Ratios are against the \
+         direct path (curl on the host to the origin) measured in the same run; downloads are \
+         piped into sha256sum and checked on every path. Times are curl's own (`time_total`). \
+         The runner is the `bench-native` build; the browser paths run dist/ in headless \
+         Chromium behind the TAP-to-WebSocket bridge.\n\n",
         machine.date, machine.cpus, machine.cpu_model
     ));
+    let paths: Vec<&String> = results
+        .paths
+        .iter()
+        .filter(|p| {
+            results
+                .metrics
+                .iter()
+                .any(|m| !is_reference(&m.key) && results.get(&m.key, p).is_some())
+        })
+        .collect();
     md.push_str("| Metric |");
-    for p in &results.paths {
+    for p in &paths {
         md.push_str(&format!(" {p} |"));
     }
     md.push_str("\n|---|");
-    for _ in &results.paths {
+    for _ in &paths {
         md.push_str("---:|");
     }
     md.push('\n');
-    for metric in &results.metrics {
+    for metric in results.metrics.iter().filter(|m| !is_reference(&m.key)) {
         md.push_str(&format!("| {} |", metric.label));
-        for p in &results.paths {
+        for p in &paths {
             md.push_str(&format!(" {} |", cell(results, metric, p)));
         }
         md.push('\n');
     }
-    md.push_str(
+    md.push_str(&format!(
         "\nPaths: **direct** curl on the host, no proxy; **native** the runner on a TAP \
          device; **browser** `NetProxy` on a Chromium page, frames over the bridge; **c2w** \
          `stack-worker.js` behind a page playing container2wasm's relay (its 4 KiB \
-         SharedArrayBuffer protocol).\n",
-    );
+         SharedArrayBuffer protocol); **v86** the peer: v86's own fetch network backend \
+         (`FetchNetworkAdapter`, npm v86 {}) in node over the same bridge, plain HTTP only \
+         (it has no TLS interception) and no uploads (it re-copies the body per segment); \
+         **native-mtu{LARGE_MTU}** the runner offering MTU {LARGE_MTU} by DHCP.\n",
+        crate::demo::V86_VERSION
+    ));
+    let refs: Vec<&Metric> = results
+        .metrics
+        .iter()
+        .filter(|m| is_reference(&m.key))
+        .collect();
+    if !refs.is_empty() {
+        md.push_str(
+            "\nReferences without our stack, to tell its cost from the harness's: the bridge \
+             alone (a Chromium page or node echoing UDP frames back to the guest, 1472-byte \
+             datagrams, 128 in flight) and container2wasm's relay alone (the relay page fed \
+             by a synthetic worker, 4 KiB per request).\n\n| Reference | Figure | Value |\n|---|---|---:|\n",
+        );
+        for m in refs {
+            for p in &results.paths {
+                if let Some(v) = results.get(&m.key, p) {
+                    md.push_str(&format!("| {p} | {} | {v:.1} {} |\n", m.label, m.unit));
+                }
+            }
+        }
+    }
     let target_lines = targets(results, plan);
     if !target_lines.is_empty() {
         md.push_str("\nTargets:\n\n");

@@ -227,7 +227,7 @@ impl Drop for V86Route<'_> {
 mod tests {
     use super::*;
     use crate::bench::workload::{self, blob_sha, mb_per_s, median};
-    use crate::origin::{Cors, Origin, OriginFiles};
+    use crate::origin::OriginFiles;
 
     /// Runs the v86 peer end to end (root, node, npm): byte-exact downloads of 1 and 64 MiB
     /// and request latency. `cargo test -p xtask --profile bench-tools -- --ignored v86_peer`
@@ -238,12 +238,7 @@ mod tests {
         let dir = workspace_root().join("target/bench/peer-test");
         std::fs::create_dir_all(&dir)?;
         let files = OriginFiles::create(&dir.join("origin"))?;
-        let origins = Origins {
-            http: Origin::http_with(&files, 8, Cors::On)?,
-            https: Origin::https_with(&files, 8, Cors::On)?,
-            ca: files.ca_cert.clone(),
-            server_cert: files.server_cert().to_path_buf(),
-        };
+        let origins = Origins::start(&files)?;
         let route = v86(&origins, &dir)?;
         assert!(route.base(Scheme::Https).is_none());
         for size in [1u64 << 20, 64 << 20] {

@@ -82,8 +82,14 @@ impl EchoPeer {
 
 /// What keeps an echo peer alive; dropped (and so stopped) before the bridge.
 enum PeerProcess {
-    Browser(Browser),
-    Node { child: Child, action: Action },
+    Browser {
+        /// Held until the peer stops.
+        _browser: Browser,
+    },
+    Node {
+        child: Child,
+        action: Action,
+    },
 }
 
 impl Drop for PeerProcess {
@@ -185,7 +191,7 @@ fn start_echo_peer(
             if let Err(e) = pages.board.wait("ready", 0, Duration::from_secs(60)) {
                 bail!("{e:#}\n--- browser log ---\n{}", browser.log_tail(25));
             }
-            Ok(PeerProcess::Browser(browser))
+            Ok(PeerProcess::Browser { _browser: browser })
         }
         EchoPeer::Node => {
             ensure_programs(&[("node", "nodejs")])?;
@@ -344,7 +350,7 @@ fn empty_dist(dir: &Path) -> Result<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::origin::{Cors, Origin, OriginFiles};
+    use crate::origin::OriginFiles;
 
     #[test]
     fn relay_figures_check_the_sink() {
@@ -388,12 +394,7 @@ mod tests {
         let dir = root.join("target/bench/reference-test");
         std::fs::create_dir_all(&dir)?;
         let files = OriginFiles::create(&dir.join("origin"))?;
-        let origins = Origins {
-            http: Origin::http_with(&files, 4, Cors::On)?,
-            https: Origin::https_with(&files, 4, Cors::On)?,
-            ca: files.ca_cert.clone(),
-            server_cert: files.server_cert().to_path_buf(),
-        };
+        let origins = Origins::start(&files)?;
         let pages =
             PageServer::start(&root.join("xtask/browser"), &empty_dist(&dir)?, "{}".into())?;
         let mut all = Vec::new();

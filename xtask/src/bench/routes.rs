@@ -9,25 +9,38 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use super::origin::BenchOrigin;
 use super::workload::{Route, Scheme};
 use crate::browser::bridge::Bridge;
 use crate::browser::checks::save_ca;
 use crate::browser::launch::{Browser, Kind, LaunchSpec};
 use crate::browser::server::PageServer;
 use crate::guest::{text, Guest, GuestNs, Runner, PROXY};
-use crate::origin::Origin;
+use crate::origin::OriginFiles;
 use crate::procfs;
 
 /// The origins every route reaches, and the test CA of the HTTPS one.
 pub struct Origins {
     /// Plain HTTP origin (CORS on, so the browser routes can fetch it).
-    pub http: Origin,
+    pub http: BenchOrigin,
     /// HTTPS origin.
-    pub https: Origin,
+    pub https: BenchOrigin,
     /// The test CA that signed the HTTPS origin's certificate.
     pub ca: PathBuf,
     /// The HTTPS origin's certificate (Chromium trusts its key for the run).
     pub server_cert: PathBuf,
+}
+
+impl Origins {
+    /// Starts the HTTP and HTTPS origins (certificate from `files`' test CA).
+    pub fn start(files: &OriginFiles) -> Result<Self> {
+        Ok(Self {
+            http: BenchOrigin::http()?,
+            https: BenchOrigin::https(files.server_cert(), files.server_key())?,
+            ca: files.ca_cert.clone(),
+            server_cert: files.server_cert().to_path_buf(),
+        })
+    }
 }
 
 /// Names under this suffix are rewritten to the HTTPS origin: each is a host the proxy has not
@@ -209,8 +222,6 @@ pub fn native<'a>(
     let proxy_ca = dir.join(format!("proxy-ca-{name}.pem"));
     let _ = std::fs::remove_file(&proxy_ca);
     let mut args: Vec<String> = vec![
-        "--log".into(),
-        "warn".into(),
         "--trust-ca".into(),
         origins.ca.display().to_string(),
         "--ca-cert-out".into(),
