@@ -631,7 +631,7 @@ fn faults_phase(shared: &Shared, r: &mut Report) -> Result<()> {
             ),
             || {
                 need(&ready)?;
-                let rate = g.download(&base, FAULT_DOWNLOAD, Duration::from_secs(120))?;
+                let rate = g.download(&base, FAULT_DOWNLOAD, Duration::from_secs(180))?;
                 Ok(format!("sha256 ok, {rate:.2} MB/s"))
             },
         );
