@@ -53,6 +53,11 @@ impl Default for NativeTransportBuilder {
     }
 }
 
+/// Idle connections kept per origin host after a burst.
+const POOL_IDLE_PER_HOST: usize = 8;
+/// How long an idle origin connection is kept for reuse.
+const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 impl NativeTransportBuilder {
     /// Uses `config` (routing, allow/deny list, timeout, …).
     pub fn config(mut self, config: TransportConfig) -> Self {
@@ -120,6 +125,11 @@ impl NativeTransportBuilder {
             .no_proxy()
             .gzip(self.browser_like)
             .deflate(self.browser_like)
+            .tcp_nodelay(true)
+            // A guest can make the proxy open hundreds of connections to one origin at once;
+            // keep only a few idle afterwards, and not for long, so memory returns to idle.
+            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| ConfigError::Client {
                 reason: error_chain(&e),

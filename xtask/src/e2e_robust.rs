@@ -14,8 +14,9 @@ use serde_json::Value;
 
 use crate::cleanup;
 use crate::guest::{build_runner, text, Guest, GuestNs, Runner, GUEST_MAC, PROXY};
-use crate::origin::{blob, FaultOrigin, Origin, OriginFiles};
+use crate::origin::{blob, FaultOrigin};
 use crate::report::Report;
+use crate::threaded_origin::ThreadedOrigin;
 use crate::tools::{ensure_programs, is_root, workspace_root};
 
 /// The checks of this phase (a filter that matches none of them skips the phase).
@@ -35,8 +36,6 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// `orphan_timeout` (60 s) before it is aborted.
 const VANISHED_SETTLE: Duration = Duration::from_secs(150);
 /// The runner's origin timeout (`--timeout`), short so a hanging origin is answered quickly.
-/// (With 256 transfers at once, a few of the first requests got no response head from the
-/// local origin in time, with 5 s as with 10 s: see docs/robustness.md.)
 const ORIGIN_TIMEOUT_SECS: u64 = 5;
 /// Memory the runner may keep after a load above its idle value (allocator caches, the
 /// transport's connection pool, grown tables): at most this much, and at most a quarter of
@@ -70,10 +69,9 @@ pub fn run(filter: Option<String>) -> Result<()> {
     let _guard = cleanup::Guard;
     let dir = workspace_root().join("target/e2e-robust");
     std::fs::create_dir_all(&dir)?;
-    let files = OriginFiles::create(&dir.join("origin")).context("creating the origin's files")?;
-    // One worker per concurrent transfer: a queued request must not wait past the runner's
-    // 5 s origin timeout.
-    let http = Origin::http(&files, 256)?;
+    // A thread per connection: tiny_http's pool queues a burst of new connections behind the
+    // keep-alive ones it sits on, past the runner's 5 s origin timeout.
+    let http = ThreadedOrigin::http()?;
     let fault = FaultOrigin::start()?;
     let work = dir.join("guest-work");
     if work.exists() {
@@ -171,7 +169,7 @@ fn runner_args(binary: &Path, stats: &Path) -> Vec<String> {
 /// Everything a check needs.
 struct Env<'a> {
     guest: Guest<'a>,
-    http: &'a Origin,
+    http: &'a ThreadedOrigin,
     fault: &'a FaultOrigin,
     /// The runner's `--stats-file`.
     stats: PathBuf,
@@ -487,7 +485,7 @@ impl Env<'_> {
         let connections = after.get("http_proxy", "connections_total")
             - before.get("http_proxy", "connections_total");
         let right_after = after.rss();
-        let pooled = established_to(self.http.addr.port());
+        let pooled = established_to(self.http.addr().port());
         // The transport keeps idle origin connections (and their read buffers) pooled for
         // its idle timeout (reqwest: 90 s); memory may return only when they close.
         let (waited, after) = wait_rss(&self.stats, idle, Duration::from_secs(100))?;
@@ -496,7 +494,7 @@ impl Env<'_> {
                 "all {count} transfers byte-exact in {:.1} s and counters 0 after {} ms, but {pooled} pooled origin connections then and {} after {:.0} s more",
                 elapsed.as_secs_f64(),
                 settle.as_millis(),
-                established_to(self.http.addr.port()),
+                established_to(self.http.addr().port()),
                 waited.as_secs_f64()
             )
         })?;
@@ -730,7 +728,7 @@ fn tail(s: &str) -> String {
 /// namespace removed, with no FIN or RST, like a VM that is killed: the runner's counters
 /// must return to zero and its memory near idle. Then the switch namespace (and the TAP in
 /// it) is deleted too, and what the runner does is reported.
-fn vanishing_guest(binary: &Path, dir: &Path, http: &Origin) -> Result<String> {
+fn vanishing_guest(binary: &Path, dir: &Path, http: &ThreadedOrigin) -> Result<String> {
     let id = std::process::id();
     let stats = dir.join("stats-vanish.json");
     let _ = std::fs::remove_file(&stats);

