@@ -10,6 +10,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +28,8 @@ use crate::origin::BlobReader;
 const MAX_HEAD: usize = 16 * 1024;
 /// Bytes per write of a streamed body.
 const CHUNK: usize = 64 * 1024;
+/// Pending connections the kernel queues for accept.
+const LISTEN_BACKLOG: i32 = 4096;
 /// A connection idle this long is closed.
 const IDLE: Duration = Duration::from_secs(120);
 
@@ -61,6 +64,12 @@ impl ThreadedOrigin {
 
     fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
+        // std listens with a backlog of 128: a burst of more connections than that loses SYNs
+        // and the clients retry after 1, 3, 7 s... Listening again raises it.
+        // SAFETY: listen(2) on a socket this function owns.
+        if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let scheme = if tls.is_some() { "https" } else { "http" };

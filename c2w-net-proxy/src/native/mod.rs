@@ -7,6 +7,7 @@ mod limits;
 mod link;
 mod stats_file;
 pub mod tap;
+mod trim;
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -147,6 +148,7 @@ pub async fn run(args: Args) -> Result<(), RunnerError> {
         tokio::task::spawn_local(task);
     });
     services::start(&stack, proxy.clone(), proxy_ip, spawner)?;
+    trim::spawn(&stack);
     let stats_file = args
         .stats_file
         .as_deref()
