@@ -8,8 +8,11 @@ const status = (s) => { document.getElementById("status").textContent = s; };
 
 async function main() {
   const config = await loadConfig();
-  await plantCookie(config.origins.http);
-  status("cookie planted");
+  // The benchmark's origin has no cookie endpoints; it sets plantCookie: false.
+  if (config.plantCookie !== false) {
+    await plantCookie(config.origins.http);
+    status("cookie planted");
+  }
 
   const mod = await import("./c2w_net_proxy.js");
   // The package's init() has no default wasm path: name the file next to the module.

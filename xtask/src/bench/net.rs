@@ -462,6 +462,7 @@ fn browser_pages(root: &Path, dir: &Path, origins: &Origins) -> Result<PageServe
         "rewrites": [
             { "host": format!("*.{FRESH_SUFFIX}"), "url": origins.https.base_url() },
         ],
+        "plantCookie": false,
     })
     .to_string();
     PageServer::start(&root.join("xtask/browser"), &dist, config)
