@@ -444,7 +444,13 @@ where
         keep_alive,
         version,
     )
-    .await?;
+    .await
+    .inspect_err(|err| {
+        // The guest went away (or stalled past the I/O deadline) mid-response: still a cut
+        // response, counted and logged like one the origin cut short.
+        Counters::add(&proxy.counters.aborted_responses, 1);
+        tracing::info!(method = %head.method, %url, status = status.as_u16(), error = %err, "response to the guest cut short");
+    })?;
     if state.borrow().too_large {
         // The body crossed the limit after the response had started: it cannot become a 413
         // any more, so the connection closes (the response is cut short or already whole).

@@ -810,3 +810,76 @@ fn too_large_heads_are_counted() {
     assert!(r.output.contains("request head larger than 1024 bytes"));
     assert_eq!((r.stats.heads_too_large, r.stats.bad_requests), (1, 1));
 }
+
+/// A guest that goes away after `left` bytes of the response: later writes fail.
+struct Vanishing {
+    guest: Guest,
+    left: usize,
+}
+
+impl AsyncRead for Vanishing {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.guest).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Vanishing {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.left == 0 {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let n = buf.len().min(self.left);
+        self.left -= n;
+        Pin::new(&mut self.guest).poll_write(cx, &buf[..n])
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.guest).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.guest).poll_close(cx)
+    }
+}
+
+#[test]
+fn a_guest_vanishing_mid_response_counts_as_an_aborted_response() {
+    let script = Rc::new(Script {
+        seen: RefCell::new(Vec::new()),
+        respond: ok_text("a body long enough to be cut short by the vanishing guest"),
+    });
+    let proxy = Proxy::new(
+        ProxyConfig::default(),
+        script,
+        Rc::new(TestTimer { fire: false }),
+    );
+    let output = Rc::new(RefCell::new(Vec::new()));
+    let guest = Vanishing {
+        guest: Guest {
+            input: b"GET http://a.test/ HTTP/1.1\r\n\r\n".to_vec(),
+            pos: 0,
+            piece: 4096,
+            stall_at_end: true,
+            output: output.clone(),
+            max_write: Rc::new(RefCell::new(0)),
+        },
+        left: 90,
+    };
+    let _ = block_on(proxy.serve(guest, Entry::ForwardProxy));
+    assert_eq!(output.borrow().len(), 90);
+    let stats = proxy.stats();
+    assert_eq!(
+        (
+            stats.requests,
+            stats.aborted_responses,
+            stats.connections_open
+        ),
+        (1, 1, 0)
+    );
+}
