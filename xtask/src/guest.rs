@@ -99,6 +99,28 @@ impl GuestNs {
         ]
     }
 
+    /// udhcpc once on the guest's interface (8 tries, 2 s apart) with Debian's default script,
+    /// which applies the address, route, DNS servers and MTU.
+    pub fn udhcpc(&self) -> Result<Output> {
+        self.output_within(
+            &[
+                "udhcpc",
+                "-i",
+                &self.iface,
+                "-n",
+                "-q",
+                "-f",
+                "-t",
+                "8",
+                "-T",
+                "2",
+                "-s",
+                "/etc/udhcpc/default.script",
+            ],
+            Duration::from_secs(30),
+        )
+    }
+
     /// The guest's resolv.conf as its programs see it.
     pub fn resolv_conf(&self) -> String {
         std::fs::read_to_string(Path::new("/etc/netns").join(&self.name).join("resolv.conf"))
@@ -246,23 +268,7 @@ impl Guest<'_> {
     /// udhcpc on the guest's interface: the lease, the default route, the DNS server.
     pub fn dhcp(&self) -> Result<String> {
         let iface = self.ns.iface.clone();
-        let out = self.ns.output_within(
-            &[
-                "udhcpc",
-                "-i",
-                &iface,
-                "-n",
-                "-q",
-                "-f",
-                "-t",
-                "8",
-                "-T",
-                "2",
-                "-s",
-                "/etc/udhcpc/default.script",
-            ],
-            Duration::from_secs(30),
-        )?;
+        let out = self.ns.udhcpc()?;
         if !out.status.success() {
             bail!("udhcpc failed: {}", text(&out));
         }

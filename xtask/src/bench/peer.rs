@@ -120,23 +120,7 @@ impl V86Route<'_> {
     /// udhcpc against v86's DHCP server; checks the address and the default route.
     fn dhcp(&self) -> Result<()> {
         let iface = self.ns.iface.clone();
-        let out = self.ns.output_within(
-            &[
-                "udhcpc",
-                "-i",
-                &iface,
-                "-n",
-                "-q",
-                "-f",
-                "-t",
-                "8",
-                "-T",
-                "2",
-                "-s",
-                "/etc/udhcpc/default.script",
-            ],
-            Duration::from_secs(30),
-        )?;
+        let out = self.ns.udhcpc()?;
         if !out.status.success() {
             bail!("udhcpc failed: {}\n{}", text(&out), self.log_tail());
         }
