@@ -9,47 +9,11 @@
 // send {buf}, recv {len}, recv-is-readable {timeout}. Bytes are QEMU stream framing: a 4-byte
 // big-endian length before each Ethernet frame.
 import { report, watchErrors, log, openBridge } from "./report.js";
+import { ByteQueue, Deframer } from "./relay-protocol.js";
 
 watchErrors();
 const status = (s) => { document.getElementById("status").textContent = s; };
 const DATA_SIZE = 4096;
-
-/** Bytes waiting for the proxy worker (guest -> proxy), as a queue of chunks. */
-class ByteQueue {
-  constructor() { this.chunks = []; this.head = 0; this.length = 0; }
-  push(bytes) { if (bytes.byteLength) { this.chunks.push(bytes); this.length += bytes.byteLength; } }
-  /** Copies up to `max` bytes into `dst` and consumes them; returns the count. */
-  take(dst, max) {
-    let n = 0;
-    while (n < max && this.chunks.length) {
-      const chunk = this.chunks[0];
-      const k = Math.min(max - n, chunk.byteLength - this.head);
-      dst.set(chunk.subarray(this.head, this.head + k), n);
-      n += k; this.head += k;
-      if (this.head === chunk.byteLength) { this.chunks.shift(); this.head = 0; }
-    }
-    this.length -= n;
-    return n;
-  }
-}
-
-/** Splits the proxy's QEMU-framed byte stream into frames. */
-class Deframer {
-  constructor(onFrame) { this.buf = new Uint8Array(0); this.onFrame = onFrame; }
-  push(bytes) {
-    const joined = new Uint8Array(this.buf.byteLength + bytes.byteLength);
-    joined.set(this.buf, 0); joined.set(bytes, this.buf.byteLength);
-    let at = 0;
-    while (joined.byteLength - at >= 4) {
-      const len = new DataView(joined.buffer, at, 4).getUint32(0, false);
-      if (len > 65535) throw new Error(`QEMU frame length ${len} from the proxy worker`);
-      if (joined.byteLength - at - 4 < len) break;
-      this.onFrame(joined.slice(at + 4, at + 4 + len));
-      at += 4 + len;
-    }
-    this.buf = joined.slice(at);
-  }
-}
 
 async function main() {
   const ws = await openBridge();

@@ -7,6 +7,7 @@
 // is the relay's own ceiling, in three phases: send only (proxy -> VM), recv only
 // (VM -> proxy), and both alternating. `?ms=N` sets each phase's length.
 import { report, watchErrors } from "./report.js";
+import { ByteQueue, Deframer } from "./relay-protocol.js";
 
 watchErrors();
 const status = (s) => { document.getElementById("status").textContent = s; };
@@ -14,42 +15,6 @@ const DATA_SIZE = 4096;
 const FRAME = 1514;
 // The source keeps at least this much queued for the worker, like a busy guest would.
 const SOURCE_LOW_WATER = 64 * 1024;
-
-// ByteQueue and Deframer behave as c2w.js's: chunks queued as they come, frames split from a
-// buffer that is joined anew on every push.
-class ByteQueue {
-  constructor() { this.chunks = []; this.head = 0; this.length = 0; }
-  push(bytes) { if (bytes.byteLength) { this.chunks.push(bytes); this.length += bytes.byteLength; } }
-  take(dst, max) {
-    let n = 0;
-    while (n < max && this.chunks.length) {
-      const chunk = this.chunks[0];
-      const k = Math.min(max - n, chunk.byteLength - this.head);
-      dst.set(chunk.subarray(this.head, this.head + k), n);
-      n += k; this.head += k;
-      if (this.head === chunk.byteLength) { this.chunks.shift(); this.head = 0; }
-    }
-    this.length -= n;
-    return n;
-  }
-}
-
-class Deframer {
-  constructor(onFrame) { this.buf = new Uint8Array(0); this.onFrame = onFrame; }
-  push(bytes) {
-    const joined = new Uint8Array(this.buf.byteLength + bytes.byteLength);
-    joined.set(this.buf, 0); joined.set(bytes, this.buf.byteLength);
-    let at = 0;
-    while (joined.byteLength - at >= 4) {
-      const len = new DataView(joined.buffer, at, 4).getUint32(0, false);
-      if (len > 65535) throw new Error(`QEMU frame length ${len} from the worker`);
-      if (joined.byteLength - at - 4 < len) break;
-      this.onFrame(joined.slice(at + 4, at + 4 + len));
-      at += 4 + len;
-    }
-    this.buf = joined.slice(at);
-  }
-}
 
 async function main() {
   if (typeof SharedArrayBuffer !== "function") throw new Error("no SharedArrayBuffer (cross-origin isolation missing)");
