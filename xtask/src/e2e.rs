@@ -87,14 +87,7 @@ pub fn run(args: &[String]) -> Result<()> {
     .into();
     let mut runner = Runner::start_tap(&binary, &tap, &runner_args, dir.join("runner.log"))?;
     let work = dir.join("guest-work");
-    if work.exists() {
-        std::fs::remove_dir_all(&work)?;
-    }
-    std::fs::create_dir_all(&work)?;
-    let mut guest = GuestNs::create(&format!("c2w-e2e-{id}"), &work)?;
-    guest
-        .adopt(&tap)
-        .context("moving the TAP device into the guest namespace")?;
+    let guest = GuestNs::behind(&format!("c2w-e2e-{id}"), &tap, &work)?;
     let env = Env {
         guest,
         http,

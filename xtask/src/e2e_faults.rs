@@ -152,14 +152,7 @@ fn run_profile(
     let log = dir.join(format!("runner-{name}.log"));
     let mut runner = Runner::start_tap(binary, &tap, &runner_args, log.clone())?;
     let work = dir.join(format!("guest-work-{name}"));
-    if work.exists() {
-        std::fs::remove_dir_all(&work)?;
-    }
-    std::fs::create_dir_all(&work)?;
-    let mut guest = GuestNs::create(&format!("c2w-f{index}-{id}"), &work)?;
-    guest
-        .adopt(&tap)
-        .context("moving the TAP device into the guest namespace")?;
+    let guest = GuestNs::behind(&format!("c2w-f{index}-{id}"), &tap, &work)?;
     let g = Guest {
         ns: &guest,
         ca: proxy_ca.clone(),

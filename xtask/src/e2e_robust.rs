@@ -74,10 +74,6 @@ pub fn run(filter: Option<String>) -> Result<()> {
     let http = ThreadedOrigin::http()?;
     let fault = FaultOrigin::start()?;
     let work = dir.join("guest-work");
-    if work.exists() {
-        std::fs::remove_dir_all(&work)?;
-    }
-    std::fs::create_dir_all(&work)?;
     let id = std::process::id();
     let stats = dir.join("stats.json");
     let _ = std::fs::remove_file(&stats);
@@ -88,9 +84,7 @@ pub fn run(filter: Option<String>) -> Result<()> {
         &runner_args(&binary, &stats),
         dir.join("runner.log"),
     )?;
-    let mut ns = GuestNs::create(&format!("c2w-rb-{id}"), &work)?;
-    ns.adopt(&tap)
-        .context("moving the TAP device into the guest namespace")?;
+    let ns = GuestNs::behind(&format!("c2w-rb-{id}"), &tap, &work)?;
     let env = Env {
         guest: Guest {
             ns: &ns,

@@ -49,6 +49,19 @@ impl GuestNs {
         Ok(ns)
     }
 
+    /// A guest whose only interface is the TAP device `tap`: `work` is emptied (created if
+    /// missing) as its HOME, the namespace `name` created and the TAP moved in and brought up.
+    pub fn behind(name: &str, tap: &str, work: &Path) -> Result<Self> {
+        if work.exists() {
+            std::fs::remove_dir_all(work)?;
+        }
+        std::fs::create_dir_all(work)?;
+        let mut ns = Self::create(name, work)?;
+        ns.adopt(tap)
+            .context("moving the TAP device into the guest namespace")?;
+        Ok(ns)
+    }
+
     /// Moves the host interface `iface` into the namespace, gives it [`GUEST_MAC`] and brings
     /// it up.
     pub fn adopt(&mut self, iface: &str) -> Result<()> {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::routes::{fresh_dir, Origins};
+use super::routes::Origins;
 use super::workload::{Route, Scheme};
 use crate::browser::bridge::Bridge;
 use crate::cleanup::{self, Action};
@@ -65,9 +65,8 @@ pub fn v86<'a>(origins: &'a Origins, dir: &Path) -> Result<V86Route<'a>> {
     let id = std::process::id();
     let tap = format!("c2wv{}", id % 1_000_000);
     let bridge = Bridge::start(&tap)?;
-    let work = fresh_dir(&dir.join("v86-work"))?;
-    let mut ns = GuestNs::create(&format!("c2w-bench-v86-{id}"), &work)?;
-    ns.adopt(&tap)?;
+    let work = dir.join("v86-work");
+    let ns = GuestNs::behind(&format!("c2w-bench-v86-{id}"), &tap, &work)?;
 
     let log = dir.join("v86-peer.log");
     let log_file =

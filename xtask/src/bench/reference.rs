@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use super::routes::{fresh_dir, Origins};
+use super::routes::Origins;
 use crate::browser::bridge::Bridge;
 use crate::browser::launch::{Browser, Kind, LaunchSpec};
 use crate::browser::server::PageServer;
@@ -117,9 +117,8 @@ pub fn bridge_echo(
     let id = std::process::id();
     let tap = format!("c2we{}{}", name.len(), id % 1_000_000);
     let bridge = Bridge::start(&tap)?;
-    let work = fresh_dir(&dir.join(format!("echo-{name}-work")))?;
-    let mut ns = GuestNs::create(&format!("c2w-bench-echo-{name}-{id}"), &work)?;
-    ns.adopt(&tap)?;
+    let work = dir.join(format!("echo-{name}-work"));
+    let ns = GuestNs::behind(&format!("c2w-bench-echo-{name}-{id}"), &tap, &work)?;
     let process = start_echo_peer(peer, origins, pages, dir, bridge.port)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while bridge.clients() == 0 {
@@ -344,7 +343,7 @@ fn relay_figures(phases: &[Value]) -> Result<Vec<Figure>> {
 /// are served (for tests).
 #[cfg(test)]
 fn empty_dist(dir: &Path) -> Result<std::path::PathBuf> {
-    fresh_dir(&dir.join("empty-dist"))
+    super::routes::fresh_dir(&dir.join("empty-dist"))
 }
 
 #[cfg(test)]

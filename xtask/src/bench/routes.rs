@@ -241,9 +241,8 @@ pub fn native<'a>(
     ];
     args.extend_from_slice(extra);
     let runner = Runner::start_tap(binary, &tap, &args, dir.join(format!("runner-{name}.log")))?;
-    let work = fresh_dir(&dir.join(format!("{name}-work")))?;
-    let mut ns = GuestNs::create(&format!("c2w-bench-{name}-{id}"), &work)?;
-    ns.adopt(&tap)?;
+    let work = dir.join(format!("{name}-work"));
+    let ns = GuestNs::behind(&format!("c2w-bench-{name}-{id}"), &tap, &work)?;
     let route = GuestRoute {
         name: name.to_string(),
         server: Server::Runner(runner),
@@ -281,9 +280,8 @@ pub fn browser<'a>(
     let id = std::process::id();
     let tap = format!("c2wb{}{}", name.len(), id % 1_000_000);
     let bridge = Bridge::start(&tap)?;
-    let work = fresh_dir(&dir.join(format!("{name}-work")))?;
-    let mut ns = GuestNs::create(&format!("c2w-bench-{name}-{id}"), &work)?;
-    ns.adopt(&tap)?;
+    let work = dir.join(format!("{name}-work"));
+    let ns = GuestNs::behind(&format!("c2w-bench-{name}-{id}"), &tap, &work)?;
     pages.board.clear();
     let (file, query) = match page {
         Page::NetProxy => ("e2e.html", String::new()),

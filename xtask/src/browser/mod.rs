@@ -184,14 +184,7 @@ impl Phase {
         let tap = format!("c2wb{}{}", &name[..1], id % 1_000_000);
         let bridge = Bridge::start_with_faults(&tap, faults)?;
         let work = shared.dir.join(format!("{name}-work"));
-        if work.exists() {
-            std::fs::remove_dir_all(&work)?;
-        }
-        std::fs::create_dir_all(&work)?;
-        let mut guest = GuestNs::create(&format!("c2w-b{name}-{id}"), &work)?;
-        guest
-            .adopt(&tap)
-            .context("moving the TAP device into the guest namespace")?;
+        let guest = GuestNs::behind(&format!("c2w-b{name}-{id}"), &tap, &work)?;
         shared.pages.board.clear();
         let url = format!(
             "{}/{page}?{query}{}ws={}",
