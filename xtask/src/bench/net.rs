@@ -161,6 +161,21 @@ fn lower_metric(key: String, label: String, unit: &'static str) -> Metric {
 /// is noted and the others still run.
 fn measure(route: &dyn Route, plan: &Plan, results: &mut Results, subset: Subset) {
     let path = route.name();
+    // Idle first, once set-up work has settled: after the workloads the browser would still be
+    // collecting the garbage of gigabytes moved, which is not the proxy's idle cost.
+    if route.cpu_time().is_some() {
+        std::thread::sleep(IDLE_SETTLE);
+    }
+    if let Some(before) = route.cpu_time() {
+        std::thread::sleep(plan.idle);
+        if let Some(after) = route.cpu_time() {
+            results.record(
+                &path,
+                idle_metric(plan),
+                (after - before).as_secs_f64() * 1e3,
+            );
+        }
+    }
     let schemes: Vec<Scheme> = Scheme::BOTH
         .into_iter()
         .filter(|s| route.base(*s).is_some())
@@ -295,23 +310,13 @@ fn measure(route: &dyn Route, plan: &Plan, results: &mut Results, subset: Subset
             }
         }
     }
-    if let Some(before) = route.cpu_time() {
-        std::thread::sleep(plan.idle);
-        if let Some(after) = route.cpu_time() {
-            results.record(
-                &path,
-                idle_metric(plan),
-                (after - before).as_secs_f64() * 1e3,
-            );
-        }
-    }
 }
 
 fn idle_metric(plan: &Plan) -> Metric {
     lower_metric(
         "idle/cpu".into(),
         format!(
-            "CPU time while idle for {} s (serving side)",
+            "CPU time while idle for {} s after set-up (serving side)",
             plan.idle.as_secs()
         ),
         "ms",
@@ -337,12 +342,15 @@ fn blank_page_cpu(
         &spec,
     )?;
     // Start-up work settles first, as it has on the measured pages by then.
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(5) + IDLE_SETTLE);
     let cpu = || crate::procfs::tree_cpu_time(browser.pid()).context("browser CPU time");
     let before = cpu()?;
     std::thread::sleep(idle);
     Ok((cpu()? - before).as_secs_f64() * 1e3)
 }
+
+/// Quiet time after a path's set-up before its idle CPU is measured.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
 
 /// How much of the plan a path runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
