@@ -23,7 +23,7 @@ async function main() {
   const proxy = await mod.NetProxy.create({
     allow: ["loopback"],
     rewrites: config.rewrites,
-    timeoutMs: 30000,
+    timeoutMs: config.timeoutMs ?? 30000,
     logLevel: "warn",
   });
   await report("ca", proxy.caCertificatePem());

@@ -218,6 +218,7 @@ function render(s) {
     ["frames", `${s.framesIn} in / ${s.framesOut} out, ${s.drops.total} dropped`],
     ["capturing", s.capturing ? "yes" : "no"],
     ["wasm memory", fmtBytes(s.wasmMemoryBytes)],
+    ["heap in use", `${fmtBytes(s.heapBytes)} (peak ${fmtBytes(s.heapPeakBytes)})`],
   ];
   const dl = document.getElementById("summary");
   dl.replaceChildren(

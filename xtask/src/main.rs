@@ -14,6 +14,7 @@ mod fuzz;
 mod guest;
 mod guest_image;
 mod http_server;
+mod load_checks;
 mod origin;
 mod procfs;
 mod report;

@@ -586,6 +586,8 @@ fn git_cgi(
 /// - `/hang`: reads the request and never answers; the connection is held (at most
 ///   [`FaultOrigin::MAX_HELD`] at once) until the origin is dropped.
 ///
+/// - `OPTIONS` (a CORS preflight): a 204 allowing everything, and a close.
+///
 /// Anything else gets a 404 and a close.
 pub struct FaultOrigin {
     /// Where it listens.
@@ -646,6 +648,12 @@ impl Drop for FaultOrigin {
     }
 }
 
+/// Permissive CORS headers on the fault origin's answers, so a browser's `fetch()` reaches the
+/// failure (a reset body) rather than a CORS refusal.
+const FAULT_CORS: &str = "Access-Control-Allow-Origin: *\r\n\
+                          Access-Control-Allow-Methods: GET, HEAD, POST, OPTIONS\r\n\
+                          Access-Control-Allow-Headers: *\r\n";
+
 /// Reads one request head and misbehaves as its path asks; returns the stream to hold for
 /// `/hang`.
 fn fault_answer(mut stream: std::net::TcpStream) -> Option<std::net::TcpStream> {
@@ -661,7 +669,15 @@ fn fault_answer(mut stream: std::net::TcpStream) -> Option<std::net::TcpStream> 
         }
     }
     let line = String::from_utf8_lossy(&head);
+    let method = line.split(' ').next().unwrap_or("").to_string();
     let path = line.split(' ').nth(1).unwrap_or("").to_string();
+    if method == "OPTIONS" {
+        let _ = write!(
+            stream,
+            "HTTP/1.1 204 No Content\r\n{FAULT_CORS}Access-Control-Max-Age: 600\r\nConnection: close\r\n\r\n"
+        );
+        return None;
+    }
     if path == "/hang" {
         return Some(stream);
     }
@@ -673,7 +689,7 @@ fn fault_answer(mut stream: std::net::TcpStream) -> Option<std::net::TcpStream> 
         let body = blob(len);
         let _ = write!(
             stream,
-            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n{FAULT_CORS}\r\n"
         );
         let _ = stream.write_all(&body[..len / 2]);
         let _ = stream.flush();

@@ -19,6 +19,10 @@ use super::RunnerError;
 
 /// Most frames taken from the link before the stack is polled again.
 const BATCH: usize = 64;
+/// How often a TAP link checks that its interface still exists.
+const TAP_WATCH: Duration = Duration::from_secs(1);
+/// How often the runner tries to re-create a deleted TAP interface.
+const TAP_RETRY: Duration = Duration::from_secs(1);
 
 /// The runner's clock: microseconds since start, as the stack's `Instant`.
 #[derive(Debug, Clone)]
@@ -113,8 +117,22 @@ pub async fn serve(
             let tap = Tap::open(name).map_err(RunnerError::Tap)?;
             tracing::info!(interface = tap.name(), "TAP device ready");
             let mut link = Link::tap(tap).map_err(RunnerError::Tap)?;
-            run_link(stack, clock, &mut link, faults()).await?;
-            Ok(())
+            loop {
+                match run_link(stack, clock, &mut link, faults()).await {
+                    Err(LinkError::TapDeleted) => {
+                        // Deleted under us (`ip link del`, its namespace removed): make it
+                        // again under the same name, in this namespace, for whoever manages
+                        // the guest's side to attach; the stack and its leases carry on.
+                        tracing::warn!(
+                            interface = name.as_str(),
+                            "the TAP interface was deleted; re-creating it"
+                        );
+                        link = reopen_tap(name).await?;
+                        tracing::info!(interface = name.as_str(), "TAP device re-created");
+                    }
+                    other => return Ok(other?),
+                }
+            }
         }
         ListenTarget::Tcp(addr) => {
             let socket_err = |source| RunnerError::Socket {
@@ -149,6 +167,27 @@ pub async fn serve(
     }
 }
 
+/// Opens the TAP interface `name` again, retrying while that fails for a reason that may pass
+/// (the name still taken while the old interface is being torn down).
+async fn reopen_tap(name: &str) -> Result<Link, RunnerError> {
+    let mut logged = false;
+    loop {
+        match Tap::open(name).and_then(Link::tap) {
+            Ok(link) => return Ok(link),
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
+                return Err(RunnerError::Tap(err))
+            }
+            Err(err) => {
+                if !logged {
+                    tracing::warn!(interface = name, error = %err, "cannot re-create the TAP interface yet; retrying every second");
+                    logged = true;
+                }
+                tokio::time::sleep(TAP_RETRY).await;
+            }
+        }
+    }
+}
+
 async fn serve_stream(stack: &Stack, clock: &Clock, mut link: Link, faults: Option<Faults>) {
     match run_link(stack, clock, &mut link, faults).await {
         Ok(()) => tracing::info!(dropped_frames = link.dropped(), "guest disconnected"),
@@ -166,6 +205,13 @@ pub async fn run_link(
     link: &mut Link,
     mut faults: Option<Faults>,
 ) -> Result<(), LinkError> {
+    // A deleted TAP interface leaves a descriptor that never becomes readable: look at it
+    // now and then rather than wait forever.
+    let mut watch = link.needs_watching().then(|| {
+        let mut interval = tokio::time::interval(TAP_WATCH);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
     loop {
         let now = clock.now();
         if let Some(f) = faults.as_mut() {
@@ -221,6 +267,17 @@ pub async fn run_link(
             }
             () = poll_fn(|cx| stack.poll_wake(cx)) => {}
             () = tokio::time::sleep(delay) => {}
+            () = watch_tick(&mut watch) => link.check_attached()?,
         }
+    }
+}
+
+/// The next tick of `watch`; never, when there is nothing to watch.
+async fn watch_tick(watch: &mut Option<tokio::time::Interval>) {
+    match watch {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }

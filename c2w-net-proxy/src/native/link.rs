@@ -20,6 +20,20 @@ pub enum LinkError {
     /// The QEMU byte stream lost its framing (a length prefix that cannot be right).
     #[error("stream framing lost: {0}")]
     Framing(#[from] DecodeError),
+    /// The TAP interface was deleted under the open descriptor.
+    #[error("the TAP interface was deleted")]
+    TapDeleted,
+}
+
+impl LinkError {
+    /// An I/O error of the TAP descriptor, recognising a deleted interface.
+    fn tap(err: io::Error) -> Self {
+        if super::tap::is_detached(&err) {
+            Self::TapDeleted
+        } else {
+            Self::Io(err)
+        }
+    }
 }
 
 /// A byte stream carrying QEMU's length-prefixed frames.
@@ -75,7 +89,7 @@ impl Link {
                             frame.truncate(n);
                             return Ok(Some(frame));
                         }
-                        Ok(Err(err)) => return Err(err.into()),
+                        Ok(Err(err)) => return Err(LinkError::tap(err)),
                         Err(_would_block) => continue,
                     }
                 }
@@ -106,7 +120,7 @@ impl Link {
                         Ok(Some(frame))
                     }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                    Err(err) => Err(err.into()),
+                    Err(err) => Err(LinkError::tap(err)),
                 }
             }
             Self::Stream { decoder, .. } => Ok(decoder.next_frame()?),
@@ -120,7 +134,7 @@ impl Link {
                 let mut guard = fd.writable().await?;
                 match guard.try_io(|inner| inner.get_ref().write(frame)) {
                     Ok(Ok(_)) => return Ok(()),
-                    Ok(Err(err)) => return Err(err.into()),
+                    Ok(Err(err)) => return Err(LinkError::tap(err)),
                     Err(_would_block) => continue,
                 }
             },
@@ -131,6 +145,20 @@ impl Link {
                 Ok(())
             }
         }
+    }
+
+    /// Fails with [`LinkError::TapDeleted`] when this is a TAP device whose interface is gone
+    /// (nothing else tells: a dead descriptor never becomes readable).
+    pub fn check_attached(&self) -> Result<(), LinkError> {
+        match self {
+            Self::Tap(fd) if !fd.get_ref().is_attached() => Err(LinkError::TapDeleted),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this link can lose its device without a read or write noticing.
+    pub fn needs_watching(&self) -> bool {
+        matches!(self, Self::Tap(_))
     }
 
     /// Frames dropped by the stream decoder (bad length prefixes).

@@ -9,6 +9,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// `TUNSETIFF` = `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `TUNGETIFF` = `_IOR('T', 210, unsigned int)`.
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 
 /// `struct ifreq` as far as TUNSETIFF uses it: the name and the flags (the union is 24 bytes).
 #[repr(C)]
@@ -74,6 +76,21 @@ impl Tap {
         &self.name
     }
 
+    /// Whether the interface still exists. Once it is deleted (`ip link del`, or its network
+    /// namespace removed) the descriptor stays open but is dead: reads never become ready and
+    /// every call fails with `EBADFD`.
+    pub fn is_attached(&self) -> bool {
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes a `struct ifreq`, which `IfReq` lays out (40 bytes).
+        let rc =
+            unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNGETIFF as _, &mut req as *mut IfReq) };
+        rc >= 0 || !is_detached(&io::Error::last_os_error())
+    }
+
     /// Reads one frame; `WouldBlock` when none is waiting.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: reading into a valid, writable buffer of the given length.
@@ -95,6 +112,11 @@ impl Tap {
             Ok(n as usize)
         }
     }
+}
+
+/// Whether `err` says the TAP interface behind a descriptor is gone.
+pub fn is_detached(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EBADFD)
 }
 
 impl AsRawFd for Tap {

@@ -95,6 +95,10 @@ export interface NetProxyStats {
   closed: boolean;
   /** Size of the WebAssembly memory in bytes (it only grows). */
   wasmMemoryBytes: number;
+  /** Bytes the module has allocated and not freed: returns to its idle value after a load. */
+  heapBytes: number;
+  /** The most bytes the module ever had allocated at once. */
+  heapPeakBytes: number;
 }
 "#;
 

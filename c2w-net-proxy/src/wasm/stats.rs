@@ -142,5 +142,7 @@ pub fn to_js(s: &Snapshot) -> JsValue {
         ("capturing", JsValue::from_bool(s.capturing)),
         ("closed", JsValue::from_bool(s.closed)),
         ("wasmMemoryBytes", JsValue::from_f64(wasm_memory_bytes())),
+        ("heapBytes", n(crate::heap::HEAP.live_bytes() as u64)),
+        ("heapPeakBytes", n(crate::heap::HEAP.peak_bytes() as u64)),
     ])
 }

@@ -17,6 +17,7 @@
 pub(crate) mod bridge;
 pub(crate) mod checks;
 pub(crate) mod launch;
+mod load;
 pub(crate) mod server;
 
 use std::path::{Path, PathBuf};
@@ -27,8 +28,9 @@ use anyhow::{bail, Context, Result};
 use crate::cleanup;
 use crate::guest::Guest;
 use crate::guest::GuestNs;
-use crate::origin::{Cors, Origin, OriginFiles};
+use crate::origin::{Cors, FaultOrigin, Origin, OriginFiles};
 use crate::report::Report;
+use crate::threaded_origin::ThreadedOrigin;
 use crate::tools::{ensure_programs, is_root, workspace_root};
 use bridge::Bridge;
 use c2w_net_proxy::native::FaultSpec;
@@ -77,6 +79,10 @@ struct Shared {
     http: Origin,
     https: Origin,
     nocors: Origin,
+    /// The load checks' origin (a thread per connection).
+    load: ThreadedOrigin,
+    /// The origin that resets mid-body and never answers.
+    fault: FaultOrigin,
     pages: PageServer,
 }
 
@@ -122,7 +128,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let http = Origin::http_with(&files, 8, Cors::On)?;
     let https = Origin::https_with(&files, 8, Cors::On)?;
     let nocors = Origin::http(&files, 2)?;
+    let load = ThreadedOrigin::http()?;
+    let fault = FaultOrigin::start()?;
     let config = serde_json::json!({
+        "timeoutMs": load::PAGE_TIMEOUT.as_millis() as u64,
         "origins": {
             "http": http.base_url(),
             "https": https.base_url(),
@@ -142,6 +151,8 @@ pub fn run(args: &[String]) -> Result<()> {
         http,
         https,
         nocors,
+        load,
+        fault,
         pages,
     };
 
@@ -262,7 +273,8 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
 }
 
-/// The latest stats snapshot posted after now (the page posts every 250 ms).
+/// The next stats snapshot the page posts (every 250 ms while anything moves, every 5 s when
+/// idle).
 fn fresh_stats(shared: &Shared) -> Result<serde_json::Value> {
     let board = &shared.pages.board;
     let seen = board.get("stats").map(|(n, _)| n).unwrap_or(0);
@@ -437,6 +449,7 @@ fn netproxy_phase(shared: &Shared, r: &mut Report) -> Result<()> {
             g.denied()
         },
     );
+    load::checks(shared, &g, &ready, r);
     r.check(
         "page: no uncaught errors; stats count the proxied requests",
         || {
