@@ -167,7 +167,7 @@ impl TcpTable {
             return SynVerdict::Limit;
         }
         let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; self.config.rx_buffer]),
+            tcp::SocketBuffer::new(vec![0u8; safe_rx_capacity(self.config.rx_buffer)]),
             tcp::SocketBuffer::new(vec![0u8; self.config.tx_buffer]),
         );
         // Small writes of a proxy (headers, TLS records) should leave at once.
@@ -395,6 +395,35 @@ impl Drop for TcpListener {
     }
 }
 
+/// The receive buffer size to give smoltcp for a requested `size`: the nearest one whose
+/// announced window cannot outgrow it.
+///
+/// smoltcp 0.14 derives its window shift from the buffer's bit length
+/// (`bits(size) - 16`) and announces `min(size, 65,535)` unscaled in its SYN-ACK, but then
+/// judges the guest's segments against that figure *shifted*: for most sizes above 64 KiB
+/// (every power of two among them) the window it accepts data into reaches past the end of
+/// the buffer. A guest sending there trips a debug assertion, and in release builds leaves
+/// the reassembler counting bytes that were never stored, which later panics (found by the
+/// `frames` fuzz target). Sizes of the form 65,535 × 2^k are safe, as is anything up to
+/// 65,535, so the request is rounded to the nearest such size (256 KiB becomes 262,140).
+pub(crate) fn safe_rx_capacity(size: usize) -> usize {
+    const MAX_UNSCALED: usize = 0xffff;
+    if size <= MAX_UNSCALED {
+        return size;
+    }
+    let shift = (usize::BITS - size.leading_zeros()) as usize - 16;
+    let announced = MAX_UNSCALED << shift;
+    if size >= announced {
+        return size;
+    }
+    let below = MAX_UNSCALED << (shift - 1);
+    if announced - size < size - below {
+        announced
+    } else {
+        below
+    }
+}
+
 /// One accepted TCP connection as an async byte stream with smoltcp's buffers as the only
 /// buffering: a slow reader shrinks the advertised window, writes wait for transmit space.
 pub struct TcpStream {
@@ -519,5 +548,57 @@ impl Drop for TcpStream {
             drop(inner);
             self.shared.request_poll();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_rx_capacity;
+
+    /// The window smoltcp 0.14 accepts data into right after its SYN-ACK, for a buffer of
+    /// `capacity` bytes: the unscaled SYN-ACK window shifted by the shift it derives.
+    fn first_window(capacity: usize) -> usize {
+        let bits = (usize::BITS - capacity.leading_zeros()) as usize;
+        capacity.min(0xffff) << bits.saturating_sub(16)
+    }
+
+    #[test]
+    fn the_first_window_never_outgrows_the_buffer() {
+        let mut sizes: Vec<usize> = (0..=26).map(|k| 1usize << k).collect();
+        sizes.extend([
+            1500,
+            65_535,
+            65_536,
+            98_303,
+            98_304,
+            100_000,
+            16 * 65_480,
+            3 << 20,
+        ]);
+        sizes.extend((1..2000).map(|i| i * 997));
+        for size in sizes {
+            let capacity = safe_rx_capacity(size);
+            assert!(
+                first_window(capacity) <= capacity,
+                "{size} -> {capacity}: window {}",
+                first_window(capacity)
+            );
+            assert!(
+                capacity * 2 >= size && capacity <= size * 2,
+                "{size} -> {capacity}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_round_to_the_nearest_safe_one() {
+        assert_eq!(safe_rx_capacity(16 * 1024), 16 * 1024);
+        assert_eq!(safe_rx_capacity(65_535), 65_535);
+        assert_eq!(safe_rx_capacity(65_536), 65_535);
+        assert_eq!(safe_rx_capacity(256 * 1024), 262_140);
+        assert_eq!(safe_rx_capacity(262_140), 262_140);
+        assert_eq!(safe_rx_capacity(100_000), 131_070);
+        // The MTU-derived floor (16 segments of a 65,520-byte MTU) grows by 880 bytes.
+        assert_eq!(safe_rx_capacity(16 * 65_480), 1_048_560);
     }
 }

@@ -464,6 +464,19 @@ fn tcp_frame(
     seq: u32,
     ack: Option<u32>,
 ) -> Vec<u8> {
+    tcp_data_frame(dst, src_port, dst_port, control, seq, ack, &[])
+}
+
+/// [`tcp_frame`] carrying `payload`.
+fn tcp_data_frame(
+    dst: Ipv4Address,
+    src_port: u16,
+    dst_port: u16,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
     let repr = TcpRepr {
         src_port,
         dst_port,
@@ -476,7 +489,7 @@ fn tcp_frame(
         sack_permitted: false,
         sack_ranges: [None, None, None],
         timestamp: None,
-        payload: &[],
+        payload,
     };
     let ip = Ipv4Repr {
         src_addr: GUEST_IP,
@@ -571,7 +584,8 @@ fn syn_to_listener_gets_syn_ack_with_mss_and_window_scale() {
         assert_eq!(s.src, (PROXY_IP, 80));
         assert_eq!(s.ack_number, 1001);
         assert_eq!(s.mss, Some(1460));
-        assert_eq!(s.wscale, Some(3)); // 256 KiB receive buffer
+        // A 256 KiB receive buffer is 262,140 bytes (see `safe_rx_capacity`): shift 2.
+        assert_eq!(s.wscale, Some(2));
         assert_eq!(s.window, 65535);
         // A retransmitted SYN does not create a second connection.
         let _ = exchange(
@@ -1029,5 +1043,65 @@ fn a_burst_of_256_syns_to_one_port_is_served_by_default() {
         assert!(segment(&out[0]).rst);
         let s = stack.stats();
         assert_eq!((s.tcp_open, s.tcp_refused_limit), (256, 1));
+    });
+}
+
+/// Found by the `frames` fuzz target: right after the SYN-ACK (window 65,535, unscaled),
+/// smoltcp 0.14 judged data against that window shifted by its own scale, past the end of a
+/// 256 KiB buffer. Data just past the buffer must be refused, and a full window of data
+/// afterwards arrive intact, with nothing the guest did not send.
+#[test]
+fn data_beyond_the_first_window_is_refused_and_the_window_stays_intact() {
+    let (stack, rec) = stack_with(Config::default());
+    with_dump(&rec, "tcp_first_window", || {
+        let listener = stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+        let port = 40100;
+        let out = exchange(
+            &stack,
+            &tcp_frame(PROXY_IP, port, 80, TcpControl::Syn, 1000, None),
+            T,
+        );
+        let syn_ack = segment(&out[0]);
+        assert!(syn_ack.syn && syn_ack.ack);
+        let ours = syn_ack.seq_number.wrapping_add(1);
+        let window = usize::from(syn_ack.window) << syn_ack.wscale.unwrap();
+        let ack = tcp_frame(PROXY_IP, port, 80, TcpControl::None, 1001, Some(ours));
+        assert!(exchange(&stack, &ack, T).is_empty());
+        // Four bytes at 256 KiB: past the announced window (and the buffer).
+        let beyond = tcp_data_frame(
+            PROXY_IP,
+            port,
+            80,
+            TcpControl::None,
+            1001 + (256 << 10),
+            Some(ours),
+            b"evil",
+        );
+        let out = exchange(&stack, &beyond, T);
+        assert!(
+            out.iter().all(|f| segment(f).ack_number == 1001),
+            "not acknowledged"
+        );
+        // A whole window of real data, in order.
+        let data: Vec<u8> = (0..window).map(|i| (i % 251) as u8).collect();
+        for (i, chunk) in data.chunks(1460).enumerate() {
+            let seq = 1001 + (i * 1460) as u32;
+            let frame = tcp_data_frame(PROXY_IP, port, 80, TcpControl::Psh, seq, Some(ours), chunk);
+            let _ = exchange(&stack, &frame, T);
+        }
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        let std::task::Poll::Ready(mut stream) = listener.poll_accept(&mut cx) else {
+            panic!("no connection to accept");
+        };
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let std::task::Poll::Ready(Ok(n)) = try_read(&mut stream, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the received bytes differ from those sent");
     });
 }

@@ -117,11 +117,11 @@ pub fn check_memory(source: &dyn CounterSource, idle: u64, now: &Counters) -> Re
     let added = now.memory_peak.saturating_sub(idle);
     let slack = source.memory_slack();
     let line = format!(
-        "{} idle {:.1} MiB, peak {:.1} MiB, after {:.1} MiB",
+        "{} idle {}, peak {}, after {}",
         source.memory_name(),
-        mib(idle),
-        mib(now.memory_peak),
-        mib(now.memory)
+        memory_size(idle),
+        memory_size(now.memory_peak),
+        memory_size(now.memory)
     );
     if grown > slack || (added > slack && grown > added / 4) {
         bail!("memory did not return near idle: {line}");
@@ -129,9 +129,13 @@ pub fn check_memory(source: &dyn CounterSource, idle: u64, now: &Counters) -> Re
     Ok(line)
 }
 
-/// Mebibytes, for messages.
-pub fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
+/// A memory figure for messages: MiB, or KiB below one MiB.
+pub fn memory_size(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{:.0} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+    }
 }
 
 /// The `q` quantile (0..=1) of `values` (sorted in place); 0 when empty.
@@ -210,9 +214,9 @@ impl LoadChecks<'_> {
         Ok((
             s.memory,
             format!(
-                "{} idle {:.1} MiB",
+                "{} idle {}",
                 self.counters.memory_name(),
-                mib(s.memory)
+                memory_size(s.memory)
             ),
         ))
     }
@@ -385,12 +389,12 @@ impl LoadChecks<'_> {
             )
         })?;
         Ok(format!(
-            "{count} transfers ({:.1} MB) in {:.1} s over {connections} connections, byte-exact; idle after {} ms; right then {} {:.1} MiB with {pooled} pooled origin connections; near idle after {:.1} s more: {memory}",
+            "{count} transfers ({:.1} MB) in {:.1} s over {connections} connections, byte-exact; idle after {} ms; right then {} {} with {pooled} pooled origin connections; near idle after {:.1} s more: {memory}",
             total as f64 / 1e6,
             elapsed.as_secs_f64(),
             settle.as_millis(),
             self.counters.memory_name(),
-            mib(right_after),
+            memory_size(right_after),
             waited.as_secs_f64(),
         ))
     }

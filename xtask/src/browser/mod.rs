@@ -278,7 +278,7 @@ fn first_line(s: &str) -> String {
 fn fresh_stats(shared: &Shared) -> Result<serde_json::Value> {
     let board = &shared.pages.board;
     let seen = board.get("stats").map(|(n, _)| n).unwrap_or(0);
-    let (_, text) = board.wait("stats", seen + 1, Duration::from_secs(10))?;
+    let (_, text) = board.wait("stats", seen, Duration::from_secs(10))?;
     serde_json::from_str(&text).with_context(|| format!("stats are not JSON: {text}"))
 }
 
