@@ -44,7 +44,7 @@ export interface NetProxyConfig {
   limits?: {
     /** TCP connections alive at once (default 256); SYNs beyond get RST. */
     maxConnections?: number;
-    /** TCP socket buffer per connection and direction in bytes (default 262144). */
+    /** TCP socket buffer per connection and direction in bytes (default 262144; the receive side is rounded to 65535 × 2^k above 64 KiB). */
     tcpBufferBytes?: number;
     /** DHCP pool "START-END" (default "192.168.127.3-192.168.127.252"). */
     dhcpPool?: string;
