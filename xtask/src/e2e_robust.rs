@@ -163,6 +163,11 @@ fn runner_args(binary: &Path, stats: &Path) -> Vec<String> {
         "--timeout".into(),
         ORIGIN_TIMEOUT_SECS.to_string(),
     ];
+    // A capture of everything the runner sees, for debugging a failing check (it slows the
+    // runner, which changes the timing of load checks).
+    if let Ok(path) = std::env::var("C2W_ROBUST_PCAP") {
+        args.extend(["--pcap".to_string(), path]);
+    }
     let help = Command::new(binary)
         .arg("--help")
         .output()

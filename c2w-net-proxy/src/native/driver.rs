@@ -114,9 +114,7 @@ pub async fn serve(
     let faults = || fault.map(Faults::new);
     match target {
         ListenTarget::Tap(name) => {
-            let tap = Tap::open(name).map_err(RunnerError::Tap)?;
-            tracing::info!(interface = tap.name(), "TAP device ready");
-            let mut link = Link::tap(tap).map_err(RunnerError::Tap)?;
+            let mut link = open_tap(name).map_err(RunnerError::Tap)?;
             loop {
                 match run_link(stack, clock, &mut link, faults()).await {
                     Err(LinkError::TapDeleted) => {
@@ -128,7 +126,6 @@ pub async fn serve(
                             "the TAP interface was deleted; re-creating it"
                         );
                         link = reopen_tap(name).await?;
-                        tracing::info!(interface = name.as_str(), "TAP device re-created");
                     }
                     other => return Ok(other?),
                 }
@@ -167,12 +164,22 @@ pub async fn serve(
     }
 }
 
+/// Opens (or creates) the TAP interface `name` with a queue deep enough for bursts.
+fn open_tap(name: &str) -> std::io::Result<Link> {
+    let tap = Tap::open(name)?;
+    if let Err(err) = tap.set_queue_len(super::tap::QUEUE_LEN) {
+        tracing::warn!(interface = tap.name(), error = %err, "cannot set the TAP queue length");
+    }
+    tracing::info!(interface = tap.name(), "TAP device ready");
+    Link::tap(tap)
+}
+
 /// Opens the TAP interface `name` again, retrying while that fails for a reason that may pass
 /// (the name still taken while the old interface is being torn down).
 async fn reopen_tap(name: &str) -> Result<Link, RunnerError> {
     let mut logged = false;
     loop {
-        match Tap::open(name).and_then(Link::tap) {
+        match open_tap(name) {
             Ok(link) => return Ok(link),
             Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
                 return Err(RunnerError::Tap(err))

@@ -11,6 +11,20 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 /// `TUNGETIFF` = `_IOR('T', 210, unsigned int)`.
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+/// Frames the kernel queues for us (the interface's `txqueuelen`) when we make the device.
+/// The tun driver's own default is 500: a guest answering a burst of segments from a few
+/// hundred connections with an ACK each overflows that while the runner is busy sending,
+/// and the ACKs lost this way cost retransmission timeouts. 4096 frames are at most about
+/// 6 MiB of kernel memory.
+pub const QUEUE_LEN: u32 = 4096;
+
+/// `struct ifreq` with `ifr_qlen` (SIOCSIFTXQLEN).
+#[repr(C)]
+struct IfReqQlen {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    qlen: libc::c_int,
+    _pad: [u8; 20],
+}
 
 /// `struct ifreq` as far as TUNSETIFF uses it: the name and the flags (the union is 24 bytes).
 #[repr(C)]
@@ -74,6 +88,37 @@ impl Tap {
     /// The interface name the kernel gave the device.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Sets the interface's transmit queue length (the frames the kernel holds for our reads).
+    pub fn set_queue_len(&self, len: u32) -> io::Result<()> {
+        let mut req = IfReqQlen {
+            name: [0; libc::IFNAMSIZ],
+            qlen: libc::c_int::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?,
+            _pad: [0; 20],
+        };
+        for (dst, src) in req.name.iter_mut().zip(self.name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: a plain socket(2) call; the descriptor is owned right below.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a freshly opened descriptor that nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: SIOCSIFTXQLEN reads a `struct ifreq`, which `IfReqQlen` lays out (40 bytes).
+        let rc = unsafe {
+            libc::ioctl(
+                socket.as_raw_fd(),
+                libc::SIOCSIFTXQLEN as _,
+                &mut req as *mut IfReqQlen,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Whether the interface still exists. Once it is deleted (`ip link del`, or its network
