@@ -221,6 +221,28 @@ impl LoadChecks<'_> {
         ))
     }
 
+    /// Writes `lines` as the curl config file `config`, then runs curl in the guest through
+    /// the proxy with it and `args`: the counters before, curl's output and how long it took.
+    fn curl_config(
+        &self,
+        config: &std::path::Path,
+        lines: String,
+        args: &[&str],
+    ) -> Result<(Counters, std::process::Output, Duration)> {
+        std::fs::write(config, lines)?;
+        let config = config.display().to_string();
+        let mut argv = vec!["curl", "-sS", "--fail", "-x", PROXY];
+        argv.extend_from_slice(args);
+        argv.extend(["-K", config.as_str()]);
+        let before = self.counters.fresh()?;
+        let started = Instant::now();
+        let out = self
+            .guest
+            .ns
+            .output_within(&argv, Duration::from_secs(240))?;
+        Ok((before, out, started.elapsed()))
+    }
+
     /// `count` requests one after the other, each on its own connection.
     pub fn sequential(&self, count: usize, idle: u64) -> Result<String> {
         const SIZE: usize = 4096;
@@ -232,26 +254,16 @@ impl LoadChecks<'_> {
                 self.http.base_url()
             ));
         }
-        std::fs::write(&config, lines)?;
-        let before = self.counters.fresh()?;
-        let started = Instant::now();
-        let out = self.guest.ns.output_within(
+        let (before, out, elapsed) = self.curl_config(
+            &config,
+            lines,
             &[
-                "curl",
-                "-sS",
-                "--fail",
-                "-x",
-                PROXY,
                 "-H",
                 "Connection: close",
                 "-w",
                 "%{stderr}%{time_connect} %{time_total}\\n",
-                "-K",
-                &config.display().to_string(),
             ],
-            Duration::from_secs(240),
         )?;
-        let elapsed = started.elapsed();
         if !out.status.success() {
             bail!("curl failed ({}): {}", out.status, tail(&text(&out)));
         }
@@ -331,27 +343,17 @@ impl LoadChecks<'_> {
                 out_dir.display()
             ));
         }
-        std::fs::write(&config, lines)?;
-        let before = self.counters.fresh()?;
-        let started = Instant::now();
-        let out = self.guest.ns.output_within(
+        let (before, out, elapsed) = self.curl_config(
+            &config,
+            lines,
             &[
-                "curl",
-                "-sS",
-                "--fail",
-                "-x",
-                PROXY,
                 "--no-progress-meter",
                 "--parallel",
                 "--parallel-immediate",
                 "--parallel-max",
                 &count.to_string(),
-                "-K",
-                &config.display().to_string(),
             ],
-            Duration::from_secs(240),
         )?;
-        let elapsed = started.elapsed();
         let during = self.counters.fresh()?;
         let mut bad = Vec::new();
         let mut total = 0;
