@@ -553,6 +553,9 @@ impl Drop for TcpStream {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::safe_rx_capacity;
 
     /// The window smoltcp 0.14 accepts data into right after its SYN-ACK, for a buffer of
