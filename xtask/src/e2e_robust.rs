@@ -364,8 +364,7 @@ fn vanishing_guest(binary: &Path, dir: &Path, http: &ThreadedOrigin) -> Result<S
     let stats = StatsFile(stats_path.clone());
     let tap = format!("c2wv{id}");
     let work = dir.join("guest-work-vanish");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
+    crate::tools::fresh_dir(&work)?;
     let mut runner = Runner::start_tap(
         binary,
         &tap,

@@ -52,10 +52,7 @@ impl GuestNs {
     /// A guest whose only interface is the TAP device `tap`: `work` is emptied (created if
     /// missing) as its HOME, the namespace `name` created and the TAP moved in and brought up.
     pub fn behind(name: &str, tap: &str, work: &Path) -> Result<Self> {
-        if work.exists() {
-            std::fs::remove_dir_all(work)?;
-        }
-        std::fs::create_dir_all(work)?;
+        crate::tools::fresh_dir(work)?;
         let mut ns = Self::create(name, work)?;
         ns.adopt(tap)
             .context("moving the TAP device into the guest namespace")?;

@@ -329,8 +329,7 @@ impl LoadChecks<'_> {
     pub fn concurrent(&self, idle: u64) -> Result<String> {
         let count = self.concurrent;
         let out_dir = self.work.join("parallel");
-        let _ = std::fs::remove_dir_all(&out_dir);
-        std::fs::create_dir_all(&out_dir)?;
+        crate::tools::fresh_dir(&out_dir)?;
         let (base, step) = self.concurrent_sizes;
         let size = |i: usize| base + i * step;
         let config = self.work.join("parallel.curl");

@@ -155,3 +155,12 @@ pub fn cargo_test_wasm(packages: &[&str]) -> Result<()> {
     cmd.env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", runner);
     run(cmd.current_dir(workspace_root()))
 }
+
+/// A fresh, empty directory.
+pub fn fresh_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    Ok(dir.to_path_buf())
+}

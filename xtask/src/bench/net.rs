@@ -391,7 +391,7 @@ pub(super) fn section(plan: &Plan) -> Result<()> {
 
     let direct = Direct {
         origins: &origins,
-        scratch: routes::fresh_dir(&dir.join("direct-work"))?,
+        scratch: crate::tools::fresh_dir(&dir.join("direct-work"))?,
     };
     measure(&direct, plan, &mut results, Subset::Full);
 

@@ -343,7 +343,7 @@ fn relay_figures(phases: &[Value]) -> Result<Vec<Figure>> {
 /// are served (for tests).
 #[cfg(test)]
 fn empty_dist(dir: &Path) -> Result<std::path::PathBuf> {
-    super::routes::fresh_dir(&dir.join("empty-dist"))
+    crate::tools::fresh_dir(&dir.join("empty-dist"))
 }
 
 #[cfg(test)]

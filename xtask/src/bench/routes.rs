@@ -206,15 +206,6 @@ impl Route for GuestRoute<'_> {
     }
 }
 
-/// A fresh, empty directory.
-pub fn fresh_dir(dir: &Path) -> Result<PathBuf> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::create_dir_all(dir)?;
-    Ok(dir.to_path_buf())
-}
-
 /// Starts the native runner `binary` on a TAP, a guest namespace behind it, and runs DHCP.
 pub fn native<'a>(
     origins: &'a Origins,
