@@ -20,7 +20,7 @@ export type StackWorkerRequest =
 
 /**
  * Options read from the worker URL's query string (the page passes its location.search):
- * `proxy-allow`, `proxy-deny` (repeatable), `proxy-cors`, `proxy-timeout-ms`, `proxy-log`,
+ * `proxy-allow`, `proxy-deny` (repeatable), `proxy-cors`, `proxy-timeout` (`5s`, `500ms`, seconds), `proxy-timeout-ms`, `proxy-log`,
  * and the limits (`NetProxyConfig.limits`, see docs/usage.md "Limits"):
  * `proxy-max-connections` (maxConnections), `proxy-tcp-buffer` (tcpBufferBytes),
  * `proxy-dhcp-pool` (dhcpPool, `START-END`), `proxy-fake-ip-net` (fakeIpNet, `ADDR/LEN`),
@@ -31,6 +31,7 @@ export type StackWorkerQueryOption =
   | "proxy-allow"
   | "proxy-deny"
   | "proxy-cors"
+  | "proxy-timeout"
   | "proxy-timeout-ms"
   | "proxy-log"
   | "proxy-max-connections"

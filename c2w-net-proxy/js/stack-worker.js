@@ -8,7 +8,7 @@
 //
 // Options can ride on the worker URL's query (the page passes its own location.search):
 //   proxy-allow=PATTERN, proxy-deny=PATTERN (repeatable), proxy-cors=URL,
-//   proxy-timeout-ms=N, proxy-log=error|warn|info|debug|trace,
+//   proxy-timeout=5s (or seconds; proxy-timeout-ms=N also works), proxy-log=error|warn|info|debug|trace,
 //   limits (docs/usage.md "Limits"): proxy-max-connections=N, proxy-tcp-buffer=BYTES,
 //   proxy-dhcp-pool=START-END, proxy-fake-ip-net=ADDR/LEN, proxy-max-head-bytes=BYTES,
 //   proxy-max-request-body=BYTES
@@ -217,6 +217,7 @@ function configFromQuery() {
   if (allow.length) config.allow = allow;
   if (deny.length) config.deny = deny;
   if (query.has("proxy-cors")) config.corsProxy = query.get("proxy-cors");
+  if (query.has("proxy-timeout")) config.timeout = query.get("proxy-timeout");
   if (query.has("proxy-timeout-ms")) config.timeoutMs = Number(query.get("proxy-timeout-ms"));
   if (query.has("proxy-log")) config.logLevel = query.get("proxy-log");
   // Numbers go through Number(): a malformed one becomes NaN, which create() refuses by name.

@@ -6,6 +6,7 @@
 //! QEMU stream socket; in the browser (`wasm`) it is driven from JavaScript.
 
 pub mod clock;
+pub mod duration;
 pub mod heap;
 pub mod services;
 

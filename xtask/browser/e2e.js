@@ -23,7 +23,8 @@ async function main() {
   const proxy = await mod.NetProxy.create({
     allow: ["loopback"],
     rewrites: config.rewrites,
-    timeoutMs: config.timeoutMs ?? 30000,
+    // A duration string ("10s", "500ms"): the same syntax as the runner's --timeout.
+    timeout: config.timeout ?? "30s",
     logLevel: "warn",
   });
   await report("ca", proxy.caCertificatePem());

@@ -82,7 +82,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "--rewrite".into(),
         format!("{SECURE_NAME}={}", https.base_url()),
         "--timeout".into(),
-        "20".into(),
+        "20s".into(),
     ]
     .into();
     let mut runner = Runner::start_tap(&binary, &tap, &runner_args, dir.join("runner.log"))?;

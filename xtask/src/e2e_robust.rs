@@ -161,7 +161,7 @@ fn runner_args(binary: &Path, stats: &Path) -> Vec<String> {
         "--allow".into(),
         "loopback".into(),
         "--timeout".into(),
-        ORIGIN_TIMEOUT_SECS.to_string(),
+        format!("{ORIGIN_TIMEOUT_SECS}s"),
     ];
     // A capture of everything the runner sees, for debugging a failing check (it slows the
     // runner, which changes the timing of load checks).

@@ -101,6 +101,11 @@ for (const [config, needle] of [
   [{ limits: { fakeIpNet: "198.18.0.1/15" } }, "limits.fakeIpNet"],
   [{ limits: { fakeIpNet: "192.168.0.0/16" } }, "fake-IP pool overlaps"],
   [{ limits: { dhcpPool: "10.0.0.1-10.0.0.2" } }, "10.0.0.1"],
+  [{ timeout: "5 parsecs" }, "is not a duration"],
+  [{ timeout: "0s" }, "out of range"],
+  [{ timeout: -1 }, "timeout"],
+  [{ timeout: true }, "timeout"],
+  [{ timeout: "5s", timeoutMs: 5000 }, "either timeout or timeoutMs"],
 ]) {
   let message = "";
   try {
@@ -110,6 +115,17 @@ for (const [config, needle] of [
     message = String(e && e.message);
   }
   check(message.includes(needle), `create(${JSON.stringify(config)}) rejects naming ${needle}: ${message}`);
+}
+
+// --- durations: seconds, strings with units, or the older timeoutMs
+for (const config of [{ timeout: "5s" }, { timeout: "500ms" }, { timeout: "2m" }, { timeout: 2.5 }, { timeoutMs: 100 }]) {
+  let error = "";
+  try {
+    (await NetProxy.create({ logLevel: "warn", ...config })).close();
+  } catch (e) {
+    error = String(e && e.message);
+  }
+  check(error === "", `create(${JSON.stringify(config)}) accepts the timeout: ${error || "ok"}`);
 }
 
 // --- limits reach the stack: a one-address DHCP pool offers exactly that address

@@ -77,9 +77,10 @@ pub struct Args {
     #[arg(long, value_name = "HOST=URL")]
     pub rewrite: Vec<String>,
 
-    /// Per-request timeout for origins, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    pub timeout: u64,
+    /// Per-request timeout for origins' response heads: a duration such as `5s`, `500ms`,
+    /// `2m`, or a plain number of seconds (1 ms to 24 h).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::duration::parse_timeout)]
+    pub timeout: Duration,
 
     /// Behave like the browser's fetch(): decoded bodies, forbidden headers removed.
     #[arg(long)]
@@ -130,7 +131,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, RunnerError> {
 /// The native transport with the destinations, timeout and extra trusted CAs from the
 /// command line.
 pub fn build_transport(args: &Args) -> Result<Rc<dyn Transport>, RunnerError> {
-    let mut config = TransportConfig::builder().timeout(Duration::from_secs(args.timeout));
+    let mut config = TransportConfig::builder().timeout(args.timeout);
     for pattern in &args.allow {
         config = config.allow(pattern.as_str());
     }
@@ -170,4 +171,34 @@ pub fn build_issuer(args: &Args) -> Result<Arc<Issuer>, RunnerError> {
         })?;
     }
     Ok(Arc::new(Issuer::new(ca, IssuerConfig::default(), clock)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(["c2w-net-proxy", "--tap", "t0"].iter().chain(extra))
+    }
+
+    #[test]
+    fn timeout_takes_units_and_plain_seconds() {
+        assert_eq!(parse(&[]).unwrap().timeout, Duration::from_secs(60));
+        for (text, want) in [
+            ("5s", Duration::from_secs(5)),
+            ("500ms", Duration::from_millis(500)),
+            ("2m", Duration::from_secs(120)),
+            ("5", Duration::from_secs(5)),
+        ] {
+            assert_eq!(parse(&["--timeout", text]).unwrap().timeout, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_bad_timeout_is_refused_with_a_reason() {
+        let err = parse(&["--timeout", "5 parsecs"]).unwrap_err().to_string();
+        assert!(err.contains("is not a duration"), "{err}");
+        let err = parse(&["--timeout", "0"]).unwrap_err().to_string();
+        assert!(err.contains("out of range"), "{err}");
+    }
 }

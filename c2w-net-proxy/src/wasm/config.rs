@@ -447,6 +447,30 @@ fn parse_rewrites(r: &Reader) -> Result<Vec<Rewrite>, ConfigError> {
         .collect()
 }
 
+/// A duration given as a number of seconds or a string such as `"5s"`, `"500ms"`, `"2m"`.
+fn parse_timeout_value(value: &JsValue, path: &str) -> Result<Duration, ConfigError> {
+    let text = if let Some(n) = value.as_f64() {
+        if !n.is_finite() || n < 0.0 {
+            return Err(ConfigError::Value {
+                path: path.to_string(),
+                reason: format!("{n} is not a number of seconds"),
+            });
+        }
+        n.to_string()
+    } else if let Some(s) = value.as_string() {
+        s
+    } else {
+        return Err(ConfigError::Type {
+            path: path.to_string(),
+            expected: "a number of seconds or a duration string such as \"5s\"",
+        });
+    };
+    crate::duration::parse_timeout(&text).map_err(|e| ConfigError::Value {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// Reads the config object given to `NetProxy.create` (`undefined`/`null` = all defaults).
 pub fn parse(value: &JsValue) -> Result<Options, ConfigError> {
     if value.is_undefined() || value.is_null() {
@@ -463,6 +487,7 @@ pub fn parse(value: &JsValue) -> Result<Options, ConfigError> {
             "rewrites",
             "allow",
             "deny",
+            "timeout",
             "timeoutMs",
             "keepUserAgent",
             "logLevel",
@@ -486,9 +511,19 @@ pub fn parse(value: &JsValue) -> Result<Options, ConfigError> {
         }
         None => None,
     };
-    let timeout = r
+    let timeout_ms = r
         .integer("timeoutMs", 1.0, 86_400_000.0)?
         .map(Duration::from_millis);
+    let timeout = match (r.get("timeout"), timeout_ms) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Value {
+                path: r.path("timeout"),
+                reason: "give either timeout or timeoutMs, not both".into(),
+            })
+        }
+        (Some(v), None) => Some(parse_timeout_value(&v, &r.path("timeout"))?),
+        (None, ms) => ms,
+    };
     let log_level = match r.string("logLevel")? {
         Some(s) => Some(Level::parse(&s).ok_or_else(|| ConfigError::Value {
             path: r.path("logLevel"),

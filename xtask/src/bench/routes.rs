@@ -228,7 +228,7 @@ pub fn native<'a>(
         "--rewrite".into(),
         format!("*.{FRESH_SUFFIX}={}", origins.https.base_url()),
         "--timeout".into(),
-        "120".into(),
+        "2m".into(),
     ];
     args.extend_from_slice(extra);
     let runner = Runner::start_tap(binary, &tap, &args, dir.join(format!("runner-{name}.log")))?;

@@ -131,7 +131,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let load = ThreadedOrigin::http()?;
     let fault = FaultOrigin::start()?;
     let config = serde_json::json!({
-        "timeoutMs": load::PAGE_TIMEOUT.as_millis() as u64,
+        "timeout": format!("{}ms", load::PAGE_TIMEOUT.as_millis()),
         "origins": {
             "http": http.base_url(),
             "https": https.base_url(),

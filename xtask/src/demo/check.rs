@@ -3,7 +3,6 @@
 //! proxy may reach loopback only), types a script into the guest's shell and asserts on the
 //! console output the page posts back.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -13,6 +12,7 @@ use crate::browser::server::{Board, PageServer};
 use crate::cleanup;
 use crate::origin::{Cors, Origin, OriginFiles};
 use crate::report::Report;
+use super::Site;
 use crate::tools::workspace_root;
 
 /// How long the guest may take to boot and run the script.
@@ -73,11 +73,29 @@ fn section<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
     Some(&text[from..to])
 }
 
+/// The emulated NICs the guest is booted with, in turn, and the Linux driver each must end up
+/// bound to.
+const NICS: &[(&str, &str)] = &[("virtio", "virtio_net"), ("ne2k", "ne2k-pci")];
+
+/// Everything both boots share: the page server and the local origins.
+struct Bench {
+    server: PageServer,
+    files: OriginFiles,
+    script: String,
+    dir: std::path::PathBuf,
+    // Kept alive for the whole check.
+    _origins: [Origin; 3],
+}
+
 /// Entry point: `site` is the assembled demo.
-pub fn run(site: &Path) -> Result<()> {
+pub fn run(site: &Site) -> Result<()> {
     let kind = Kind::Chromium;
     kind.ensure_installed()?;
-    println!("xtask: demo --check with {}", kind.version());
+    println!(
+        "xtask: demo --check with {}, guest image from {}",
+        kind.version(),
+        site.image.summary()
+    );
     let _guard = cleanup::Guard;
     let dir = workspace_root().join("target/demo/check");
     std::fs::create_dir_all(&dir)?;
@@ -85,8 +103,7 @@ pub fn run(site: &Path) -> Result<()> {
     let http = Origin::http_with(&files, 4, Cors::On)?;
     let https = Origin::https_with(&files, 4, Cors::On)?;
     let nocors = Origin::http(&files, 2)?;
-    let server = PageServer::serve(0, vec![site.to_path_buf()], None)?;
-
+    let server = PageServer::serve(0, vec![site.dir.clone()], None)?;
     let script = format!(
         "echo C2W-CHECK-$((0+1))-BEGIN; \
          curl -sS --fail -m 30 {http}/hello; echo \"http-rc=$?\"; \
@@ -98,59 +115,114 @@ pub fn run(site: &Path) -> Result<()> {
         https = https.base_url(),
         nocors = nocors.base_url(),
     );
+    let bench = Bench {
+        server,
+        files,
+        script,
+        dir,
+        _origins: [http, https, nocors],
+    };
+    let mut r = Report::default();
+    for (nic, driver) in NICS {
+        println!("xtask: demo --check: booting the guest with the {nic} NIC");
+        check_nic(&bench, kind, site, nic, driver, &mut r)?;
+        bench.server.board.clear();
+    }
+    r.finish("demo")
+}
+
+/// Boots the guest with `nic` and runs the checks on it, each named after the NIC.
+fn check_nic(
+    bench: &Bench,
+    kind: Kind,
+    site: &Site,
+    nic: &str,
+    driver: &str,
+    r: &mut Report,
+) -> Result<()> {
+    let dir = bench.dir.join(nic);
+    std::fs::create_dir_all(&dir)?;
     let url = format!(
-        "{}/?allow=loopback&report=1&run={}",
-        server.base,
-        encode(&script)
+        "{}/?allow=loopback&report=1&net={nic}&run={}",
+        bench.server.base,
+        encode(&bench.script)
     );
     let spec = LaunchSpec {
         dir: &dir.join("chromium"),
-        origin_cert: files.server_cert(),
-        origin_ca: &files.ca_cert,
+        origin_cert: bench.files.server_cert(),
+        origin_ca: &bench.files.ca_cert,
     };
     let started = Instant::now();
     let mut browser = Browser::start(kind, &url, &spec)?;
-    let board = server.board.clone();
+    let board = bench.server.board.clone();
     let result = wait_console(&board, LIMIT, |t| t.contains(END));
     let elapsed = started.elapsed();
-    let console = match result {
-        Ok(text) => text,
-        Err(err) => {
-            let running = browser.is_running();
+    let console = match &result {
+        Ok(text) => text.clone(),
+        Err(_) => {
             eprintln!(
                 "xtask: chromium {}; its log ends with:\n{}",
-                if running { "runs" } else { "exited" },
+                if browser.is_running() { "runs" } else { "exited" },
                 browser.log_tail(30)
             );
             if let Some((_, errors)) = board.get("page-error") {
                 eprintln!("xtask: page errors: {errors}");
             }
-            return Err(err);
+            board.get("console").map(|(_, t)| t).unwrap_or_default()
         }
     };
-    // One more round of posts after the end mark, so the panel shows the last request.
-    let _ = board.wait("console", 0, Duration::from_secs(1));
-    std::thread::sleep(Duration::from_millis(1200));
+    if result.is_ok() {
+        // One more round of posts after the end mark, so the panel shows the last request.
+        let _ = board.wait("console", 0, Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(1200));
+    }
     let stats = board.get("stats").map(|(_, s)| s).unwrap_or_default();
     let panel = board.get("panel").map(|(_, s)| s).unwrap_or_default();
     drop(browser);
     let log = board.get("log").map(|(_, s)| s).unwrap_or_default();
     std::fs::write(dir.join("page-log.txt"), &log)?;
     std::fs::write(dir.join("console.txt"), &console)?;
+    std::fs::write(dir.join("panel.txt"), &panel)?;
     println!(
-        "xtask: guest console saved to {}",
+        "xtask: {nic}: guest console saved to {}",
         dir.join("console.txt").display()
     );
+    if let Some(line) = console.lines().find(|l| l.contains("c2w-demo: image from")) {
+        println!("xtask: {nic}: guest says: {}", line.trim());
+    }
 
-    let mut r = Report::default();
-    r.check("lease line", || {
+    // A module that did not load explains everything after it: report it alone.
+    let module_failures: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("c2w-demo: NIC module") || l.contains("c2w-demo:   kernel:"))
+        .map(str::trim)
+        .collect();
+    if !module_failures.is_empty() {
+        r.check(&format!("{nic}: NIC modules load"), || {
+            bail!(
+                "{} (image from {})",
+                module_failures.join("\n  "),
+                site.image.summary()
+            )
+        });
+        return Ok(());
+    }
+    if let Err(err) = result {
+        r.check(&format!("{nic}: boot and run the script"), || Err(err));
+        return Ok(());
+    }
+
+    r.check(&format!("{nic}: lease line"), || {
         let line = console
             .lines()
             .find(|l| l.contains("c2w-demo: lease 192.168.127."))
             .ok_or_else(|| anyhow::anyhow!("no lease line"))?;
+        if !line.contains(&format!("({driver})")) {
+            bail!("the interface is not driven by {driver}: {line}");
+        }
         Ok(line.trim().to_string())
     });
-    r.check("CA certificate at /.wasmenv/proxy.crt", || {
+    r.check(&format!("{nic}: CA certificate at /.wasmenv/proxy.crt"), || {
         if console.contains("c2w-demo: CA certificate saved to /.wasmenv/proxy.crt") {
             Ok("fetched from http://192.168.127.253/ca.pem".into())
         } else {
@@ -158,7 +230,7 @@ pub fn run(site: &Path) -> Result<()> {
         }
     });
     let out = section(&console, "C2W-CHECK-1-BEGIN", END).unwrap_or("");
-    r.check("curl http through the proxy", || {
+    r.check(&format!("{nic}: curl http through the proxy"), || {
         let part = out.split("http-rc=").next().unwrap_or("");
         if part.contains("hello from the origin") && out.contains("http-rc=0") {
             Ok("body matches".into())
@@ -166,7 +238,7 @@ pub fn run(site: &Path) -> Result<()> {
             bail!("unexpected output: {out:?}")
         }
     });
-    r.check("curl https through the proxy", || {
+    r.check(&format!("{nic}: curl https through the proxy"), || {
         let part = section(out, "http-rc=0", "https-rc=").unwrap_or("");
         if part.contains("hello from the origin") && out.contains("https-rc=0") {
             Ok("body matches, the guest trusted the proxy's CA".into())
@@ -174,7 +246,7 @@ pub fn run(site: &Path) -> Result<()> {
             bail!("unexpected output: {out:?}")
         }
     });
-    r.check("proxy status page", || {
+    r.check(&format!("{nic}: proxy status page"), || {
         if out.contains("This is the HTTP proxy of the virtual network")
             && out.contains("status-rc=0")
         {
@@ -184,7 +256,7 @@ pub fn run(site: &Path) -> Result<()> {
         }
     });
     r.check(
-        "a CORS refusal reaches the guest and the page explains it",
+        &format!("{nic}: a CORS refusal reaches the guest and the page explains it"),
         || {
             let part = section(out, "status-rc=0", "nocors-rc=").unwrap_or("");
             if part.contains("hello from the origin") {
@@ -197,7 +269,7 @@ pub fn run(site: &Path) -> Result<()> {
             Ok(format!("guest got {guest:?}"))
         },
     );
-    r.check("stats(): lease and request counters", || {
+    r.check(&format!("{nic}: stats(): lease and request counters"), || {
         let v: serde_json::Value = serde_json::from_str(&stats)?;
         let s = &v["stats"];
         let leases = s["dhcp"]["leases"].to_string();
@@ -210,7 +282,6 @@ pub fn run(site: &Path) -> Result<()> {
             s["proxy"]["responsesOk"]
         ))
     });
-    std::fs::write(dir.join("panel.txt"), &panel)?;
     let timings: serde_json::Value = serde_json::from_str(&stats)
         .map(|v: serde_json::Value| v["timings"].clone())
         .unwrap_or_default();
@@ -221,7 +292,7 @@ pub fn run(site: &Path) -> Result<()> {
             .unwrap_or_else(|| "n/a".into())
     };
     println!(
-        "xtask: demo timings from page load: proxy ready {}, lease {}, shell {}, first proxied request {}, first curl done {}; whole check {:.1} s",
+        "xtask: {nic}: timings from page load: proxy ready {}, lease {}, shell {}, first proxied request {}, first curl done {}; whole boot and check {:.1} s",
         secs("proxyReadyMs"),
         secs("leaseMs"),
         secs("shellMs"),
@@ -233,7 +304,7 @@ pub fn run(site: &Path) -> Result<()> {
         .lines()
         .find(|l| l.contains("c2w-demo: shell ready"))
     {
-        println!("xtask: guest says: {}", line.trim());
+        println!("xtask: {nic}: guest says: {}", line.trim());
     }
-    r.finish("demo")
+    Ok(())
 }

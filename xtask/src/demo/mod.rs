@@ -46,7 +46,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if check {
         return check::run(&site);
     }
-    let server = PageServer::serve(port, vec![site.clone()], None)?;
+    let server = PageServer::serve(port, vec![site.dir.clone()], None)?;
     println!(
         "xtask: demo at {}/  (Ctrl-C stops it)\n\
          xtask: destinations are not restricted; add ?allow=loopback (or ?allow=*.example.org) to the URL to restrict them",
@@ -56,8 +56,16 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Builds everything and assembles the static site; returns its directory.
-pub fn prepare() -> Result<PathBuf> {
+/// The assembled demo.
+pub struct Site {
+    /// The static site's directory.
+    pub dir: PathBuf,
+    /// What the guest image was built from.
+    pub image: guest_image::ImageInfo,
+}
+
+/// Builds everything and assembles the static site.
+pub fn prepare() -> Result<Site> {
     let root = workspace_root();
     ensure_programs(&[
         ("node", "nodejs"),
@@ -116,7 +124,10 @@ pub fn prepare() -> Result<PathBuf> {
         "xterm": XTERM_VERSION,
     });
     std::fs::write(site.join("config.json"), config.to_string())?;
-    Ok(site)
+    Ok(Site {
+        dir: site,
+        image: image.info,
+    })
 }
 
 /// Installs the pinned v86 and xterm.js into `dir` unless they are there.
