@@ -20,7 +20,7 @@ pub enum DurationError {
         reason: String,
     },
     /// A valid duration outside the allowed range.
-    #[error("{text:?} is out of range: between {} and {} is allowed", humantime::format_duration(*min), humantime::format_duration(*max))]
+    #[error("{text:?} is out of range: between {min:?} and {max:?} is allowed")]
     Range {
         /// What was given.
         text: String,
@@ -31,22 +31,19 @@ pub enum DurationError {
     },
 }
 
-/// Parses `text`: a plain non-negative number is seconds, anything else humantime's syntax
-/// (`ms`, `s`, `m`, `h`, `d`, also combined: `1m 30s`).
+/// Parses `text`: a plain whole number is seconds, anything else humantime's syntax (`ms`,
+/// `s`, `m`, `h`, `d`, also combined: `1m 30s`).
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let trimmed = text.trim();
     let syntax = |reason: String| DurationError::Syntax {
         text: text.to_string(),
         reason,
     };
-    let plain = !trimmed.is_empty()
-        && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && trimmed.bytes().any(|b| b.is_ascii_digit());
-    if plain {
-        let secs: f64 = trimmed
+    if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = trimmed
             .parse()
-            .map_err(|e: std::num::ParseFloatError| syntax(e.to_string()))?;
-        return Duration::try_from_secs_f64(secs).map_err(|e| syntax(e.to_string()));
+            .map_err(|e: std::num::ParseIntError| syntax(e.to_string()))?;
+        return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(trimmed).map_err(|e| syntax(e.to_string()))
 }
@@ -87,13 +84,25 @@ mod tests {
         ok("250us", Duration::from_micros(250));
         ok("60", Duration::from_secs(60));
         ok(" 60 ", Duration::from_secs(60));
-        ok("0.5", Duration::from_millis(500));
         ok("0", Duration::ZERO);
     }
 
     #[test]
     fn nonsense_is_refused_with_the_text_and_an_example() {
-        for bad in ["", "s", "5x", "-5s", "-5", "five", "1.2.3", "5 s s", "nan", "inf"] {
+        for bad in [
+            "",
+            "s",
+            "5x",
+            "-5s",
+            "-5",
+            "five",
+            "1.2.3",
+            "5 s s",
+            "nan",
+            "inf",
+            "0.5",
+            "99999999999999999999",
+        ] {
             let err = parse_duration(bad).unwrap_err();
             assert!(matches!(err, DurationError::Syntax { .. }), "{bad}: {err}");
             let msg = err.to_string();
@@ -111,6 +120,7 @@ mod tests {
             let err = parse_timeout(bad).unwrap_err();
             assert!(matches!(err, DurationError::Range { .. }), "{bad}: {err}");
             assert!(err.to_string().contains("1ms"), "{err}");
+            assert!(err.to_string().contains("86400s"), "{err}");
         }
     }
 }

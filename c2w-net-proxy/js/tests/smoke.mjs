@@ -104,6 +104,7 @@ for (const [config, needle] of [
   [{ timeout: "5 parsecs" }, "is not a duration"],
   [{ timeout: "0s" }, "out of range"],
   [{ timeout: -1 }, "timeout"],
+  [{ timeout: 2.5 }, "whole number of seconds"],
   [{ timeout: true }, "timeout"],
   [{ timeout: "5s", timeoutMs: 5000 }, "either timeout or timeoutMs"],
 ]) {
@@ -118,7 +119,7 @@ for (const [config, needle] of [
 }
 
 // --- durations: seconds, strings with units, or the older timeoutMs
-for (const config of [{ timeout: "5s" }, { timeout: "500ms" }, { timeout: "2m" }, { timeout: 2.5 }, { timeoutMs: 100 }]) {
+for (const config of [{ timeout: "5s" }, { timeout: "500ms" }, { timeout: "2m" }, { timeout: 2 }, { timeoutMs: 100 }]) {
   let error = "";
   try {
     (await NetProxy.create({ logLevel: "warn", ...config })).close();

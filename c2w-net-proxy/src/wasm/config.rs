@@ -447,16 +447,18 @@ fn parse_rewrites(r: &Reader) -> Result<Vec<Rewrite>, ConfigError> {
         .collect()
 }
 
-/// A duration given as a number of seconds or a string such as `"5s"`, `"500ms"`, `"2m"`.
+/// A duration given as a whole number of seconds or a string such as `"5s"`, `"500ms"`, `"2m"`.
 fn parse_timeout_value(value: &JsValue, path: &str) -> Result<Duration, ConfigError> {
     let text = if let Some(n) = value.as_f64() {
-        if !n.is_finite() || n < 0.0 {
+        if n.fract() != 0.0 || !(0.0..=MAX_SAFE_INTEGER).contains(&n) {
             return Err(ConfigError::Value {
                 path: path.to_string(),
-                reason: format!("{n} is not a number of seconds"),
+                reason: format!(
+                    "{n} is not a whole number of seconds (write a string such as \"500ms\")"
+                ),
             });
         }
-        n.to_string()
+        (n as u64).to_string()
     } else if let Some(s) = value.as_string() {
         s
     } else {

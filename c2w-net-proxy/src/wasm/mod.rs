@@ -60,7 +60,7 @@ export interface NetProxyConfig {
   rewrites?: { host: string; url: string }[];
   allow?: string[];
   deny?: string[];
-  /** Time limit for a response head: seconds, or a string such as "5s", "500ms", "2m". */
+  /** Time limit for a response head: whole seconds, or a string such as "5s", "500ms", "2m". */
   timeout?: number | string;
   /** The same in milliseconds (kept for existing pages; give one of the two). */
   timeoutMs?: number;

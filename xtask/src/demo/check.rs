@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+use super::Site;
 use crate::browser::launch::{Browser, Kind, LaunchSpec};
 use crate::browser::server::{Board, PageServer};
 use crate::cleanup;
 use crate::origin::{Cors, Origin, OriginFiles};
 use crate::report::Report;
-use super::Site;
 use crate::tools::workspace_root;
 
 /// How long the guest may take to boot and run the script.
@@ -162,7 +162,11 @@ fn check_nic(
         Err(_) => {
             eprintln!(
                 "xtask: chromium {}; its log ends with:\n{}",
-                if browser.is_running() { "runs" } else { "exited" },
+                if browser.is_running() {
+                    "runs"
+                } else {
+                    "exited"
+                },
                 browser.log_tail(30)
             );
             if let Some((_, errors)) = board.get("page-error") {
@@ -222,13 +226,16 @@ fn check_nic(
         }
         Ok(line.trim().to_string())
     });
-    r.check(&format!("{nic}: CA certificate at /.wasmenv/proxy.crt"), || {
-        if console.contains("c2w-demo: CA certificate saved to /.wasmenv/proxy.crt") {
-            Ok("fetched from http://192.168.127.253/ca.pem".into())
-        } else {
-            bail!("the guest did not save the CA")
-        }
-    });
+    r.check(
+        &format!("{nic}: CA certificate at /.wasmenv/proxy.crt"),
+        || {
+            if console.contains("c2w-demo: CA certificate saved to /.wasmenv/proxy.crt") {
+                Ok("fetched from http://192.168.127.253/ca.pem".into())
+            } else {
+                bail!("the guest did not save the CA")
+            }
+        },
+    );
     let out = section(&console, "C2W-CHECK-1-BEGIN", END).unwrap_or("");
     r.check(&format!("{nic}: curl http through the proxy"), || {
         let part = out.split("http-rc=").next().unwrap_or("");
@@ -269,19 +276,22 @@ fn check_nic(
             Ok(format!("guest got {guest:?}"))
         },
     );
-    r.check(&format!("{nic}: stats(): lease and request counters"), || {
-        let v: serde_json::Value = serde_json::from_str(&stats)?;
-        let s = &v["stats"];
-        let leases = s["dhcp"]["leases"].to_string();
-        let requests = s["proxy"]["requests"].as_u64().unwrap_or(0);
-        if !leases.contains("192.168.127.3") || requests < 4 {
-            bail!("leases {leases}, requests {requests}");
-        }
-        Ok(format!(
-            "leases {leases}, {requests} requests, {} ok",
-            s["proxy"]["responsesOk"]
-        ))
-    });
+    r.check(
+        &format!("{nic}: stats(): lease and request counters"),
+        || {
+            let v: serde_json::Value = serde_json::from_str(&stats)?;
+            let s = &v["stats"];
+            let leases = s["dhcp"]["leases"].to_string();
+            let requests = s["proxy"]["requests"].as_u64().unwrap_or(0);
+            if !leases.contains("192.168.127.3") || requests < 4 {
+                bail!("leases {leases}, requests {requests}");
+            }
+            Ok(format!(
+                "leases {leases}, {requests} requests, {} ok",
+                s["proxy"]["responsesOk"]
+            ))
+        },
+    );
     let timings: serde_json::Value = serde_json::from_str(&stats)
         .map(|v: serde_json::Value| v["timings"].clone())
         .unwrap_or_default();

@@ -120,4 +120,3 @@ pub fn deb_of(dir: &Path, package: &str) -> Option<PathBuf> {
         (name.starts_with(&prefix) && name.ends_with(".deb")).then(|| e.path())
     })
 }
-

@@ -180,9 +180,14 @@ pub fn build(force: bool) -> Result<GuestImage> {
     apt.download(std::slice::from_ref(&kernel_pkg), &debs)?;
     let kernel_deb = deb_of(&debs, &kernel_pkg)
         .with_context(|| format!("{kernel_pkg}.deb was not downloaded"))?;
-    let kernel_version = output(Command::new("dpkg-deb").arg("-f").arg(&kernel_deb).arg("Version"))?
-        .trim()
-        .to_string();
+    let kernel_version = output(
+        Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(&kernel_deb)
+            .arg("Version"),
+    )?
+    .trim()
+    .to_string();
     let kroot = dir.join("kernel-root");
     fresh(&kroot)?;
     extract(&debs, &kernel_pkg, &kroot)?;
@@ -331,4 +336,3 @@ fn write_exec(path: &Path, text: &str) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
-

@@ -86,10 +86,7 @@ pub fn load_order<'a>(
                 match marks.get(&module) {
                     Some(Mark::Done) => continue,
                     Some(Mark::Visiting) => {
-                        let start = stack
-                            .iter()
-                            .position(|(m, _, _)| *m == module)
-                            .unwrap_or(0);
+                        let start = stack.iter().position(|(m, _, _)| *m == module).unwrap_or(0);
                         let mut cycle: Vec<String> =
                             stack[start..].iter().map(|(m, _, _)| m.clone()).collect();
                         cycle.push(module);
@@ -233,11 +230,7 @@ impl ModuleTree {
             todo.extend(deps.iter().cloned());
             depends.insert(module, deps);
         }
-        let order = load_order(
-            roots,
-            |m| depends.get(m).map(Vec::as_slice),
-            &self.builtin,
-        )?;
+        let order = load_order(roots, |m| depends.get(m).map(Vec::as_slice), &self.builtin)?;
         Ok(order
             .into_iter()
             .map(|m| {
@@ -319,7 +312,10 @@ mod tests {
 
     #[test]
     fn builtin_modules_are_skipped() {
-        let g = graph(&[("virtio_net", &["virtio", "net_failover"]), ("net_failover", &[])]);
+        let g = graph(&[
+            ("virtio_net", &["virtio", "net_failover"]),
+            ("net_failover", &[]),
+        ]);
         assert_eq!(
             order(&["virtio_net"], &g, &["virtio"]).unwrap(),
             ["net_failover", "virtio_net"]
@@ -338,7 +334,9 @@ mod tests {
                 needed_by: Some("virtio".into())
             }
         );
-        assert!(err.to_string().contains("virtio_ring (a dependency of virtio)"));
+        assert!(err
+            .to_string()
+            .contains("virtio_ring (a dependency of virtio)"));
     }
 
     #[test]
@@ -358,7 +356,10 @@ mod tests {
     fn a_cycle_is_reported_with_its_members() {
         let g = graph(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"]), ("x", &[])]);
         let err = order(&["x", "a"], &g, &[]).unwrap_err();
-        assert_eq!(err, OrderError::Cycle(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
+        assert_eq!(
+            err,
+            OrderError::Cycle(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+        );
         assert!(err.to_string().contains("a -> b -> c -> a"));
     }
 
@@ -373,7 +374,12 @@ mod tests {
 
     #[test]
     fn a_diamond_is_not_a_cycle() {
-        let g = graph(&[("top", &["l", "r"]), ("l", &["base"]), ("r", &["base"]), ("base", &[])]);
+        let g = graph(&[
+            ("top", &["l", "r"]),
+            ("l", &["base"]),
+            ("r", &["base"]),
+            ("base", &[]),
+        ]);
         assert_eq!(order(&["top"], &g, &[]).unwrap(), ["base", "l", "r", "top"]);
     }
 
