@@ -1,4 +1,5 @@
 import type { NetProxy, NetProxyConfig } from "./c2w_net_proxy.js";
+import type { NicPacingOptions, NicPacingStats } from "./nic-pacer.js";
 
 /** The part of v86's bus (`emulator.bus`) the adapter uses. */
 export interface V86Bus {
@@ -15,6 +16,12 @@ export interface C2wNetworkAdapterConfig extends NetProxyConfig {
   wasm?: string | URL | Request | Response | BufferSource | WebAssembly.Module;
   /** Map http://PORT.external/ to http://localhost:PORT/ like v86; default true without a CORS proxy. */
   v86External?: boolean;
+  /**
+   * How many frames the emulated NIC is handed before the guest catches up (it transmits, or
+   * `idleReleaseMs` pass); the defaults fit v86's ne2k, whose 13 KiB ring drops what does not
+   * fit without telling the guest. `false` hands every frame over at once.
+   */
+  pacing?: Partial<NicPacingOptions> | false;
   /** v86's spelling of `corsProxy`. */
   cors_proxy?: string;
 }
@@ -33,6 +40,8 @@ export class C2wNetworkAdapter {
   send(frame: Uint8Array | ArrayBuffer): void;
   /** Emits a frame for the guest on "net<id>-receive". */
   receive(frame: Uint8Array): void;
+  /** The pacer's counters, or null with `pacing: false`. */
+  pacingStats(): NicPacingStats | null;
   /** The CA certificate (PEM) for the guest to trust, or null before `ready`. */
   caCertificatePem(): string | null;
   /** Closes the proxy and detaches from the bus. */

@@ -4,9 +4,10 @@
 // Construct it with the emulator's bus in place of v86's own adapter (docs/v86.md).
 
 import init, { NetProxy } from "./c2w_net_proxy.js";
+import { NicPacer } from "./nic-pacer.js";
 
 // Options of this adapter (the rest of the config goes to NetProxy.create).
-const ADAPTER_KEYS = ["id", "wasm", "v86External"];
+const ADAPTER_KEYS = ["id", "wasm", "v86External", "pacing"];
 
 // The wasm module is initialised once per page, whatever the number of adapters.
 let initialised = null;
@@ -23,8 +24,10 @@ export class C2wNetworkAdapter {
    * @param {object} bus the emulator's bus (`emulator.bus` of a V86 instance)
    * @param {object} [config] `id` (adapter number, default 0), `wasm` (URL, Response, bytes or
    *   module of the .wasm; default: next to the glue), `v86External` (map PORT.external to
-   *   http://localhost:PORT like v86 does; default true unless a CORS proxy is set), v86's
-   *   `cors_proxy` as an alias of `corsProxy`, and every NetProxyConfig option.
+   *   http://localhost:PORT like v86 does; default true unless a CORS proxy is set), `pacing`
+   *   (how many frames the NIC is handed before the guest catches up, see nic-pacer.js;
+   *   `false` turns it off), v86's `cors_proxy` as an alias of `corsProxy`, and every
+   *   NetProxyConfig option.
    */
   constructor(bus, config = {}) {
     this.bus = bus;
@@ -35,6 +38,9 @@ export class C2wNetworkAdapter {
     this.proxy = null;
     this.destroyed = false;
     this.pending = [];
+    /** Paces frames towards the NIC (null when `pacing: false`). */
+    this.pacer =
+      config.pacing === false ? null : new NicPacer((frame) => this.receive(frame), config.pacing || {});
 
     const proxyConfig = {};
     for (const [key, value] of Object.entries(config)) {
@@ -68,7 +74,7 @@ export class C2wNetworkAdapter {
           throw new Error("C2wNetworkAdapter was destroyed before it started");
         }
         this.proxy = proxy;
-        proxy.onFrame((frame) => this.receive(frame));
+        proxy.onFrame(this.pacer ? (frame) => this.pacer.push(frame) : (frame) => this.receive(frame));
         for (const frame of this.pending) proxy.pushFrame(frame);
         this.pending = [];
         return proxy;
@@ -85,6 +91,13 @@ export class C2wNetworkAdapter {
     } else {
       this.pending.push(bytes.slice());
     }
+    // The guest transmitted, so it ran its receive interrupt: the NIC can take a new burst.
+    if (this.pacer) this.pacer.guestActive();
+  }
+
+  /** The pacer's counters (frames delivered, deferred, dropped, queued), or null without one. */
+  pacingStats() {
+    return this.pacer ? this.pacer.stats() : null;
   }
 
   /** A frame for the guest's NIC. */
@@ -106,6 +119,7 @@ export class C2wNetworkAdapter {
       this.bus.unregister(this.macEvent, this.onMac);
     }
     this.pending = [];
+    if (this.pacer) this.pacer.close();
     if (this.proxy) this.proxy.close();
   }
 }

@@ -4,6 +4,7 @@
 // URL parameters:
 //   allow=loopback,*.example.org  destinations the proxy may fetch (default: everything)
 //   net=virtio|ne2k                the emulated NIC (default from config.json)
+//   pacing=off                     hand the NIC every frame at once (nic-pacer.js; for comparison)
 //   report=1                       post the console text and stats to the serving xtask
 //   run=<script>                   type these lines into the guest's shell once it is ready
 
@@ -96,6 +97,7 @@ async function main() {
   // The glue has no default location for its .wasm (no import.meta.url), so name it.
   const proxyConfig = { logLevel: "info", wasm: new URL("dist/c2w_net_proxy_bg.wasm", location.href) };
   if (allow) proxyConfig.allow = allow.split(",").filter(Boolean);
+  if (params.get("pacing") === "off") proxyConfig.pacing = false;
   const adapter = new C2wNetworkAdapter(emulator.bus, proxyConfig);
   let proxy;
   try {
@@ -165,7 +167,7 @@ async function main() {
     if (reporting && consoleText !== lastPosted) {
       lastPosted = consoleText;
       post("console", consoleText);
-      post("stats", JSON.stringify({ stats, timings }));
+      post("stats", JSON.stringify({ stats, timings, pacing: adapter.pacingStats() }));
       post("panel", document.getElementById("side").innerText);
     }
   }, 500);

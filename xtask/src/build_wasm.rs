@@ -23,6 +23,8 @@ const JS_FILES: &[&str] = &[
     "stack-worker.d.ts",
     "v86-adapter.js",
     "v86-adapter.d.ts",
+    "nic-pacer.js",
+    "nic-pacer.d.ts",
 ];
 
 /// In `stack-worker.js`, replaced by the glue's source so the worker is one self-contained
@@ -234,13 +236,14 @@ fn write_package_json(dist: &Path) -> Result<()> {
   "exports": {{
     ".": {{ "types": "./c2w_net_proxy.d.ts", "default": "./c2w_net_proxy.js" }},
     "./v86-adapter.js": {{ "types": "./v86-adapter.d.ts", "default": "./v86-adapter.js" }},
+    "./nic-pacer.js": {{ "types": "./nic-pacer.d.ts", "default": "./nic-pacer.js" }},
     "./stack-worker.js": "./stack-worker.js",
     "./c2w-net-proxy.wasm": "./c2w-net-proxy.wasm",
     "./c2w_net_proxy_bg.wasm": "./c2w_net_proxy_bg.wasm"
   }},
   "files": [
     "c2w_net_proxy.js", "c2w_net_proxy.d.ts", "c2w_net_proxy_bg.wasm", "c2w_net_proxy_bg.wasm.d.ts",
-    "c2w-net-proxy.wasm", "stack-worker.js", "stack-worker.d.ts", "v86-adapter.js", "v86-adapter.d.ts",
+    "c2w-net-proxy.wasm", "stack-worker.js", "stack-worker.d.ts", "v86-adapter.js", "v86-adapter.d.ts", "nic-pacer.js", "nic-pacer.d.ts",
     "README.md"
   ],
   "sideEffects": false,
@@ -309,15 +312,20 @@ console.log(version());
 
 /// The node tests of a built `dist/`: `smoke.mjs` (DHCP through `pushFrame`/`onFrame` and
 /// through `pushStream`/`onStream`, stats, the CA, pcap capture, config errors, `close`, the
-/// v86 adapter on a fake bus) and `relay.mjs` (`stack-worker.js` against container2wasm's
-/// relay protocol, with and without `Atomics.waitAsync`), both in `c2w-net-proxy/js/tests/`.
+/// v86 adapter on a fake bus), `relay.mjs` (`stack-worker.js` against container2wasm's
+/// relay protocol, with and without `Atomics.waitAsync`) and `pacer.mjs` (nic-pacer.js
+/// against a model of v86's ne2k ring and Linux's 8390 driver), all in `c2w-net-proxy/js/tests/`.
 pub fn node_smoke(dist: &Path) -> Result<()> {
     ensure_programs(&[("node", "nodejs")])?;
     let dist = dist
         .canonicalize()
         .with_context(|| format!("{} is not built", dist.display()))?;
     let dist_arg = dist.to_string_lossy().into_owned();
-    for (name, success) in [("smoke.mjs", "smoke: all "), ("relay.mjs", "relay: all ")] {
+    for (name, success) in [
+        ("smoke.mjs", "smoke: all "),
+        ("relay.mjs", "relay: all "),
+        ("pacer.mjs", "pacer: all "),
+    ] {
         let script = workspace_root().join("c2w-net-proxy/js/tests").join(name);
         let script = script.to_string_lossy().into_owned();
         let out = node_with_timeout(&dist, &[&script, &dist_arg], Duration::from_secs(120))?;

@@ -47,7 +47,7 @@ commands:
   bench        benchmarks; writes docs/benchmarks.md and target/bench/results.json
   guest-image [--force]
                the demo's i386 Linux guest from Debian packages, cached in target/guest-image/
-  demo [--port PORT] [--check]
+  demo [--port PORT] [--check [--nic virtio|ne2k]]
                serve the demo on http://127.0.0.1:PORT (default 8080): a Linux VM in the tab
                (v86) networked through c2w-net-proxy; --check boots it in headless Chromium
                and asserts on the console";

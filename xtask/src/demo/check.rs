@@ -11,12 +11,17 @@ use super::Site;
 use crate::browser::launch::{Browser, Kind, LaunchSpec};
 use crate::browser::server::{Board, PageServer};
 use crate::cleanup;
-use crate::origin::{Cors, Origin, OriginFiles};
+use crate::origin::{blob, sha256_hex, Cors, Origin, OriginFiles};
 use crate::report::Report;
 use crate::tools::workspace_root;
 
 /// How long the guest may take to boot and run the script.
-const LIMIT: Duration = Duration::from_secs(180);
+const LIMIT: Duration = Duration::from_secs(420);
+
+/// The size of the bulk downloads (over http and https, on each NIC), and the time curl gets
+/// for each.
+const BULK: usize = 16 << 20;
+const BULK_SECS: u64 = 60;
 
 /// The end mark as printed by the guest (the typed command shows `$((1+1))` instead).
 const END: &str = "C2W-CHECK-2-END";
@@ -87,8 +92,41 @@ struct Bench {
     _origins: [Origin; 3],
 }
 
+/// Reads one `bulk url=... rc=... sha=... secs=T` line (T: curl's own time_total): passes when
+/// curl succeeded and the digest matches; the detail is the guest-side rate.
+fn bulk_result(out: &str, url_prefix: &str, want_sha: &str) -> Result<String> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("bulk ") && l.contains(url_prefix))
+        .ok_or_else(|| anyhow::anyhow!("no result line for {url_prefix}"))?;
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or("")
+    };
+    if field("rc=") != "0" {
+        bail!("curl failed: {line}");
+    }
+    if field("sha=") != want_sha {
+        bail!(
+            "wrong body (sha256 {} instead of {want_sha})",
+            field("sha=")
+        );
+    }
+    let secs: f64 = field("secs=")
+        .parse()
+        .map_err(|_| anyhow::anyhow!("no time: {line}"))?;
+    Ok(format!(
+        "{:.1} MB/s guest-side, {secs:.1} s",
+        BULK as f64 / 1e6 / secs.max(0.01)
+    ))
+}
+
 /// Entry point: `site` is the assembled demo.
-pub fn run(site: &Site) -> Result<()> {
+pub fn run(site: &Site, only: &[String]) -> Result<()> {
+    if let Some(bad) = only.iter().find(|n| !NICS.iter().any(|(nic, _)| nic == n)) {
+        bail!("demo --check: unknown NIC `{bad}` (virtio, ne2k)");
+    }
     let kind = Kind::Chromium;
     kind.ensure_installed()?;
     println!(
@@ -109,8 +147,17 @@ pub fn run(site: &Site) -> Result<()> {
          curl -sS --fail -m 30 {http}/hello; echo \"http-rc=$?\"; \
          curl -sS --fail -m 30 {https}/hello; echo \"https-rc=$?\"; \
          curl -sS --fail -m 30 http://192.168.127.253/; echo \"status-rc=$?\"; \
-         curl -sS -m 30 {nocors}/hello; echo \"nocors-rc=$?\"; sleep 1; \
+         curl -sS -m 30 {nocors}/hello; echo \"nocors-rc=$?\"; \
+         for u in {http}/blob/{BULK} {https}/blob/{BULK}; do \
+           w=$(curl -sS --fail -m {BULK_SECS} -o /tmp/bulk -w '%{{time_total}}' $u); rc=$?; \
+           echo \"bulk url=$u rc=$rc sha=$(sha256sum /tmp/bulk | cut -c1-64) secs=$w\"; \
+           rm -f /tmp/bulk; \
+         done; {extra} sleep 1; \
          echo C2W-CHECK-$((1+1))-END",
+        // Extra guest commands for diagnosis (their output lands in console.txt).
+        extra = std::env::var("C2W_DEMO_EXTRA")
+            .map(|e| format!("{e};"))
+            .unwrap_or_default(),
         http = http.base_url(),
         https = https.base_url(),
         nocors = nocors.base_url(),
@@ -124,6 +171,9 @@ pub fn run(site: &Site) -> Result<()> {
     };
     let mut r = Report::default();
     for (nic, driver) in NICS {
+        if !only.is_empty() && !only.iter().any(|n| n == nic) {
+            continue;
+        }
         println!("xtask: demo --check: booting the guest with the {nic} NIC");
         check_nic(&bench, kind, site, nic, driver, &mut r)?;
         bench.server.board.clear();
@@ -187,6 +237,7 @@ fn check_nic(
     std::fs::write(dir.join("page-log.txt"), &log)?;
     std::fs::write(dir.join("console.txt"), &console)?;
     std::fs::write(dir.join("panel.txt"), &panel)?;
+    std::fs::write(dir.join("stats.json"), &stats)?;
     println!(
         "xtask: {nic}: guest console saved to {}",
         dir.join("console.txt").display()
@@ -292,6 +343,20 @@ fn check_nic(
             ))
         },
     );
+    let want_sha = sha256_hex(&blob(BULK));
+    for scheme in ["http", "https"] {
+        r.check(
+            &format!("{nic}: 16 MiB over {scheme}, sha256 checked"),
+            || bulk_result(out, &format!("url={scheme}://"), &want_sha),
+        );
+    }
+    r.check(&format!("{nic}: no NIC watchdog message"), || match console
+        .lines()
+        .find(|l| l.contains("NETDEV WATCHDOG") || l.contains("Tx timed out"))
+    {
+        Some(line) => bail!("the guest's NIC stalled: {}", line.trim()),
+        None => Ok("none on the console".into()),
+    });
     let timings: serde_json::Value = serde_json::from_str(&stats)
         .map(|v: serde_json::Value| v["timings"].clone())
         .unwrap_or_default();

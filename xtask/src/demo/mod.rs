@@ -23,10 +23,12 @@ const XTERM_VERSION: &str = "6.0.0";
 pub fn run(args: &[String]) -> Result<()> {
     let mut port: u16 = 8080;
     let mut check = false;
+    let mut nics: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--check" => check = true,
+            "--nic" => nics.push(it.next().context("--nic needs virtio or ne2k")?.clone()),
             "--port" => {
                 port = it
                     .next()
@@ -39,12 +41,14 @@ pub fn run(args: &[String]) -> Result<()> {
                     .parse()
                     .context("--port needs a number")?
             }
-            other => bail!("demo: unknown argument `{other}` (--port PORT, --check)"),
+            other => {
+                bail!("demo: unknown argument `{other}` (--port PORT, --check [--nic virtio|ne2k])")
+            }
         }
     }
     let site = prepare()?;
     if check {
-        return check::run(&site);
+        return check::run(&site, &nics);
     }
     let server = PageServer::serve(port, vec![site.dir.clone()], None)?;
     println!(
