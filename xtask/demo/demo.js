@@ -5,6 +5,8 @@
 //   allow=loopback,*.example.org  destinations the proxy may fetch (default: everything)
 //   net=virtio|ne2k                the emulated NIC (default from config.json)
 //   pacing=off                     hand the NIC every frame at once (nic-pacer.js; for comparison)
+//   backend=v86                    v86's own FetchNetworkAdapter instead of c2w-net-proxy (for
+//                                  `cargo xtask bench tab`; the side panel stays empty)
 //   report=1                       post the console text and stats to the serving xtask
 //   run=<script>                   type these lines into the guest's shell once it is ready
 
@@ -74,6 +76,7 @@ async function main() {
   const config = await (await fetch("config.json")).json();
   const allow = params.get("allow");
   const net = params.get("net") || config.net || "virtio";
+  const ours = params.get("backend") !== "v86";
 
   const term = new Terminal({ rows: 30, cols: 100, convertEol: false, scrollback: 5000 });
   term.open(document.getElementById("terminal"));
@@ -87,7 +90,7 @@ async function main() {
     bzimage: { url: "guest/bzImage" },
     initrd: { url: "guest/initrd.img" },
     cmdline: config.cmdline,
-    net_device: { type: net },
+    net_device: ours ? { type: net } : { type: net, relay_url: "fetch" },
     disable_keyboard: true,
     disable_mouse: true,
     disable_speaker: true,
@@ -98,17 +101,21 @@ async function main() {
   const proxyConfig = { logLevel: "info", wasm: new URL("dist/c2w_net_proxy_bg.wasm", location.href) };
   if (allow) proxyConfig.allow = allow.split(",").filter(Boolean);
   if (params.get("pacing") === "off") proxyConfig.pacing = false;
-  const adapter = new C2wNetworkAdapter(emulator.bus, proxyConfig);
-  let proxy;
-  try {
-    proxy = await adapter.ready;
-  } catch (err) {
-    fail("the proxy did not start: " + err.message);
-    return;
+  let adapter = null;
+  let proxy = null;
+  let caPem = null;
+  if (ours) {
+    adapter = new C2wNetworkAdapter(emulator.bus, proxyConfig);
+    try {
+      proxy = await adapter.ready;
+    } catch (err) {
+      fail("the proxy did not start: " + err.message);
+      return;
+    }
+    timings.proxyReadyMs = Math.round(performance.now() - started);
+    caPem = adapter.caCertificatePem();
+    setupButtons(proxy, caPem);
   }
-  timings.proxyReadyMs = Math.round(performance.now() - started);
-  const caPem = adapter.caCertificatePem();
-  setupButtons(proxy, caPem);
   setStatus("booting Linux…");
 
   // Console: guest output to the terminal (batched), keystrokes to the guest.
@@ -148,7 +155,7 @@ async function main() {
         setTimeout(() => emulator.serial0_send(script.endsWith("\n") ? script : script + "\n"), 500);
       }
     }
-    if (!timings.firstRequestMs && proxy.stats().proxy.requests > 0) {
+    if (proxy && !timings.firstRequestMs && proxy.stats().proxy.requests > 0) {
       timings.firstRequestMs = Math.round(performance.now() - started);
     }
     if (typed && !timings.firstCurlMs && /http-rc=\d/.test(text)) {
@@ -159,15 +166,16 @@ async function main() {
   // Live state and, when reporting, the console and stats to the xtask.
   let lastPosted = "";
   setInterval(() => {
-    const stats = proxy.stats();
-    if (!timings.firstRequestMs && stats.proxy.requests > 0) {
+    const stats = proxy ? proxy.stats() : null;
+    const pacing = adapter ? adapter.pacingStats() : null;
+    if (stats && !timings.firstRequestMs && stats.proxy.requests > 0) {
       timings.firstRequestMs = Math.round(performance.now() - started);
     }
-    render(stats);
+    if (stats) render(stats, pacing);
     if (reporting && consoleText !== lastPosted) {
       lastPosted = consoleText;
       post("console", consoleText);
-      post("stats", JSON.stringify({ stats, timings, pacing: adapter.pacingStats() }));
+      post("stats", JSON.stringify({ stats, timings, pacing }));
       post("panel", document.getElementById("side").innerText);
     }
   }, 500);
@@ -203,7 +211,7 @@ function download(name, blob) {
   setTimeout(() => URL.revokeObjectURL(a.href), 10000);
 }
 
-function render(s) {
+function render(s, pacing) {
   const leases = s.dhcp.leases.map((l) => `${l.ip} (${l.mac})`).join(", ") || "none yet";
   const rows = [
     ["lease", leases],
@@ -219,6 +227,7 @@ function render(s) {
     ["DNS queries", `${s.dns.queries} (${s.dns.errors} errors)`],
     ["frames", `${s.framesIn} in / ${s.framesOut} out, ${s.drops.total} dropped`],
     ["capturing", s.capturing ? "yes" : "no"],
+    ["NIC pacing", pacing ? `${pacing.deferred} frames waited, ${pacing.queued} waiting, ${pacing.dropped} dropped` : "off"],
     ["wasm memory", fmtBytes(s.wasmMemoryBytes)],
     ["heap in use", `${fmtBytes(s.heapBytes)} (peak ${fmtBytes(s.heapPeakBytes)})`],
   ];

@@ -3,7 +3,8 @@
 //! `{name, unit, value, reference}` objects, merged by name with the other sections' entries).
 //!
 //! Sections: `ca` (mitm-ca natively and as wasm, [`ca`]), `net` (the guest's traffic on every
-//! path side by side with the direct path, [`net`]), `size` (the shipped package, [`size`]).
+//! path side by side with the direct path, [`net`]), `size` (the shipped package, [`size`]),
+//! `tab` (the demo's v86 guest through our adapter and v86's own, [`tab`]).
 
 mod ca;
 mod net;
@@ -12,6 +13,7 @@ mod peer;
 mod reference;
 mod routes;
 mod size;
+mod tab;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -23,10 +25,12 @@ use serde_json::Value;
 use crate::tools;
 
 const USAGE: &str =
-    "usage: cargo xtask bench [ca] [size] [net [--quick] [--only PATH]...] [--no-wasm]
+    "usage: cargo xtask bench [ca] [size] [tab] [net [--quick] [--only PATH]...] [--no-wasm]
 
   ca      mitm-ca natively and as wasm under node
   size    dist/ raw and gzipped
+  tab     the demo's v86 guest in Chromium: our adapter (paced and not) and v86's
+          FetchNetworkAdapter, on the virtio and ne2k NICs
   net     the guest's traffic on every path next to the direct path (needs root)
           --quick       small sizes, for checking the harness
           --only PATH   native, browser, c2w, v86, mtu, reference (repeatable; default all)
@@ -44,6 +48,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "ca" | "mitm-ca" => sections.push("ca"),
             "net" => sections.push("net"),
             "size" => sections.push("size"),
+            "tab" => sections.push("tab"),
             "--quick" => plan = net::Plan::quick(),
             "--only" => only.push(args.next().context("--only needs a path name")?.clone()),
             "--no-wasm" => wasm = false,
@@ -52,9 +57,11 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     plan.only = only;
     if sections.is_empty() {
-        sections = vec!["ca", "size", "net"];
+        sections = vec!["ca", "size", "tab", "net"];
     }
-    if sections.contains(&"net") && std::env::var_os(OPTIMIZED).is_none() {
+    if (sections.contains(&"net") || sections.contains(&"tab"))
+        && std::env::var_os(OPTIMIZED).is_none()
+    {
         return rerun_optimized();
     }
     for section in sections {
@@ -62,6 +69,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "ca" => ca::section(wasm)?,
             "net" => net::section(&plan)?,
             "size" => size::section()?,
+            "tab" => tab::section_run()?,
             _ => unreachable!("sections are parsed above"),
         }
     }

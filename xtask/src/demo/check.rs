@@ -3,13 +3,14 @@
 //! proxy may reach loopback only), types a script into the guest's shell and asserts on the
 //! console output the page posts back.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use super::boot::{boot, nic_watchdog, section, Boot};
 use super::Site;
-use crate::browser::launch::{Browser, Kind, LaunchSpec};
-use crate::browser::server::{Board, PageServer};
+use crate::browser::launch::Kind;
+use crate::browser::server::PageServer;
 use crate::cleanup;
 use crate::origin::{blob, sha256_hex, Cors, Origin, OriginFiles};
 use crate::report::Report;
@@ -25,58 +26,6 @@ const BULK_SECS: u64 = 60;
 
 /// The end mark as printed by the guest (the typed command shows `$((1+1))` instead).
 const END: &str = "C2W-CHECK-2-END";
-
-/// Percent-encodes `s` for a query parameter.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Waits until the posted console text satisfies `done`; returns the last text.
-fn wait_console(board: &Board, limit: Duration, done: impl Fn(&str) -> bool) -> Result<String> {
-    let deadline = Instant::now() + limit;
-    let mut seen = 0;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            let text = board.get("console").map(|(_, t)| t).unwrap_or_default();
-            bail!(
-                "timed out after {limit:?}; console so far:\n{}",
-                tail(&text, 40)
-            );
-        }
-        match board.wait("console", seen, remaining) {
-            Ok((n, text)) => {
-                seen = n;
-                if done(&text) {
-                    return Ok(text);
-                }
-            }
-            Err(err) => {
-                let text = board.get("console").map(|(_, t)| t).unwrap_or_default();
-                bail!("{err:#}; console so far:\n{}", tail(&text, 40));
-            }
-        }
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// The output between the last occurrence of `start` (a line the guest printed) and `end`.
-fn section<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
-    let from = text.rfind(start)? + start.len();
-    let to = text[from..].find(end)? + from;
-    Some(&text[from..to])
-}
 
 /// The emulated NICs the guest is booted with, in turn, and the Linux driver each must end up
 /// bound to.
@@ -175,69 +124,29 @@ pub fn run(site: &Site, only: &[String]) -> Result<()> {
             continue;
         }
         println!("xtask: demo --check: booting the guest with the {nic} NIC");
-        check_nic(&bench, kind, site, nic, driver, &mut r)?;
-        bench.server.board.clear();
+        check_nic(&bench, site, nic, driver, &mut r)?;
     }
     r.finish("demo")
 }
 
 /// Boots the guest with `nic` and runs the checks on it, each named after the NIC.
-fn check_nic(
-    bench: &Bench,
-    kind: Kind,
-    site: &Site,
-    nic: &str,
-    driver: &str,
-    r: &mut Report,
-) -> Result<()> {
+fn check_nic(bench: &Bench, site: &Site, nic: &str, driver: &str, r: &mut Report) -> Result<()> {
     let dir = bench.dir.join(nic);
-    std::fs::create_dir_all(&dir)?;
-    let url = format!(
-        "{}/?allow=loopback&report=1&net={nic}&run={}",
-        bench.server.base,
-        encode(&bench.script)
-    );
-    let spec = LaunchSpec {
-        dir: &dir.join("chromium"),
-        origin_cert: bench.files.server_cert(),
-        origin_ca: &bench.files.ca_cert,
-    };
-    let started = Instant::now();
-    let mut browser = Browser::start(kind, &url, &spec)?;
-    let board = bench.server.board.clone();
-    let result = wait_console(&board, LIMIT, |t| t.contains(END));
-    let elapsed = started.elapsed();
-    let console = match &result {
-        Ok(text) => text.clone(),
-        Err(_) => {
-            eprintln!(
-                "xtask: chromium {}; its log ends with:\n{}",
-                if browser.is_running() {
-                    "runs"
-                } else {
-                    "exited"
-                },
-                browser.log_tail(30)
-            );
-            if let Some((_, errors)) = board.get("page-error") {
-                eprintln!("xtask: page errors: {errors}");
-            }
-            board.get("console").map(|(_, t)| t).unwrap_or_default()
-        }
-    };
-    if result.is_ok() {
-        // One more round of posts after the end mark, so the panel shows the last request.
-        let _ = board.wait("console", 0, Duration::from_secs(1));
-        std::thread::sleep(Duration::from_millis(1200));
-    }
-    let stats = board.get("stats").map(|(_, s)| s).unwrap_or_default();
-    let panel = board.get("panel").map(|(_, s)| s).unwrap_or_default();
-    drop(browser);
-    let log = board.get("log").map(|(_, s)| s).unwrap_or_default();
-    std::fs::write(dir.join("page-log.txt"), &log)?;
-    std::fs::write(dir.join("console.txt"), &console)?;
-    std::fs::write(dir.join("panel.txt"), &panel)?;
-    std::fs::write(dir.join("stats.json"), &stats)?;
+    let Boot {
+        console,
+        stats,
+        panel,
+        finished,
+        elapsed,
+    } = boot(
+        &bench.server,
+        &bench.files,
+        &dir,
+        &format!("allow=loopback&net={nic}"),
+        &bench.script,
+        END,
+        LIMIT,
+    )?;
     println!(
         "xtask: {nic}: guest console saved to {}",
         dir.join("console.txt").display()
@@ -262,7 +171,7 @@ fn check_nic(
         });
         return Ok(());
     }
-    if let Err(err) = result {
+    if let Err(err) = finished {
         r.check(&format!("{nic}: boot and run the script"), || Err(err));
         return Ok(());
     }
@@ -350,13 +259,13 @@ fn check_nic(
             || bulk_result(out, &format!("url={scheme}://"), &want_sha),
         );
     }
-    r.check(&format!("{nic}: no NIC watchdog message"), || match console
-        .lines()
-        .find(|l| l.contains("NETDEV WATCHDOG") || l.contains("Tx timed out"))
-    {
-        Some(line) => bail!("the guest's NIC stalled: {}", line.trim()),
-        None => Ok("none on the console".into()),
-    });
+    r.check(
+        &format!("{nic}: no NIC watchdog message"),
+        || match nic_watchdog(&console) {
+            Some(line) => bail!("the guest's NIC stalled: {line}"),
+            None => Ok("none on the console".into()),
+        },
+    );
     let timings: serde_json::Value = serde_json::from_str(&stats)
         .map(|v: serde_json::Value| v["timings"].clone())
         .unwrap_or_default();

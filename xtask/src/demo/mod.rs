@@ -4,6 +4,7 @@
 //! the cross-origin isolation headers. `--check` boots it in headless Chromium and asserts on
 //! the guest's console (docs/demo.md).
 
+pub(crate) mod boot;
 mod check;
 
 use std::path::{Path, PathBuf};
