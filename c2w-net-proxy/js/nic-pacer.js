@@ -27,7 +27,7 @@ const KEYS = Object.keys(NIC_PACING_DEFAULTS);
 /** Validated pacing options: defaults for what is missing, an Error naming a bad key. */
 export function pacingOptions(options = {}) {
   if (options === null || typeof options !== "object" || Array.isArray(options)) {
-    throw new Error("pacing: expected an object or false");
+    throw new Error(`pacing: expected "auto", an object or false, not ${JSON.stringify(options)}`);
   }
   const out = { ...NIC_PACING_DEFAULTS };
   for (const [key, value] of Object.entries(options)) {

@@ -19,9 +19,10 @@ export interface C2wNetworkAdapterConfig extends NetProxyConfig {
   /**
    * How many frames the emulated NIC is handed before the guest catches up (it transmits, or
    * `idleReleaseMs` pass); the defaults fit v86's ne2k, whose 13 KiB ring drops what does not
-   * fit without telling the guest. `false` hands every frame over at once.
+   * fit without telling the guest. "auto" (the default) paces the ne2k and any NIC it cannot
+   * identify, not virtio; options always pace; `false` hands every frame over at once.
    */
-  pacing?: Partial<NicPacingOptions> | false;
+  pacing?: "auto" | Partial<NicPacingOptions> | false;
   /** v86's spelling of `corsProxy`. */
   cors_proxy?: string;
 }
@@ -40,8 +41,10 @@ export class C2wNetworkAdapter {
   send(frame: Uint8Array | ArrayBuffer): void;
   /** Emits a frame for the guest on "net<id>-receive". */
   receive(frame: Uint8Array): void;
-  /** The pacer's counters, or null with `pacing: false`. */
-  pacingStats(): NicPacingStats | null;
+  /** The NIC identified on v86's bus when the first frame went out, or null before. */
+  readonly nic: "ne2k" | "virtio" | "unknown" | null;
+  /** The pacer's counters and the NIC, or null while frames are not paced. */
+  pacingStats(): (NicPacingStats & { nic: string }) | null;
   /** The CA certificate (PEM) for the guest to trust, or null before `ready`. */
   caCertificatePem(): string | null;
   /** Closes the proxy and detaches from the bus. */

@@ -4,7 +4,7 @@
 // Construct it with the emulator's bus in place of v86's own adapter (docs/v86.md).
 
 import init, { NetProxy } from "./c2w_net_proxy.js";
-import { NicPacer } from "./nic-pacer.js";
+import { NicPacer, pacingOptions } from "./nic-pacer.js";
 
 // Options of this adapter (the rest of the config goes to NetProxy.create).
 const ADAPTER_KEYS = ["id", "wasm", "v86External", "pacing"];
@@ -25,8 +25,9 @@ export class C2wNetworkAdapter {
    * @param {object} [config] `id` (adapter number, default 0), `wasm` (URL, Response, bytes or
    *   module of the .wasm; default: next to the glue), `v86External` (map PORT.external to
    *   http://localhost:PORT like v86 does; default true unless a CORS proxy is set), `pacing`
-   *   (how many frames the NIC is handed before the guest catches up, see nic-pacer.js;
-   *   `false` turns it off), v86's `cors_proxy` as an alias of `corsProxy`, and every
+   *   (how many frames the NIC is handed before the guest catches up, see nic-pacer.js:
+   *   "auto" (default) paces the ne2k and not virtio, an object always paces, `false` never),
+   *   v86's `cors_proxy` as an alias of `corsProxy`, and every
    *   NetProxyConfig option.
    */
   constructor(bus, config = {}) {
@@ -38,9 +39,17 @@ export class C2wNetworkAdapter {
     this.proxy = null;
     this.destroyed = false;
     this.pending = [];
-    /** Paces frames towards the NIC (null when `pacing: false`). */
-    this.pacer =
-      config.pacing === false ? null : new NicPacer((frame) => this.receive(frame), config.pacing || {});
+    /**
+     * Paces frames towards the NIC: `pacing` undefined or "auto" paces v86's ne2k (and any NIC
+     * it cannot identify) and leaves virtio alone, whose receive queue takes a whole window;
+     * an object always paces with those options; `false` never does.
+     */
+    this.pacing = config.pacing === undefined ? "auto" : config.pacing;
+    if (this.pacing !== "auto" && this.pacing !== false) pacingOptions(this.pacing); // fail early
+    /** The NicPacer once the first frame went out (null: frames go straight to the NIC). */
+    this.pacer = null;
+    /** The NIC as identified on the bus: "ne2k", "virtio" or "unknown" (after the first frame). */
+    this.nic = null;
 
     const proxyConfig = {};
     for (const [key, value] of Object.entries(config)) {
@@ -74,7 +83,7 @@ export class C2wNetworkAdapter {
           throw new Error("C2wNetworkAdapter was destroyed before it started");
         }
         this.proxy = proxy;
-        proxy.onFrame(this.pacer ? (frame) => this.pacer.push(frame) : (frame) => this.receive(frame));
+        proxy.onFrame((frame) => this.toNic(frame));
         for (const frame of this.pending) proxy.pushFrame(frame);
         this.pending = [];
         return proxy;
@@ -95,12 +104,29 @@ export class C2wNetworkAdapter {
     if (this.pacer) this.pacer.guestActive();
   }
 
-  /** The pacer's counters (frames delivered, deferred, dropped, queued), or null without one. */
+  /**
+   * The pacer's counters (frames delivered, deferred, dropped, queued) and the NIC it was
+   * chosen for, or null while no pacer runs.
+   */
   pacingStats() {
-    return this.pacer ? this.pacer.stats() : null;
+    return this.pacer ? { nic: this.nic, ...this.pacer.stats() } : null;
   }
 
-  /** A frame for the guest's NIC. */
+  /** A frame from the proxy for the NIC: paced or not, decided at the first frame. */
+  toNic(frame) {
+    if (this.nic === null) {
+      this.nic = identifyNic(this.bus, this.id);
+      const pace = this.pacing === "auto" ? this.nic !== "virtio" : this.pacing !== false;
+      if (pace) {
+        const options = typeof this.pacing === "object" ? this.pacing : {};
+        this.pacer = new NicPacer((f) => this.receive(f), options);
+      }
+    }
+    if (this.pacer) this.pacer.push(frame);
+    else this.receive(frame);
+  }
+
+  /** A frame for the guest's NIC, now. */
   receive(frame) {
     if (!this.destroyed) this.bus.send(this.receiveEvent, frame);
   }
@@ -122,4 +148,18 @@ export class C2wNetworkAdapter {
     if (this.pacer) this.pacer.close();
     if (this.proxy) this.proxy.close();
   }
+}
+
+/**
+ * Which v86 NIC listens on "net<id>-receive": v86's bus (`emulator.bus`, a Bus.Connector) keeps
+ * the emulator side's listeners in `pair.listeners`; the ne2k registers itself as `this`
+ * (its `name` is "ne2k"), virtio-net registers an arrow function without one. "unknown" when
+ * the bus does not look like v86's, which gets the cautious default (paced).
+ */
+function identifyNic(bus, id) {
+  const listeners = bus && bus.pair && bus.pair.listeners && bus.pair.listeners["net" + id + "-receive"];
+  if (!Array.isArray(listeners) || listeners.length === 0) return "unknown";
+  if (listeners.some((l) => l && l.this_value && l.this_value.name === "ne2k")) return "ne2k";
+  if (listeners.every((l) => l && typeof l.fn === "function" && l.this_value === undefined)) return "virtio";
+  return "unknown";
 }

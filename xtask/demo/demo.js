@@ -4,7 +4,8 @@
 // URL parameters:
 //   allow=loopback,*.example.org  destinations the proxy may fetch (default: everything)
 //   net=virtio|ne2k                the emulated NIC (default from config.json)
-//   pacing=off                     hand the NIC every frame at once (nic-pacer.js; for comparison)
+//   pacing=off|on                  hand the NIC every frame at once, or pace it whatever the NIC
+//                                  (default: the adapter decides; nic-pacer.js; for comparison)
 //   backend=v86                    v86's own FetchNetworkAdapter instead of c2w-net-proxy (for
 //                                  `cargo xtask bench tab`; the side panel stays empty)
 //   report=1                       post the console text and stats to the serving xtask
@@ -101,6 +102,7 @@ async function main() {
   const proxyConfig = { logLevel: "info", wasm: new URL("dist/c2w_net_proxy_bg.wasm", location.href) };
   if (allow) proxyConfig.allow = allow.split(",").filter(Boolean);
   if (params.get("pacing") === "off") proxyConfig.pacing = false;
+  if (params.get("pacing") === "on") proxyConfig.pacing = {};
   let adapter = null;
   let proxy = null;
   let caPem = null;
@@ -227,7 +229,7 @@ function render(s, pacing) {
     ["DNS queries", `${s.dns.queries} (${s.dns.errors} errors)`],
     ["frames", `${s.framesIn} in / ${s.framesOut} out, ${s.drops.total} dropped`],
     ["capturing", s.capturing ? "yes" : "no"],
-    ["NIC pacing", pacing ? `${pacing.deferred} frames waited, ${pacing.queued} waiting, ${pacing.dropped} dropped` : "off"],
+    ["NIC pacing", pacing ? `${pacing.nic}: ${pacing.deferred} frames waited, ${pacing.queued} waiting, ${pacing.dropped} dropped` : "off"],
     ["wasm memory", fmtBytes(s.wasmMemoryBytes)],
     ["heap in use", `${fmtBytes(s.heapBytes)} (peak ${fmtBytes(s.heapPeakBytes)})`],
   ];

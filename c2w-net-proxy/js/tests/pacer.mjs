@@ -14,6 +14,7 @@
 //   (what the stack does when the driver polls), resends lost frames after an RTO.
 import path from "node:path";
 import { pathToFileURL } from "node:url";
+import { checker } from "./report.mjs";
 
 const dist = process.argv[2];
 if (!dist) throw new Error("usage: node pacer.mjs DIST_DIR");
@@ -21,15 +22,7 @@ const { NicPacer, pacingOptions, NIC_PACING_DEFAULTS } = await import(
   pathToFileURL(path.join(dist, "nic-pacer.js")).href
 );
 
-let checks = 0;
-function check(cond, what) {
-  if (!cond) {
-    console.error(`pacer: FAILED: ${what}`);
-    process.exit(1);
-  }
-  checks++;
-  console.log(`pacer: ok: ${what}`);
-}
+const { check, finish } = checker("pacer");
 
 /** Timers in virtual milliseconds. */
 class VirtualTimers {
@@ -294,4 +287,4 @@ for (const [options, needle] of [
   check(message.includes(needle), `pacingOptions(${JSON.stringify(options)}) fails naming ${needle}: ${message}`);
 }
 
-console.log(`pacer: all ${checks} checks passed`);
+finish();

@@ -6,21 +6,14 @@
 import { Worker } from "node:worker_threads";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
+import { checker } from "./report.mjs";
 
 const dist = process.argv[2];
 if (!dist) throw new Error("usage: node relay.mjs DIST_DIR");
 const workerSource = await readFile(path.join(dist, "stack-worker.js"), "utf8");
 const wasm = await readFile(path.join(dist, "c2w-net-proxy.wasm"));
 
-let checks = 0;
-function check(cond, what) {
-  if (!cond) {
-    console.error(`relay: FAILED: ${what}`);
-    process.exit(1);
-  }
-  checks++;
-  console.log(`relay: ok: ${what}`);
-}
+const { check, finish } = checker("relay");
 
 // Browser globals the worker uses, for a node worker_thread. Blob URLs become data: URLs
 // (node can import those); the wasm comes as bytes in `imagename`.
@@ -138,4 +131,4 @@ async function run(noWaitAsync) {
 
 await run(false);
 await run(true);
-console.log(`relay: all ${checks} checks passed`);
+finish();

@@ -5,6 +5,7 @@
 import { readFile } from "node:fs/promises";
 import { pathToFileURL } from "node:url";
 import path from "node:path";
+import { checker } from "./report.mjs";
 
 const dist = process.argv[2];
 if (!dist) throw new Error("usage: node smoke.mjs DIST_DIR");
@@ -12,15 +13,7 @@ const glue = await import(pathToFileURL(path.join(dist, "c2w_net_proxy.js")).hre
 await glue.default({ module_or_path: await readFile(path.join(dist, "c2w-net-proxy.wasm")) });
 const { NetProxy } = glue;
 
-let checks = 0;
-function check(cond, what) {
-  if (!cond) {
-    console.error(`smoke: FAILED: ${what}`);
-    process.exit(1);
-  }
-  checks++;
-  console.log(`smoke: ok: ${what}`);
-}
+const { check, finish } = checker("smoke");
 
 // Resolves with the first value `register` hands its callback, or rejects after `ms`.
 function first(register, ms = 3000) {
@@ -281,4 +274,54 @@ adapter.destroy();
 check((listeners.get("net1-send") || []).length === 0 && adapter.proxy.stats().closed,
   "destroy() unregisters from the bus and closes the proxy");
 
-console.log(`smoke: all ${checks} checks passed`);
+// --- the adapter paces v86's ne2k and leaves virtio alone (identified on a v86-shaped bus)
+function v86Bus() {
+  // v86's Bus.Connector pair: `send` on one side calls the other side's listeners.
+  const side = () => ({
+    listeners: {},
+    register(name, fn, thisValue) {
+      (this.listeners[name] ||= []).push({ fn, this_value: thisValue });
+    },
+    send(name, value) {
+      for (const l of this.pair.listeners[name] || []) l.fn.call(l.this_value, value);
+    },
+  });
+  const page = side();
+  const emulator = side();
+  page.pair = emulator;
+  emulator.pair = page;
+  return { page, emulator };
+}
+for (const [kind, paced] of [["ne2k", true], ["virtio", false]]) {
+  const { page, emulator } = v86Bus();
+  const offer = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${kind}: no OFFER`)), 3000);
+    const onFrame = (frame) => {
+      const reply = dhcpReply(frame);
+      if (reply) {
+        clearTimeout(timer);
+        resolve(reply);
+      }
+    };
+    if (kind === "ne2k") emulator.register("net0-receive", function (f) { this.receive(f); }, { name: "ne2k", receive: onFrame });
+    else emulator.register("net0-receive", (f) => onFrame(f));
+  });
+  const a = new C2wNetworkAdapter(page, { logLevel: "warn" });
+  await a.ready;
+  emulator.send("net0-send", dhcpDiscover(0x1234));
+  const r = await offer;
+  check(r.type === 2 && a.nic === kind && (a.pacingStats() !== null) === paced,
+    `${kind}: identified as ${a.nic}, ${paced ? "paced" : "not paced"} (${JSON.stringify(a.pacingStats())})`);
+  a.destroy();
+}
+{
+  let message = "";
+  try {
+    new C2wNetworkAdapter(bus, { pacing: { burstFrames: 0 } });
+  } catch (e) {
+    message = e.message;
+  }
+  check(message.includes("pacing.burstFrames"), `a bad pacing option is refused at once: ${message}`);
+}
+
+finish();
