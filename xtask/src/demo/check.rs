@@ -22,7 +22,7 @@ const LIMIT: Duration = Duration::from_secs(420);
 /// The size of the bulk downloads (over http and https, on each NIC), and the time curl gets
 /// for each.
 const BULK: usize = 16 << 20;
-const BULK_SECS: u64 = 60;
+const BULK_SECS: u64 = 120;
 
 /// The end mark as printed by the guest (the typed command shows `$((1+1))` instead).
 const END: &str = "C2W-CHECK-2-END";
@@ -32,7 +32,7 @@ const END: &str = "C2W-CHECK-2-END";
 const NICS: &[(&str, &str)] = &[("virtio", "virtio_net"), ("ne2k", "ne2k-pci")];
 
 /// Everything both boots share: the page server and the local origins.
-struct Bench {
+struct Shared {
     server: PageServer,
     files: OriginFiles,
     script: String,
@@ -111,7 +111,7 @@ pub fn run(site: &Site, only: &[String]) -> Result<()> {
         https = https.base_url(),
         nocors = nocors.base_url(),
     );
-    let bench = Bench {
+    let shared = Shared {
         server,
         files,
         script,
@@ -124,14 +124,14 @@ pub fn run(site: &Site, only: &[String]) -> Result<()> {
             continue;
         }
         println!("xtask: demo --check: booting the guest with the {nic} NIC");
-        check_nic(&bench, site, nic, driver, &mut r)?;
+        check_nic(&shared, site, nic, driver, &mut r)?;
     }
     r.finish("demo")
 }
 
 /// Boots the guest with `nic` and runs the checks on it, each named after the NIC.
-fn check_nic(bench: &Bench, site: &Site, nic: &str, driver: &str, r: &mut Report) -> Result<()> {
-    let dir = bench.dir.join(nic);
+fn check_nic(shared: &Shared, site: &Site, nic: &str, driver: &str, r: &mut Report) -> Result<()> {
+    let dir = shared.dir.join(nic);
     let Boot {
         console,
         stats,
@@ -139,11 +139,11 @@ fn check_nic(bench: &Bench, site: &Site, nic: &str, driver: &str, r: &mut Report
         finished,
         elapsed,
     } = boot(
-        &bench.server,
-        &bench.files,
+        &shared.server,
+        &shared.files,
         &dir,
         &format!("allow=loopback&net={nic}"),
-        &bench.script,
+        &shared.script,
         END,
         LIMIT,
     )?;
