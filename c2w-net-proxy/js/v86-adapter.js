@@ -152,14 +152,16 @@ export class C2wNetworkAdapter {
 
 /**
  * Which v86 NIC listens on "net<id>-receive": v86's bus (`emulator.bus`, a Bus.Connector) keeps
- * the emulator side's listeners in `pair.listeners`; the ne2k registers itself as `this`
- * (its `name` is "ne2k"), virtio-net registers an arrow function without one. "unknown" when
- * the bus does not look like v86's, which gets the cautious default (paced).
+ * the emulator side's listeners in `pair.listeners`, each with the device as `this_value`: the
+ * ne2k's `name` is "ne2k", virtio-net holds its transport in `virtio`. "unknown" when the bus
+ * does not look like v86's, which gets the cautious default (paced).
  */
 function identifyNic(bus, id) {
   const listeners = bus && bus.pair && bus.pair.listeners && bus.pair.listeners["net" + id + "-receive"];
-  if (!Array.isArray(listeners) || listeners.length === 0) return "unknown";
-  if (listeners.some((l) => l && l.this_value && l.this_value.name === "ne2k")) return "ne2k";
-  if (listeners.every((l) => l && typeof l.fn === "function" && l.this_value === undefined)) return "virtio";
+  if (!Array.isArray(listeners) || listeners.length !== 1) return "unknown";
+  const device = listeners[0] && listeners[0].this_value;
+  if (!device || typeof device !== "object") return "unknown";
+  if (device.name === "ne2k") return "ne2k";
+  if (device.virtio && typeof device.virtio === "object") return "virtio";
   return "unknown";
 }

@@ -111,6 +111,35 @@ mod tests {
         }
     }
 
+    /// Any text gives a duration or a typed error, never a panic: a deterministic sweep over
+    /// strings built from the characters the syntax uses (digits, units, signs, spaces).
+    #[test]
+    fn any_text_is_answered_without_a_panic() {
+        const ALPHABET: &[u8] = b"0123456789 .+-smhdun\xc2\xb5";
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 24) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| ALPHABET[((state >> (i % 8 * 8)) as usize + i) % ALPHABET.len()])
+                .collect();
+            let text = String::from_utf8_lossy(&bytes);
+            match parse_timeout(&text) {
+                Ok(d) => assert!(d >= TIMEOUT_RANGE.0 && d <= TIMEOUT_RANGE.1, "{text:?}"),
+                Err(e) => assert!(!e.to_string().is_empty()),
+            }
+        }
+        for huge in [
+            "18446744073709551616",
+            "99999999999999999999d",
+            "1000000000000000000000h",
+        ] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+    }
+
     #[test]
     fn timeouts_must_be_positive_and_at_most_a_day() {
         assert_eq!(parse_timeout("5s"), Ok(Duration::from_secs(5)));

@@ -292,7 +292,7 @@ function v86Bus() {
   emulator.pair = page;
   return { page, emulator };
 }
-for (const [kind, paced] of [["ne2k", true], ["virtio", false]]) {
+for (const [kind, paced] of [["ne2k", true], ["virtio", false], ["unknown", true]]) {
   const { page, emulator } = v86Bus();
   const offer = new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${kind}: no OFFER`)), 3000);
@@ -303,7 +303,9 @@ for (const [kind, paced] of [["ne2k", true], ["virtio", false]]) {
         resolve(reply);
       }
     };
+    // Registered as v86's devices do: the device object as `this_value`.
     if (kind === "ne2k") emulator.register("net0-receive", function (f) { this.receive(f); }, { name: "ne2k", receive: onFrame });
+    else if (kind === "virtio") emulator.register("net0-receive", (f) => onFrame(f), { virtio: { queues: [] } });
     else emulator.register("net0-receive", (f) => onFrame(f));
   });
   const a = new C2wNetworkAdapter(page, { logLevel: "warn" });

@@ -259,6 +259,20 @@ fn check_nic(shared: &Shared, site: &Site, nic: &str, driver: &str, r: &mut Repo
             || bulk_result(out, &format!("url={scheme}://"), &want_sha),
         );
     }
+    r.check(&format!("{nic}: the adapter paces only the ne2k"), || {
+        let v: serde_json::Value = serde_json::from_str(&stats)?;
+        let pacing = &v["pacing"];
+        match (nic, pacing["nic"].as_str()) {
+            ("ne2k", Some("ne2k")) => Ok(format!(
+                "ne2k identified and paced: {} frames waited, {} dropped",
+                pacing["deferred"], pacing["dropped"]
+            )),
+            ("virtio", None) if pacing.is_null() => {
+                Ok("virtio identified, frames go straight to the NIC".into())
+            }
+            _ => bail!("unexpected pacing for the {nic} NIC: {pacing}"),
+        }
+    });
     r.check(
         &format!("{nic}: no NIC watchdog message"),
         || match nic_watchdog(&console) {
