@@ -27,8 +27,7 @@ export class C2wNetworkAdapter {
    *   http://localhost:PORT like v86 does; default true unless a CORS proxy is set), `pacing`
    *   (how many frames the NIC is handed before the guest catches up, see nic-pacer.js:
    *   "auto" (default) paces the ne2k and not virtio, an object always paces, `false` never),
-   *   v86's `cors_proxy` as an alias of `corsProxy`, and every
-   *   NetProxyConfig option.
+   *   v86's `cors_proxy` as an alias of `corsProxy`, and every NetProxyConfig option.
    */
   constructor(bus, config = {}) {
     this.bus = bus;
