@@ -276,7 +276,7 @@ for (const [options, needle] of [
   [{ burstFrames: 0 }, "pacing.burstFrames"],
   [{ burstBytes: 1000 }, "smaller than one full frame"],
   [{ idleReleaseMs: 1.5 }, "pacing.idleReleaseMs"],
-  [[], "expected an object"],
+  [[], "an object or false"],
 ]) {
   let message = "";
   try {
