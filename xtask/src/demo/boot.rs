@@ -145,6 +145,14 @@ pub fn section<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
     Some(&text[from..to])
 }
 
+/// The value of `key` (e.g. `rc=`) in a result line the guest printed as `word key=value ...`;
+/// empty when absent.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or("")
+}
+
 /// The NIC watchdog's or the 8390 driver's line about a stalled transmitter, if the guest
 /// printed one.
 pub fn nic_watchdog(console: &str) -> Option<&str> {

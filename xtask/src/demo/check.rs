@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use super::boot::{boot, nic_watchdog, section, Boot};
+use super::boot::{boot, field, nic_watchdog, section, Boot};
 use super::Site;
 use crate::browser::launch::Kind;
 use crate::browser::server::PageServer;
@@ -48,21 +48,16 @@ fn bulk_result(out: &str, url_prefix: &str, want_sha: &str) -> Result<String> {
         .lines()
         .find(|l| l.starts_with("bulk ") && l.contains(url_prefix))
         .ok_or_else(|| anyhow::anyhow!("no result line for {url_prefix}"))?;
-    let field = |key: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or("")
-    };
-    if field("rc=") != "0" {
+    if field(line, "rc=") != "0" {
         bail!("curl failed: {line}");
     }
-    if field("sha=") != want_sha {
+    if field(line, "sha=") != want_sha {
         bail!(
             "wrong body (sha256 {} instead of {want_sha})",
-            field("sha=")
+            field(line, "sha=")
         );
     }
-    let secs: f64 = field("secs=")
+    let secs: f64 = field(line, "secs=")
         .parse()
         .map_err(|_| anyhow::anyhow!("no time: {line}"))?;
     Ok(format!(

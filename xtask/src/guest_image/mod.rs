@@ -14,7 +14,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::tools::{ensure_programs, output, run, workspace_root};
+use crate::tools::{ensure_programs, fresh_dir, output, run, workspace_root};
 use apt::{deb_of, Apt};
 use modules::ModuleTree;
 
@@ -189,7 +189,7 @@ pub fn build(force: bool) -> Result<GuestImage> {
     .trim()
     .to_string();
     let kroot = dir.join("kernel-root");
-    fresh(&kroot)?;
+    fresh_dir(&kroot)?;
     extract(&debs, &kernel_pkg, &kroot)?;
     let vmlinuz = first_matching(&kroot.join("boot"), "vmlinuz-")?;
     let tree = ModuleTree::open(&kroot.join("lib/modules"))
@@ -217,7 +217,7 @@ pub fn build(force: bool) -> Result<GuestImage> {
 
     // The initramfs tree.
     let root = dir.join("root");
-    fresh(&root)?;
+    fresh_dir(&root)?;
     for p in &packages {
         extract(&debs, p, &root)?;
     }
@@ -269,14 +269,6 @@ pub fn build(force: bool) -> Result<GuestImage> {
 fn extract(debs: &Path, package: &str, to: &Path) -> Result<()> {
     let deb = deb_of(debs, package).with_context(|| format!("{package}.deb was not downloaded"))?;
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(to))
-}
-
-fn fresh(dir: &Path) -> Result<()> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::create_dir_all(dir)?;
-    Ok(())
 }
 
 /// Drops what the guest never reads: docs, locales, charset converters, other binaries.
