@@ -116,7 +116,9 @@ export class NicPacer {
     this.flush();
   }
 
+  // A frame larger than burstBytes (a large MTU) still goes, alone, as a burst of its own.
   fits(frame) {
+    if (this.burstFrames === 0) return true;
     return this.burstFrames + 1 <= this.options.burstFrames && this.burstBytes + frame.length <= this.options.burstBytes;
   }
 

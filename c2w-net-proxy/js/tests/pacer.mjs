@@ -256,6 +256,22 @@ for (const [name, sizeOf] of [
   check(got.length === 6 && timers.pending.size === 0, "after close() nothing is delivered and no timer is left");
 }
 
+// --- a frame larger than burstBytes (a large MTU) goes alone instead of waiting for ever
+{
+  const timers = new VirtualTimers();
+  const got = [];
+  const pacer = new NicPacer((f) => got.push(f.length), {}, timers);
+  pacer.push(new Uint8Array(100));
+  pacer.push(new Uint8Array(65_000));
+  pacer.push(new Uint8Array(100));
+  check(got.join() === "100", `the jumbo frame waits for the next burst (${got})`);
+  pacer.guestActive();
+  check(got.join() === "100,65000", `then goes alone (${got})`);
+  pacer.guestActive();
+  check(got.join() === "100,65000,100", `and the queue moves on (${got})`);
+  pacer.close();
+}
+
 // --- re-entrant delivery (an emulator running device code inside deliver) keeps order
 {
   const got = [];
