@@ -6,9 +6,16 @@
 //! QEMU stream socket; in the browser (`wasm`) it is driven from JavaScript.
 
 pub mod clock;
+pub mod compose;
+pub mod driver;
 pub mod duration;
+mod faults;
 pub mod heap;
+pub mod link;
+pub mod options;
+pub mod runtime;
 pub mod services;
+pub mod stats;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;

@@ -10,13 +10,11 @@
 use std::net::Ipv4Addr;
 use std::rc::Rc;
 
-use futures::future::LocalBoxFuture;
 use http_proxy::target::{Host, Origin, Scheme};
 use http_proxy::{Entry, Proxy};
 use net_stack::{ListenAddr, ListenError, Stack, TcpListener, TcpStream};
 
-/// Spawns a task on the embedder's single-threaded executor.
-pub type Spawner = Rc<dyn Fn(LocalBoxFuture<'static, ()>)>;
+use crate::runtime::Runtime;
 
 /// Which entry a listener's connections get.
 #[derive(Debug, Clone, Copy)]
@@ -27,12 +25,12 @@ enum Service {
     TransparentHttps,
 }
 
-/// Opens the proxy's listeners on `stack` and spawns their accept loops with `spawn`.
+/// Opens the proxy's listeners on `stack` and spawns their accept loops on `runtime`.
 pub fn start(
     stack: &Stack,
     proxy: Rc<Proxy>,
     proxy_ip: Ipv4Addr,
-    spawn: Spawner,
+    runtime: Rc<dyn Runtime>,
 ) -> Result<(), ListenError> {
     let listeners = [
         (
@@ -58,9 +56,9 @@ pub fn start(
             stack.clone(),
             proxy.clone(),
             service,
-            spawn.clone(),
+            runtime.clone(),
         );
-        spawn(Box::pin(task));
+        runtime.spawn(Box::pin(task));
     }
     Ok(())
 }
@@ -83,7 +81,7 @@ async fn accept_loop(
     stack: Stack,
     proxy: Rc<Proxy>,
     service: Service,
-    spawn: Spawner,
+    runtime: Rc<dyn Runtime>,
 ) {
     loop {
         let stream = listener.accept().await;
@@ -101,7 +99,7 @@ async fn accept_loop(
         };
         tracing::debug!(%peer, %local, ?service, "guest connection");
         let proxy = proxy.clone();
-        spawn(Box::pin(async move {
+        runtime.spawn(Box::pin(async move {
             if let Err(err) = proxy.serve(stream, entry).await {
                 tracing::debug!(%peer, %local, error = %err, "guest connection ended with an error");
             }

@@ -18,6 +18,7 @@ mod reader;
 
 use std::future::Future;
 use std::pin::pin;
+use std::rc::Rc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,7 +31,7 @@ use wasm_bindgen_futures::JsFuture;
 
 use crate::config::TransportConfig;
 use crate::policy::{self, BodyDecoding, HeaderPolicy, PreparedRequest};
-use crate::{Body, CollectError, Transport, TransportError};
+use crate::{Body, CollectError, Timer, Transport, TransportError};
 
 use reader::{describe, AbortOnDrop, ResponseBody};
 
@@ -42,23 +43,28 @@ extern "C" {
     /// The global `fetch`, looked up when called: works on a page, in a worker and in node.
     #[wasm_bindgen(catch, js_name = fetch)]
     fn global_fetch(request: &web_sys::Request) -> Result<js_sys::Promise, JsValue>;
-
-    #[wasm_bindgen(js_name = setTimeout)]
-    fn set_timeout(handler: &js_sys::Function, millis: f64) -> JsValue;
-    #[wasm_bindgen(js_name = clearTimeout)]
-    fn clear_timeout(handle: &JsValue);
 }
 
 /// Sends requests with the browser's (or node's) `fetch()`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FetchTransport {
     config: TransportConfig,
+    timer: Rc<dyn Timer>,
+}
+
+impl std::fmt::Debug for FetchTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchTransport")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FetchTransport {
-    /// A transport applying `config` and the browser header policy.
-    pub fn new(config: TransportConfig) -> Self {
-        Self { config }
+    /// A transport applying `config` and the browser header policy; the response-head timeout
+    /// runs on `timer` (the embedder's runtime).
+    pub fn new(config: TransportConfig, timer: Rc<dyn Timer>) -> Self {
+        Self { config, timer }
     }
 
     /// The configuration in use.
@@ -121,7 +127,7 @@ impl Transport for FetchTransport {
         drop(js_request);
         let sent = JsFuture::from(promise);
         let result = match self.config.timeout {
-            Some(limit) => match with_timeout(sent, limit.as_millis()).await {
+            Some(limit) => match with_timeout(sent, self.timer.sleep(limit)).await {
                 Some(result) => result,
                 None => {
                     abort.abort();
@@ -257,36 +263,14 @@ fn read_headers(js: &web_sys::Headers) -> HeaderMap {
     out
 }
 
-/// A JS timer that resolves after `millis` and is cleared when dropped.
-struct Delay {
-    fired: JsFuture,
-    handle: JsValue,
-}
-
-impl Delay {
-    fn new(millis: u128) -> Self {
-        let mut handle = JsValue::UNDEFINED;
-        let promise = js_sys::Promise::new(&mut |resolve, _reject| {
-            handle = set_timeout(&resolve, millis as f64);
-        });
-        Self {
-            fired: JsFuture::from(promise),
-            handle,
-        }
-    }
-}
-
-impl Drop for Delay {
-    fn drop(&mut self) {
-        clear_timeout(&self.handle);
-    }
-}
-
-/// Runs `future` unless `millis` pass first (then drops it).
-async fn with_timeout<F: Future>(future: F, millis: u128) -> Option<F::Output> {
-    let mut delay = Delay::new(millis);
+/// Runs `future` unless `deadline` completes first (then drops it).
+async fn with_timeout<F: Future>(
+    future: F,
+    deadline: impl Future<Output = ()>,
+) -> Option<F::Output> {
     let future = pin!(future);
-    match select(future, &mut delay.fired).await {
+    let deadline = pin!(deadline);
+    match select(future, deadline).await {
         Either::Left((output, _)) => Some(output),
         Either::Right(_) => None,
     }

@@ -19,6 +19,7 @@ mod config;
 mod destination;
 mod error;
 pub mod policy;
+mod timer;
 
 #[cfg(target_arch = "wasm32")]
 mod browser;
@@ -35,6 +36,7 @@ pub use config::{
 pub use destination::{DestinationFilter, DestinationPattern};
 pub use error::TransportError;
 pub use policy::{BodyDecoding, HeaderPolicy};
+pub use timer::Timer;
 
 #[cfg(target_arch = "wasm32")]
 pub use browser::FetchTransport;

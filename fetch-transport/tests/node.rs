@@ -49,8 +49,24 @@ fn origin(test: &str) -> Option<String> {
     found
 }
 
+/// The page's timers, as the composition's browser runtime supplies them.
+struct PageTimer;
+
+impl fetch_transport::Timer for PageTimer {
+    fn sleep(&self, duration: Duration) -> futures::future::LocalBoxFuture<'static, ()> {
+        Box::pin(gloo_timers::future::sleep(duration))
+    }
+}
+
+fn timer() -> std::rc::Rc<dyn fetch_transport::Timer> {
+    std::rc::Rc::new(PageTimer)
+}
+
 fn loopback() -> FetchTransport {
-    FetchTransport::new(TransportConfig::builder().loopback_only().build().unwrap())
+    FetchTransport::new(
+        TransportConfig::builder().loopback_only().build().unwrap(),
+        timer(),
+    )
 }
 
 fn get(url: &str) -> http::Request<Body> {
@@ -197,6 +213,7 @@ async fn slow_response_head_times_out() {
             .timeout(Duration::from_millis(300))
             .build()
             .unwrap(),
+        timer(),
     );
     let err = t.send(get(&format!("{base}/hang"))).await.unwrap_err();
     assert!(matches!(err, TransportError::Timeout { .. }), "{err:?}");
@@ -210,6 +227,7 @@ async fn request_bodies_over_the_limit_are_refused() {
             .max_request_body(4)
             .build()
             .unwrap(),
+        timer(),
     );
     let request = http::Request::post("http://127.0.0.1:9/")
         .body(Body::from("12345"))

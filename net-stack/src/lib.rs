@@ -34,6 +34,7 @@ mod device;
 mod dhcp;
 mod dns;
 mod fake_ip;
+#[cfg(feature = "fault")]
 pub mod fault;
 mod icmp;
 mod observer;

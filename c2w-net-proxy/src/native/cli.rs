@@ -2,16 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
-use fetch_transport::{NativeTransport, Transport, TransportConfig};
-use mitm_ca::{CaParams, CertificateAuthority, Clock, Issuer, IssuerConfig};
-
-use crate::clock::WallClock;
+use fetch_transport::NativeTransport;
 
 use super::RunnerError;
+use crate::compose::TransportFactory;
+use crate::options::{CaPem, NetworkOptions, Options, Rewrite, Timeout};
 
 /// c2w-net-proxy: the virtual network (DHCP, DNS, TCP/IP) and HTTP(S) proxy behind an
 /// emulated NIC, attached to a Linux TAP device or a QEMU stream socket.
@@ -40,6 +38,7 @@ pub struct Args {
 
     /// Inject seeded faults into the frames of both directions (off by default), e.g.
     /// `loss=5%,reorder=1%,dup=1%,delay=100ms,seed=7` (also `jitter=`, `queue=`), for testing.
+    #[cfg(feature = "fault")]
     #[arg(long, value_name = "SPEC")]
     pub fault: Option<net_stack::fault::FaultSpec>,
 
@@ -75,7 +74,7 @@ pub struct Args {
     /// Send requests for HOST (or `*.suffix`) to a base URL instead: `HOST=URL` (repeatable;
     /// `{*}` in URL stands for what `*` matched, e.g. `*.external=http://localhost:{*}`).
     #[arg(long, value_name = "HOST=URL")]
-    pub rewrite: Vec<String>,
+    pub rewrite: Vec<Rewrite>,
 
     /// Per-request timeout for origins' response heads: a duration such as `5s`, `500ms`,
     /// `2m`, or a plain number of seconds (1 ms to 24 h).
@@ -128,49 +127,55 @@ fn read_file(path: &Path) -> Result<Vec<u8>, RunnerError> {
     })
 }
 
-/// The native transport with the destinations, timeout and extra trusted CAs from the
-/// command line.
-pub fn build_transport(args: &Args) -> Result<Rc<dyn Transport>, RunnerError> {
-    let mut config = TransportConfig::builder().timeout(args.timeout);
-    for pattern in &args.allow {
-        config = config.allow(pattern.as_str());
-    }
-    for pattern in &args.deny {
-        config = config.deny(pattern.as_str());
-    }
-    for rule in &args.rewrite {
-        let (host, url) = rule.split_once('=').unwrap_or((rule.as_str(), ""));
-        config = config.rewrite(host, url);
-    }
-    let mut builder = NativeTransport::builder()
-        .config(config.build()?)
-        .browser_like(args.browser_like);
-    for path in &args.trust_ca {
-        builder = builder.add_root_pem(&read_file(path)?)?;
-    }
-    Ok(Rc::new(builder.build()?))
+fn read_text(path: &Path) -> Result<String, RunnerError> {
+    Ok(String::from_utf8_lossy(&read_file(path)?).into_owned())
 }
 
-/// The CA that issues the guest-facing leaves: imported from `--ca-cert`/`--ca-key`, or
-/// generated; written to `--ca-cert-out` when asked.
-pub fn build_issuer(args: &Args) -> Result<Arc<Issuer>, RunnerError> {
-    let clock: Arc<dyn Clock> = Arc::new(WallClock);
-    let ca = match (&args.ca_cert, &args.ca_key) {
-        (Some(cert), Some(key)) => {
-            let cert_pem = String::from_utf8_lossy(&read_file(cert)?).into_owned();
-            let key_pem = String::from_utf8_lossy(&read_file(key)?).into_owned();
-            CertificateAuthority::from_pem(&cert_pem, &key_pem, clock.as_ref())?
-        }
-        _ => CertificateAuthority::generate(&CaParams::default(), clock.as_ref())?,
-    };
-    tracing::info!(subject = ca.subject(), "CA ready");
-    if let Some(path) = &args.ca_cert_out {
-        std::fs::write(path, ca.certificate_pem()).map_err(|source| RunnerError::File {
-            path: path.display().to_string(),
-            source,
-        })?;
+impl Args {
+    /// The options the flags describe (the CA files read), the same type the browser's
+    /// `NetProxyConfig` deserializes into.
+    pub fn options(&self) -> Result<Options, RunnerError> {
+        let ca = match (&self.ca_cert, &self.ca_key) {
+            (Some(cert), Some(key)) => Some(CaPem {
+                cert_pem: read_text(cert)?,
+                key_pem: read_text(key)?,
+            }),
+            _ => None,
+        };
+        Ok(Options {
+            network: self.mtu.map(|mtu| NetworkOptions {
+                mtu: Some(u32::from(mtu)),
+                ..NetworkOptions::default()
+            }),
+            limits: Some(self.limits.options()),
+            ca,
+            rewrites: Some(self.rewrite.clone()),
+            allow: Some(self.allow.clone()),
+            deny: Some(self.deny.clone()),
+            timeout: Some(Timeout(self.timeout)),
+            ..Options::default()
+        })
     }
-    Ok(Arc::new(Issuer::new(ca, IssuerConfig::default(), clock)?))
+
+    /// Makes the native transport (reqwest) from the options' transport settings, with the
+    /// extra trusted CAs and the browser-like mode of the command line.
+    pub fn transport(&self) -> Result<TransportFactory, RunnerError> {
+        let roots = self
+            .trust_ca
+            .iter()
+            .map(|path| read_file(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let browser_like = self.browser_like;
+        Ok(Box::new(move |config| {
+            let mut builder = NativeTransport::builder()
+                .config(config)
+                .browser_like(browser_like);
+            for pem in &roots {
+                builder = builder.add_root_pem(pem)?;
+            }
+            Ok(Rc::new(builder.build()?))
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -2,9 +2,10 @@
 //! a QEMU `-netdev stream`/`socket` connection, with reqwest as the transport.
 
 mod cli;
-mod driver;
 mod limits;
 mod link;
+mod runtime;
+mod serve;
 mod stats_file;
 pub mod tap;
 mod trim;
@@ -13,31 +14,30 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::process::ExitCode;
 use std::rc::Rc;
-use std::time::Duration;
 
 use clap::Parser;
-use futures::future::LocalBoxFuture;
-use http_proxy::{Proxy, ProxyConfig, Timer};
-use net_stack::{Config, PcapWriter, Stack};
+use net_stack::PcapWriter;
 use tracing_subscriber::EnvFilter;
 
 pub use cli::{Args, ListenTarget};
-pub use driver::Clock;
-pub use limits::{LimitArgs, LimitError};
+pub use limits::LimitArgs;
+pub use link::{ByteStream, StreamLink, TapLink};
 /// The fault layer `--fault` puts in the frame path (re-exported for test harnesses).
+#[cfg(feature = "fault")]
 pub use net_stack::fault::{FaultInjector, FaultSpec, FaultStats};
+pub use runtime::TokioRuntime;
 
-use crate::services;
+use crate::compose::{compose, ComposeError, Platform};
+use crate::driver::Faults;
+use crate::link::LinkError;
+use crate::runtime::Runtime;
 
 /// Why the runner stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
-    /// The stack's configuration was rejected.
-    #[error("network configuration: {0}")]
-    Config(#[from] net_stack::ConfigError),
-    /// A listener could not be opened on the virtual network.
-    #[error("virtual network listener: {0}")]
-    Listen(#[from] net_stack::ListenError),
+    /// The options were refused, or the system could not be put together.
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
     /// The TAP device could not be created or used.
     #[error("TAP device: {0}")]
     Tap(#[source] std::io::Error),
@@ -52,7 +52,7 @@ pub enum RunnerError {
     },
     /// The link to the guest failed.
     #[error("guest link: {0}")]
-    Link(#[from] link::LinkError),
+    Link(#[from] LinkError),
     /// A file given on the command line could not be read or written.
     #[error("{path}: {source}")]
     File {
@@ -62,18 +62,6 @@ pub enum RunnerError {
         #[source]
         source: std::io::Error,
     },
-    /// The transport could not be built.
-    #[error("transport: {0}")]
-    Transport(#[from] fetch_transport::ConfigError),
-    /// The CA could not be generated.
-    #[error("CA: {0}")]
-    CaGenerate(#[from] mitm_ca::CaError),
-    /// The CA given on the command line was rejected.
-    #[error("CA import: {0}")]
-    CaImport(#[from] mitm_ca::ImportError),
-    /// The leaf issuer could not be set up.
-    #[error("leaf issuer: {0}")]
-    Issuer(#[from] mitm_ca::IssueError),
 }
 
 /// Entry point of the `c2w-net-proxy` binary.
@@ -105,59 +93,60 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// http-proxy's timer on tokio.
-struct TokioTimer;
-
-impl Timer for TokioTimer {
-    fn sleep(&self, duration: Duration) -> LocalBoxFuture<'static, ()> {
-        Box::pin(tokio::time::sleep(duration))
+/// The injectors `--fault` asks for, fresh for each link.
+#[cfg(feature = "fault")]
+fn fault_source(args: &Args) -> impl Fn() -> Option<Faults> + '_ {
+    if let Some(spec) = &args.fault {
+        tracing::info!(%spec, "injecting faults in both directions");
     }
+    move || args.fault.as_ref().map(Faults::new)
+}
+
+/// Without the `fault` feature there is nothing to inject.
+#[cfg(not(feature = "fault"))]
+fn fault_source(_: &Args) -> impl Fn() -> Option<Faults> {
+    || None
 }
 
 /// Runs the stack and proxy on the link chosen by `args` until the link ends for good or a
 /// signal (SIGINT, SIGTERM) arrives. Must run inside a tokio `LocalSet`.
 pub async fn run(args: Args) -> Result<(), RunnerError> {
-    let mut config = Config::default();
-    let mut proxy_config = ProxyConfig::default();
-    if let Some(mtu) = args.mtu {
-        config.set_mtu(usize::from(mtu));
+    let options = args.options()?;
+    let runtime = Rc::new(TokioRuntime::new());
+    let system = compose(
+        &options,
+        Platform {
+            runtime: runtime.clone() as Rc<dyn Runtime>,
+            transport: args.transport()?,
+            default_max_request_body: None,
+        },
+    )?;
+    if let Some(path) = &args.ca_cert_out {
+        std::fs::write(path, &system.ca_pem).map_err(|source| RunnerError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
     }
-    args.limits.apply(&mut config, &mut proxy_config.limits);
-    let proxy_ip = config
-        .virtual_ips
-        .first()
-        .copied()
-        .unwrap_or(std::net::Ipv4Addr::new(192, 168, 127, 253));
-    let stack = Stack::new(config)?;
+    let stack = &system.stack;
     if let Some(path) = &args.pcap {
-        let file = File::create(path).map_err(|source| RunnerError::File {
+        let file_err = |source| RunnerError::File {
             path: path.display().to_string(),
             source,
-        })?;
-        let writer = PcapWriter::new(BufWriter::new(file)).map_err(|source| RunnerError::File {
-            path: path.display().to_string(),
-            source,
-        })?;
+        };
+        let file = File::create(path).map_err(file_err)?;
+        let writer = PcapWriter::new(BufWriter::new(file)).map_err(file_err)?;
         stack.set_frame_observer(Some(Box::new(writer)));
     }
-    let transport = cli::build_transport(&args)?;
-    let issuer = cli::build_issuer(&args)?;
-    let proxy = Proxy::new(proxy_config, transport, Rc::new(TokioTimer));
-    let proxy = Rc::new(proxy.with_issuer(issuer));
-    let spawner: services::Spawner = Rc::new(|task| {
-        tokio::task::spawn_local(task);
-    });
-    services::start(&stack, proxy.clone(), proxy_ip, spawner)?;
-    trim::spawn(&stack);
+    trim::spawn(stack);
     let stats_file = args
         .stats_file
         .as_deref()
-        .map(|path| stats_file::spawn(path, &stack, &proxy));
+        .map(|path| stats_file::spawn(path, stack, &system.proxy, args.pcap.is_some()));
 
-    let clock = Clock::new();
     let target = args.listen();
+    let faults = fault_source(&args);
     let result = tokio::select! {
-        result = driver::serve(&stack, &clock, &target, args.fault.as_ref()) => result,
+        result = serve::serve(stack, &runtime, &target, &faults) => result,
         () = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())

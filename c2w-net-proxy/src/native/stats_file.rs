@@ -1,5 +1,6 @@
 //! `--stats-file PATH`: the runner's counters and memory as a JSON snapshot that tests and
-//! monitoring read from outside the process. The file is replaced atomically (written beside
+//! monitoring read from outside the process: the same [`Stats`] document as the browser's
+//! `NetProxy.stats()`, with the process's identity and memory beside it. The file is replaced atomically (written beside
 //! it, then renamed) every [`INTERVAL`] and once more on exit, so a reader never sees half a
 //! snapshot.
 
@@ -9,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http_proxy::{Proxy, ProxyStats};
-use net_stack::{Stack, Stats};
-use serde_json::{json, Value};
+use http_proxy::Proxy;
+use net_stack::Stack;
+use serde::Serialize;
+
+use crate::stats::{Extra, Stats};
 
 /// How often the snapshot is rewritten.
 pub const INTERVAL: Duration = Duration::from_millis(500);
@@ -27,12 +30,37 @@ pub struct StatsFile {
     seq: Cell<u64>,
     /// Whether the last write failed (so a broken path is logged once, not twice a second).
     failing: Cell<bool>,
+    /// Whether `--pcap` is capturing.
+    capturing: bool,
+}
+
+/// One snapshot as written.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Snapshots written so far, this one included (tells a fresh file from a stale one).
+    pub seq: u64,
+    /// Whether this is the one written on exit.
+    pub last: bool,
+    /// The runner's process id.
+    pub pid: u32,
+    /// Milliseconds since the runner started.
+    pub uptime_ms: u64,
+    /// The wall clock, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// `VmRSS`: resident memory now.
+    pub rss_bytes: u64,
+    /// `VmHWM`: the highest resident memory so far.
+    pub rss_peak_bytes: u64,
+    /// The counters, as `NetProxy.stats()` reports them.
+    #[serde(flatten)]
+    pub stats: Stats,
 }
 
 impl StatsFile {
     /// A writer for `path`; nothing is written until [`StatsFile::write`] or
     /// [`StatsFile::run`].
-    pub fn new(path: PathBuf, stack: Stack, proxy: Rc<Proxy>) -> Self {
+    pub fn new(path: PathBuf, stack: Stack, proxy: Rc<Proxy>, capturing: bool) -> Self {
         let mut tmp = path.clone().into_os_string();
         tmp.push(format!(".tmp{}", std::process::id()));
         Self {
@@ -43,33 +71,41 @@ impl StatsFile {
             started: Instant::now(),
             seq: Cell::new(0),
             failing: Cell::new(false),
+            capturing,
         }
     }
 
-    /// The snapshot as JSON. `last` marks the one written on exit.
-    pub fn snapshot(&self, last: bool) -> Value {
+    /// The next snapshot. `last` marks the one written on exit.
+    pub fn snapshot(&self, last: bool) -> Snapshot {
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
         let memory = Memory::read();
-        json!({
-            "seq": seq,
-            "last": last,
-            "pid": std::process::id(),
-            "uptime_ms": self.started.elapsed().as_millis() as u64,
-            "unix_ms": SystemTime::now()
+        Snapshot {
+            seq,
+            last,
+            pid: std::process::id(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            "rss_bytes": memory.rss_bytes,
-            "rss_peak_bytes": memory.rss_peak_bytes,
-            "net_stack": stack_json(&self.stack.stats()),
-            "http_proxy": proxy_json(&self.proxy.stats()),
-        })
+            rss_bytes: memory.rss_bytes,
+            rss_peak_bytes: memory.rss_peak_bytes,
+            stats: Stats::gather(
+                &self.stack,
+                &self.proxy,
+                Extra {
+                    stream_dropped: 0,
+                    capturing: self.capturing,
+                    closed: last,
+                },
+            ),
+        }
     }
 
     /// Writes one snapshot now (temporary file, then rename over `path`).
     pub fn write(&self, last: bool) -> io::Result<()> {
-        let mut text = self.snapshot(last).to_string();
+        let mut text = serde_json::to_string(&self.snapshot(last)).map_err(io::Error::other)?;
         text.push('\n');
         std::fs::write(&self.tmp, text)?;
         std::fs::rename(&self.tmp, &self.path)
@@ -100,65 +136,15 @@ impl StatsFile {
 
 /// Starts the periodic writer for `path` on the current `LocalSet`; the returned handle
 /// writes the final snapshot (call [`StatsFile::write_logged`] with `true` on exit).
-pub fn spawn(path: &Path, stack: &Stack, proxy: &Rc<Proxy>) -> Rc<StatsFile> {
+pub fn spawn(path: &Path, stack: &Stack, proxy: &Rc<Proxy>, capturing: bool) -> Rc<StatsFile> {
     let file = Rc::new(StatsFile::new(
         path.to_path_buf(),
         stack.clone(),
         proxy.clone(),
+        capturing,
     ));
     tokio::task::spawn_local(file.clone().run());
     file
-}
-
-/// net-stack's counters by name.
-fn stack_json(s: &Stats) -> Value {
-    json!({
-        "frames_in": s.frames_in,
-        "frames_out": s.frames_out,
-        "bytes_in": s.bytes_in,
-        "bytes_out": s.bytes_out,
-        "frames_dropped": s.frames_dropped,
-        "dropped_oversized": s.dropped_oversized,
-        "dropped_malformed": s.dropped_malformed,
-        "dropped_unsupported": s.dropped_unsupported,
-        "dropped_not_for_us": s.dropped_not_for_us,
-        "dropped_queue_full": s.dropped_queue_full,
-        "dropped_outbound_full": s.dropped_outbound_full,
-        "dropped_no_neighbor": s.dropped_no_neighbor,
-        "arp_replies": s.arp_replies,
-        "icmp_echo_replies": s.icmp_echo_replies,
-        "udp_port_unreachable": s.udp_port_unreachable,
-        "dhcp_offers": s.dhcp_offers,
-        "dhcp_acks": s.dhcp_acks,
-        "dhcp_naks": s.dhcp_naks,
-        "dhcp_pool_exhausted": s.dhcp_pool_exhausted,
-        "dns_queries": s.dns_queries,
-        "dns_errors": s.dns_errors,
-        "dns_fake_ips": s.dns_fake_ips,
-        "dns_fake_ips_recycled": s.dns_fake_ips_recycled,
-        "tcp_accepted": s.tcp_accepted,
-        "tcp_refused": s.tcp_refused,
-        "tcp_refused_limit": s.tcp_refused_limit,
-        "tcp_open": s.tcp_open,
-    })
-}
-
-/// http-proxy's counters by name.
-fn proxy_json(s: &ProxyStats) -> Value {
-    json!({
-        "connections_total": s.connections_total,
-        "connections_open": s.connections_open,
-        "requests": s.requests,
-        "responses_ok": s.responses_ok,
-        "responses_error_status": s.responses_error_status,
-        "bad_requests": s.bad_requests,
-        "heads_too_large": s.heads_too_large,
-        "bodies_too_large": s.bodies_too_large,
-        "transport_errors": s.transport_errors,
-        "aborted_responses": s.aborted_responses,
-        "bytes_to_guest": s.bytes_to_guest,
-        "bytes_from_guest": s.bytes_from_guest,
-    })
 }
 
 /// The process's resident memory, from `/proc/self/status` (0 where unreadable).
@@ -240,15 +226,18 @@ mod tests {
             Rc::new(transport),
             Rc::new(NoTimer),
         ));
-        let file = StatsFile::new(path.clone(), stack, proxy);
+        let file = StatsFile::new(path.clone(), stack, proxy, false);
         file.write(false).unwrap();
         file.write(true).unwrap();
-        let value: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(value["seq"], 2);
         assert_eq!(value["last"], true);
-        assert_eq!(value["net_stack"]["tcp_open"], 0);
-        assert_eq!(value["http_proxy"]["connections_open"], 0);
-        assert!(value["rss_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(value["closed"], true);
+        assert_eq!(value["tcp"]["open"], 0);
+        assert_eq!(value["proxy"]["connectionsOpen"], 0);
+        assert_eq!(value["dhcp"]["leases"], serde_json::json!([]));
+        assert!(value["rssBytes"].as_u64().unwrap() > 0);
         // The temporary file was renamed away.
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(left.len(), 1);

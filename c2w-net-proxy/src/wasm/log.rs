@@ -30,42 +30,16 @@ extern "C" {
     fn console_debug(s: &str);
 }
 
-/// How much goes to the console.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    /// Errors only.
-    Error = 1,
-    /// Errors and warnings (the default).
-    Warn = 2,
-    /// Plus information.
-    Info = 3,
-    /// Plus debugging detail.
-    Debug = 4,
-    /// Everything.
-    Trace = 5,
-}
+pub use crate::options::LogLevel as Level;
 
-impl Level {
-    /// Parses `error`, `warn`, `info`, `debug` or `trace` (any case).
-    pub fn parse(s: &str) -> Option<Level> {
-        match s.to_ascii_lowercase().as_str() {
-            "error" => Some(Level::Error),
-            "warn" | "warning" => Some(Level::Warn),
-            "info" => Some(Level::Info),
-            "debug" => Some(Level::Debug),
-            "trace" => Some(Level::Trace),
-            _ => None,
-        }
-    }
-
-    fn of(level: &tracing::Level) -> Level {
-        match *level {
-            tracing::Level::ERROR => Level::Error,
-            tracing::Level::WARN => Level::Warn,
-            tracing::Level::INFO => Level::Info,
-            tracing::Level::DEBUG => Level::Debug,
-            tracing::Level::TRACE => Level::Trace,
-        }
+/// The console level of a tracing level.
+fn level_of(level: &tracing::Level) -> Level {
+    match *level {
+        tracing::Level::ERROR => Level::Error,
+        tracing::Level::WARN => Level::Warn,
+        tracing::Level::INFO => Level::Info,
+        tracing::Level::DEBUG => Level::Debug,
+        tracing::Level::TRACE => Level::Trace,
     }
 }
 
@@ -90,8 +64,7 @@ impl Subscriber for ConsoleSubscriber {
     }
 
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.is_event()
-            && Level::of(metadata.level()) as u8 <= MAX_LEVEL.load(Ordering::Relaxed)
+        metadata.is_event() && level_of(metadata.level()) as u8 <= MAX_LEVEL.load(Ordering::Relaxed)
     }
 
     fn new_span(&self, _: &Attributes<'_>) -> Id {
@@ -110,7 +83,7 @@ impl Subscriber for ConsoleSubscriber {
         };
         event.record(&mut line);
         let text = format!("{}: {}{}", metadata.target(), line.message, line.fields);
-        match Level::of(metadata.level()) {
+        match level_of(metadata.level()) {
             Level::Error => console_error(&text),
             Level::Warn => console_warn(&text),
             Level::Info => console_info(&text),

@@ -1,0 +1,154 @@
+//! The composition, once for every platform: from [`Options`] and what the platform provides
+//! (a [`Runtime`] and a way to make the transport), build the stack, the CA and its leaf
+//! issuer, the proxy, and start the services on the virtual network. The browser's `NetProxy`
+//! and the native runner are adapters around [`compose`]: they fill the options, pick the
+//! link, and run the [`driver`](crate::driver).
+
+use std::net::Ipv4Addr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use fetch_transport::{Transport, TransportConfig};
+use http_proxy::{Proxy, ProxyConfig};
+use mitm_ca::{CaParams, CertificateAuthority, Clock, Issuer, IssuerConfig};
+use net_stack::Stack;
+
+use crate::clock::WallClock;
+use crate::options::{Options, OptionsError};
+use crate::runtime::Runtime;
+use crate::services;
+
+/// The name the proxy answers to besides its address.
+pub const PROXY_NAME: &str = "proxy.c2w.internal";
+
+/// Why the system could not be put together; the message names the option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    /// An option is malformed or out of range.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    /// The stack refused the network the options describe.
+    #[error("config.network: {0}")]
+    Network(#[from] net_stack::ConfigError),
+    /// The transport refused its options (a pattern, a rewrite, a CA file).
+    #[error("transport options: {0}")]
+    Transport(#[from] fetch_transport::ConfigError),
+    /// No CA could be generated.
+    #[error("cannot generate the CA: {0}")]
+    CaGenerate(#[from] mitm_ca::CaError),
+    /// The CA given in the options was refused.
+    #[error("config.ca: {0}")]
+    CaImport(#[from] mitm_ca::ImportError),
+    /// The leaf issuer could not be set up.
+    #[error("leaf issuer: {0}")]
+    Issuer(#[from] mitm_ca::IssueError),
+    /// A service could not listen on the virtual network.
+    #[error("cannot listen on the virtual network: {0}")]
+    Listen(#[from] net_stack::ListenError),
+}
+
+/// Makes the transport requests leave through, from the options' transport settings.
+pub type TransportFactory =
+    Box<dyn FnOnce(TransportConfig) -> Result<Rc<dyn Transport>, ComposeError>>;
+
+/// What the platform brings to the composition.
+pub struct Platform {
+    /// Time and tasks.
+    pub runtime: Rc<dyn Runtime>,
+    /// Makes the transport requests leave through, from the options' transport settings
+    /// (`fetch()` in the browser, an HTTP client natively).
+    pub transport: TransportFactory,
+    /// The request body limit when the options set none: the browser's `fetch()` holds
+    /// request bodies whole, so it has one; natively bodies stream and there is none.
+    pub default_max_request_body: Option<u64>,
+}
+
+/// The running system: what the adapters drive and report on.
+pub struct System {
+    /// The virtual network.
+    pub stack: Stack,
+    /// The HTTP(S) proxy behind the proxy address and the fake IPs.
+    pub proxy: Rc<Proxy>,
+    /// The CA certificate (PEM) the guest must trust for HTTPS.
+    pub ca_pem: String,
+    /// The proxy's address on the guest network.
+    pub proxy_ip: Ipv4Addr,
+}
+
+/// The transport settings the options describe.
+pub fn transport_config(
+    options: &Options,
+    default_max_request_body: Option<u64>,
+) -> Result<TransportConfig, fetch_transport::ConfigError> {
+    let mut builder =
+        TransportConfig::builder().keep_user_agent(options.keep_user_agent.unwrap_or(false));
+    if let Some(limit) = options
+        .limits
+        .as_ref()
+        .and_then(|l| l.max_request_body)
+        .or(default_max_request_body)
+    {
+        builder = builder.max_request_body(limit);
+    }
+    if let Some(proxy) = &options.cors_proxy {
+        builder = builder.cors_proxy(proxy.as_str());
+    }
+    for rule in options.rewrites.iter().flatten() {
+        builder = builder.rewrite(rule.host.as_str(), rule.url.as_str());
+    }
+    for pattern in options.allow.iter().flatten() {
+        builder = builder.allow(pattern.as_str());
+    }
+    for pattern in options.deny.iter().flatten() {
+        builder = builder.deny(pattern.as_str());
+    }
+    if let Some(timeout) = options.timeout() {
+        builder = builder.timeout(timeout);
+    }
+    builder.build()
+}
+
+/// The CA that issues the guest-facing leaves: the one in the options, or a fresh one.
+fn issuer(options: &Options) -> Result<(Arc<Issuer>, String), ComposeError> {
+    let clock: Arc<dyn Clock> = Arc::new(WallClock);
+    let ca = match &options.ca {
+        Some(ca) => CertificateAuthority::from_pem(&ca.cert_pem, &ca.key_pem, clock.as_ref())?,
+        None => CertificateAuthority::generate(&CaParams::default(), clock.as_ref())?,
+    };
+    let pem = ca.certificate_pem();
+    tracing::info!(subject = ca.subject(), "CA ready");
+    Ok((
+        Arc::new(Issuer::new(ca, IssuerConfig::default(), clock)?),
+        pem,
+    ))
+}
+
+/// Builds the whole system from `options` on `platform` and starts its services (their tasks
+/// run on the platform's runtime). The link is the caller's: run the driver on it next.
+pub fn compose(options: &Options, platform: Platform) -> Result<System, ComposeError> {
+    options.validate()?;
+    let stack_config = options.stack_config();
+    let proxy_ip = stack_config.virtual_ips[0];
+    let stack = Stack::new(stack_config)?;
+    let transport = (platform.transport)(transport_config(
+        options,
+        platform.default_max_request_body,
+    )?)?;
+    let (issuer, ca_pem) = issuer(options)?;
+    let proxy_config = ProxyConfig {
+        limits: options
+            .limits()
+            .proxy_limits(platform.default_max_request_body),
+        own_hosts: vec![proxy_ip.to_string(), PROXY_NAME.into()],
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::new(proxy_config, transport, platform.runtime.timer());
+    let proxy = Rc::new(proxy.with_issuer(issuer));
+    services::start(&stack, proxy.clone(), proxy_ip, platform.runtime.clone())?;
+    Ok(System {
+        stack,
+        proxy,
+        ca_pem,
+        proxy_ip,
+    })
+}
