@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use c2w_net_proxy::native::tap::Tap;
-use c2w_net_proxy::native::{Clock, FaultInjector, FaultSpec, FaultStats};
+use c2w_net_proxy::native::{FaultInjector, FaultSpec, FaultStats, TokioRuntime as Clock};
+use c2w_net_proxy::runtime::Runtime;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
