@@ -191,20 +191,18 @@ impl StatsFile {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the stats file {}", path.display()))?;
         let raw: Value = serde_json::from_str(&text).context("parsing the stats file")?;
-        let stack = |key: &str| raw["net_stack"][key].as_u64().unwrap_or(0);
-        let proxy = |key: &str| raw["http_proxy"][key].as_u64().unwrap_or(0);
-        let top = |key: &str| raw[key].as_u64().unwrap_or(0);
+        let n = |pointer: &str| json_counter(&raw, pointer);
         Ok(Counters {
-            tcp_open: stack("tcp_open"),
-            tcp_accepted: stack("tcp_accepted"),
-            tcp_refused_limit: stack("tcp_refused_limit"),
-            proxy_open: proxy("connections_open"),
-            connections_total: proxy("connections_total"),
-            aborted_responses: proxy("aborted_responses"),
-            transport_errors: proxy("transport_errors"),
-            bytes_to_guest: proxy("bytes_to_guest"),
-            memory: top("rss_bytes"),
-            memory_peak: top("rss_peak_bytes"),
+            tcp_open: n("/tcp/open"),
+            tcp_accepted: n("/tcp/accepted"),
+            tcp_refused_limit: n("/tcp/refusedLimit"),
+            proxy_open: n("/proxy/connectionsOpen"),
+            connections_total: n("/proxy/connectionsTotal"),
+            aborted_responses: n("/proxy/errors/abortedResponses"),
+            transport_errors: n("/proxy/errors/transportErrors"),
+            bytes_to_guest: n("/proxy/bytesToGuest"),
+            memory: n("/rssBytes"),
+            memory_peak: n("/rssPeakBytes"),
             raw,
         })
     }
@@ -217,7 +215,7 @@ impl CounterSource for StatsFile {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Ok(s) = self.read() {
-                if s.raw["unix_ms"].as_u64().unwrap_or(0) > since {
+                if json_counter(&s.raw, "/unixMs") > since {
                     return Ok(s);
                 }
             }
@@ -237,9 +235,9 @@ impl CounterSource for StatsFile {
     }
 }
 
-/// A counter of net-stack's section of a native snapshot; 0 when absent.
-fn stack_counter(s: &Counters, key: &str) -> u64 {
-    s.raw["net_stack"][key].as_u64().unwrap_or(0)
+/// The counter at a JSON pointer (`/drops/malformed`) of a stats snapshot; 0 when absent.
+fn json_counter(raw: &Value, pointer: &str) -> u64 {
+    raw.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
 }
 
 fn unix_ms() -> u64 {
@@ -333,8 +331,8 @@ fn flood_beside_download(c: &LoadChecks, stats: &StatsFile, frames: usize) -> Re
         bail!("download differs: {} of {SIZE} bytes", got.len());
     }
     let (_, after) = wait_idle(stats, SETTLE)?;
-    let d = |key: &str| stack_counter(&after, key) - stack_counter(&before, key);
-    if d("dropped_malformed") == 0 {
+    let d = |key: &str| json_counter(&after.raw, key) - json_counter(&before.raw, key);
+    if d("/drops/malformed") == 0 {
         bail!("dropped_malformed did not rise ({flood_text})");
     }
     Ok(format!(
@@ -342,13 +340,13 @@ fn flood_beside_download(c: &LoadChecks, stats: &StatsFile, frames: usize) -> Re
         elapsed.as_secs_f64(),
         quiet_time.as_secs_f64(),
         flood_text.trim(),
-        d("frames_in"),
-        d("frames_dropped"),
-        d("dropped_malformed"),
-        d("dropped_unsupported"),
-        d("dropped_not_for_us"),
-        d("dropped_queue_full"),
-        d("dns_errors"),
+        d("/framesIn"),
+        d("/drops/total"),
+        d("/drops/malformed"),
+        d("/drops/unsupported"),
+        d("/drops/notForUs"),
+        d("/drops/queueFull"),
+        d("/dns/errors"),
     ))
 }
 
@@ -437,7 +435,7 @@ fn vanishing_guest(binary: &Path, dir: &Path, http: &ThreadedOrigin) -> Result<S
         }
         if Instant::now() > deadline {
             cleanup::run_one(&kill);
-            bail!("the download did not get going: {}", s.raw["http_proxy"]);
+            bail!("the download did not get going: {}", s.raw["proxy"]);
         }
     };
     let (tcp_during, proxy_during) = during.open();

@@ -100,6 +100,9 @@ for (const [config, needle] of [
   [{ timeout: 2.5 }, "whole number of seconds"],
   [{ timeout: true }, "timeout"],
   [{ timeout: "5s", timeoutMs: 5000 }, "either timeout or timeoutMs"],
+  [{ limits: { maxConnections: NaN } }, "limits.maxConnections"],
+  [{ rewrites: [{ host: "a.test", url: "http://b.test/", extra: 1 }] }, "rewrites[0].extra"],
+  [[], "expected an object"],
 ]) {
   let message = "";
   try {

@@ -254,6 +254,35 @@ fn wasm_memory_bytes() -> u64 {
         .unwrap_or(0.0) as u64
 }
 
+/// The path of the first NaN or infinite number in `value` (JSON would turn it into `null`,
+/// and a malformed number in the worker's query string into a silent default).
+fn non_finite(value: &JsValue, path: String) -> Option<String> {
+    if let Some(n) = value.as_f64() {
+        return (!n.is_finite()).then_some(path);
+    }
+    if js_sys::Array::is_array(value) {
+        let array: &js_sys::Array = value.unchecked_ref();
+        return array
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| non_finite(&item, format!("{path}[{i}]")));
+    }
+    if value.is_object() {
+        let object: &js_sys::Object = value.unchecked_ref();
+        return js_sys::Object::entries(object).iter().find_map(|entry| {
+            let entry: js_sys::Array = entry.unchecked_into();
+            let key = entry.get(0).as_string().unwrap_or_default();
+            let path = if path.is_empty() {
+                key
+            } else {
+                format!("{path}.{key}")
+            };
+            non_finite(&entry.get(1), path)
+        });
+    }
+    None
+}
+
 /// Reads the `NetProxyConfig` object (`undefined`/`null` = all defaults).
 fn options(config: &JsValue) -> Result<Options, OptionsError> {
     if config.is_undefined() || config.is_null() {
@@ -265,7 +294,21 @@ fn options(config: &JsValue) -> Result<Options, OptionsError> {
             reason: "expected an object".into(),
         });
     }
-    Options::from_deserializer(serde_wasm_bindgen::Deserializer::from(config.clone()))
+    if let Some(path) = non_finite(config, String::new()) {
+        return Err(OptionsError {
+            path,
+            reason: "not a finite number (NaN or Infinity)".into(),
+        });
+    }
+    // Through a JSON value: serde-wasm-bindgen reads only the fields a struct names, so
+    // unknown options (typos) would pass unseen; a JSON value shows every key to the
+    // derived `deny_unknown_fields` check.
+    let value: serde_json::Value =
+        serde_wasm_bindgen::from_value(config.clone()).map_err(|err| OptionsError {
+            path: String::new(),
+            reason: err.to_string(),
+        })?;
+    Options::from_deserializer(value)
 }
 
 fn build(config: &JsValue) -> Result<NetProxy, ComposeError> {
