@@ -189,9 +189,11 @@ impl NetProxy {
             heap_bytes: crate::heap::HEAP.live_bytes() as u64,
             heap_peak_bytes: crate::heap::HEAP.peak_bytes() as u64,
         };
-        let serializer = serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true);
-        // Plain numbers, strings and objects: serialization cannot fail.
-        stats.serialize(&serializer).unwrap_or(JsValue::UNDEFINED)
+        // Through JSON text, parsed by the engine: plain numbers, strings and objects.
+        serde_json::to_string(&stats)
+            .ok()
+            .and_then(|text| js_sys::JSON::parse(&text).ok())
+            .unwrap_or(JsValue::UNDEFINED)
     }
 
     /// Starts recording every frame both ways as pcap (LINKTYPE_ETHERNET), in memory.
@@ -300,15 +302,16 @@ fn options(config: &JsValue) -> Result<Options, OptionsError> {
             reason: "not a finite number (NaN or Infinity)".into(),
         });
     }
-    // Through a JSON value: serde-wasm-bindgen reads only the fields a struct names, so
-    // unknown options (typos) would pass unseen; a JSON value shows every key to the
-    // derived `deny_unknown_fields` check.
-    let value: serde_json::Value =
-        serde_wasm_bindgen::from_value(config.clone()).map_err(|err| OptionsError {
+    // Through JSON text: serde's derived `deny_unknown_fields` then sees every key (a reader
+    // of JS objects that looks up only the fields a struct names would let typos pass), and
+    // `undefined` fields drop out as absent.
+    let text: String = js_sys::JSON::stringify(config)
+        .map_err(|err| OptionsError {
             path: String::new(),
-            reason: err.to_string(),
-        })?;
-    Options::from_deserializer(value)
+            reason: format!("cannot be read as JSON: {err:?}"),
+        })?
+        .into();
+    Options::from_deserializer(&mut serde_json::Deserializer::from_str(&text))
 }
 
 fn build(config: &JsValue) -> Result<NetProxy, ComposeError> {
