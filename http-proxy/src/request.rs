@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use fetch_transport::policy::PROXY_CONNECTION;
 use fetch_transport::Body;
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::StreamExt;
@@ -86,7 +87,7 @@ where
 fn wants_keep_alive(head: &RequestHead) -> bool {
     let mut close = false;
     let mut keep = false;
-    for name in [header::CONNECTION.as_str(), "proxy-connection"] {
+    for name in [header::CONNECTION.as_str(), PROXY_CONNECTION] {
         for value in head.headers.get_all(name) {
             for token in value.to_str().unwrap_or("").split(',') {
                 let token = token.trim();
