@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use url::{Host, Url};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// One rule of an allow or deny list.
 #[derive(Debug, Clone, PartialEq, Eq)]
