@@ -7,52 +7,10 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 use url::Url;
 
 use crate::destination::{DestinationFilter, DestinationPattern};
+use crate::error::ConfigError;
 
 /// The default limit for request bodies that must be held whole (the browser backend).
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 64 * 1024 * 1024;
-
-/// A configuration value that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// An allow or deny rule does not parse.
-    #[error("invalid destination pattern `{pattern}`: {reason}")]
-    Destination {
-        /// The rule as given.
-        pattern: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The CORS proxy prefix or template does not make valid URLs.
-    #[error("invalid CORS proxy `{proxy}`: {reason}")]
-    CorsProxy {
-        /// The prefix or template as given.
-        proxy: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A rewrite rule's host pattern or base URL is unusable.
-    #[error("invalid rewrite rule `{host}` -> `{base}`: {reason}")]
-    Rewrite {
-        /// The host pattern as given.
-        host: String,
-        /// The base URL as given.
-        base: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// An extra root certificate cannot be read.
-    #[error("invalid root certificate: {reason}")]
-    RootCertificate {
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The native HTTP client cannot be built with these settings.
-    #[error("cannot build the HTTP client: {reason}")]
-    Client {
-        /// Why, as reported by the client library.
-        reason: String,
-    },
-}
 
 /// Characters left as they are when a URL is put inside another (like JavaScript's
 /// `encodeURIComponent`, minus `!*'()`).

@@ -6,6 +6,10 @@
 //! are never resolved: a deny rule for an address does not stop a name that resolves to it, and
 //! an allow list of addresses refuses every name. An IPv4-mapped IPv6 address (`[::ffff:a.b.c.d]`)
 //! is matched as the IPv4 address it carries.
+//!
+//! Hosts are `url::Host`, not http-proxy's `target::Host` or mitm-ca's `Host`: what is matched
+//! must be the host exactly as a browser's URL parser reads it, and this crate depends on
+//! neither of the others (http-proxy sits above it, mitm-ca beside it).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -13,7 +17,7 @@ use std::str::FromStr;
 
 use url::{Host, Url};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// One rule of an allow or deny list.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! Why a request could not be carried to its origin.
+//! The crate's errors: a configuration value that cannot be used, and why a request could not
+//! be carried to its origin.
 
 /// A request that produced no HTTP response. Every variant names the URL and a human-readable
 /// reason so the proxy can answer the guest with a precise error page (502, 504, 413, …).
@@ -67,4 +68,47 @@ impl TransportError {
             | Self::BodyTooLarge { url, .. } => url,
         }
     }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// An allow or deny rule does not parse.
+    #[error("invalid destination pattern `{pattern}`: {reason}")]
+    Destination {
+        /// The rule as given.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The CORS proxy prefix or template does not make valid URLs.
+    #[error("invalid CORS proxy `{proxy}`: {reason}")]
+    CorsProxy {
+        /// The prefix or template as given.
+        proxy: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A rewrite rule's host pattern or base URL is unusable.
+    #[error("invalid rewrite rule `{host}` -> `{base}`: {reason}")]
+    Rewrite {
+        /// The host pattern as given.
+        host: String,
+        /// The base URL as given.
+        base: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An extra root certificate cannot be read.
+    #[error("invalid root certificate: {reason}")]
+    RootCertificate {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The native HTTP client cannot be built with these settings.
+    #[error("cannot build the HTTP client: {reason}")]
+    Client {
+        /// Why, as reported by the client library.
+        reason: String,
+    },
 }

@@ -30,11 +30,10 @@ mod scripted;
 
 pub use body::{Body, BodyError, CollectError};
 pub use config::{
-    ConfigError, CorsProxy, RewriteRule, TransportConfig, TransportConfigBuilder,
-    DEFAULT_MAX_REQUEST_BODY,
+    CorsProxy, RewriteRule, TransportConfig, TransportConfigBuilder, DEFAULT_MAX_REQUEST_BODY,
 };
 pub use destination::{DestinationFilter, DestinationPattern};
-pub use error::TransportError;
+pub use error::{ConfigError, TransportError};
 pub use policy::{BodyDecoding, HeaderPolicy};
 pub use timer::Timer;
 

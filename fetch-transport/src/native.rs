@@ -17,7 +17,8 @@ use http::Method;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use crate::config::{ConfigError, TransportConfig};
+use crate::config::TransportConfig;
+use crate::error::ConfigError;
 use crate::policy::{self, BodyDecoding, HeaderPolicy, PreparedRequest};
 use crate::{Body, BodyError, Transport, TransportError};
 

@@ -4,7 +4,9 @@
 //!
 //! Everything here is pure: no I/O, no clock.
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, PROXY_AUTHORIZATION,
+};
 use http::{HeaderMap, Method};
 use url::Url;
 
@@ -16,13 +18,16 @@ pub const X_FETCH_REDIRECTED: &str = "x-fetch-redirected";
 /// Added to a response when the client followed redirects; its value is the final URL.
 pub const X_FETCH_URL: &str = "x-fetch-url";
 
-/// Headers that describe one connection and never cross a proxy (RFC 9110 §7.6.1), plus the
-/// de-facto `Proxy-Connection` and `Proxy-Authorization` meant for the proxy itself.
-const HOP_BY_HOP: &[&str] = &[
+/// The de-facto header older clients send to a proxy in place of `Connection`.
+pub const PROXY_CONNECTION: &str = "proxy-connection";
+
+/// Headers that describe one connection and never cross a proxy in either direction (RFC 9110
+/// §7.6.1), with the de-facto `Proxy-Connection`. The one list of them: the HTTP proxy drops
+/// them from responses it writes to the guest too.
+pub const CONNECTION_SPECIFIC: &[&str] = &[
     "connection",
     "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
+    PROXY_CONNECTION,
     "te",
     "trailer",
     "transfer-encoding",
@@ -86,9 +91,15 @@ pub enum BodyDecoding {
     Opaque,
 }
 
-/// True for a hop-by-hop header name.
+/// True for a header named in [`CONNECTION_SPECIFIC`].
+pub fn is_connection_specific(name: &HeaderName) -> bool {
+    CONNECTION_SPECIFIC.contains(&name.as_str())
+}
+
+/// True for a hop-by-hop header name: a [connection-specific](CONNECTION_SPECIFIC) one, or
+/// `Proxy-Authorization`, the credentials meant for the proxy itself.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
+    is_connection_specific(name) || name == PROXY_AUTHORIZATION
 }
 
 /// True when the Fetch standard forbids a script from setting this request header.

@@ -8,11 +8,18 @@
 
 pub mod body;
 mod conn;
+mod connect;
+mod error;
 mod error_page;
+mod forward;
 pub mod head;
 mod io;
 mod limits;
+mod refuse;
+mod request;
 mod request_body;
+mod respond;
+mod route;
 mod stats;
 pub mod target;
 mod timer;
@@ -28,9 +35,9 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, StatusCode};
 use mitm_ca::Issuer;
 
-use conn::Mode;
-pub use conn::ServeError;
+pub use error::ServeError;
 pub use io::GuestStream;
+use route::Mode;
 use target::{Origin, Scheme};
 
 /// Which service of the proxy a guest connection reached; decides how its bytes are read.
@@ -57,6 +64,9 @@ pub use error_page::{ErrorPage, PROXY_ERROR_HEADER};
 pub use limits::Limits;
 pub use stats::ProxyStats;
 pub use timer::Timer;
+
+/// The `Content-Type` value for the CA certificate download.
+const PEM_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/x-pem-file");
 
 /// Configuration of a [`Proxy`].
 #[derive(Debug, Clone)]
@@ -131,9 +141,9 @@ impl Proxy {
         stats::Counters::add(&self.counters.connections_open, 1);
         let stream: io::BoxedStream = Box::new(stream);
         let result = match entry {
-            Entry::ForwardProxy => conn::serve(self, stream, Mode::Forward).await,
+            Entry::ForwardProxy => connect::serve(self, stream, Mode::Forward).await,
             Entry::Http { fallback } => {
-                conn::serve(
+                connect::serve(
                     self,
                     stream,
                     Mode::Origin {
@@ -159,7 +169,7 @@ impl Proxy {
                     fixed: None,
                     fallback,
                 };
-                tls::terminate(self, stream, &default_host, mode).await
+                connect::serve_tls(self, stream, &default_host, mode).await
             }
         };
         self.counters
@@ -208,7 +218,7 @@ impl Proxy {
                     let mut page = ErrorPage::new(StatusCode::OK, "own-page", "");
                     page.body = Bytes::from(pem.clone());
                     page.headers.remove(PROXY_ERROR_HEADER);
-                    page.headers.insert(CONTENT_TYPE, conn::PEM_CONTENT_TYPE);
+                    page.headers.insert(CONTENT_TYPE, PEM_CONTENT_TYPE);
                     page.headers.insert(
                         http::header::CONTENT_DISPOSITION,
                         HeaderValue::from_static("attachment; filename=\"c2w-net-proxy-ca.pem\""),

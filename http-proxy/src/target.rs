@@ -33,6 +33,11 @@ impl Scheme {
 }
 
 /// A host as it appears in a URL: a DNS name, an IPv4 or an IPv6 literal.
+///
+/// Not `mitm_ca::Host`, on purpose: this is what a request-target or Host header may carry,
+/// checked only as far as forwarding needs (a name of letters, digits, `-`, `.` and `_`) and
+/// written as a URL writes it (`[::1]`). mitm-ca's is stricter (a name a certificate can be
+/// issued for) and writes IPv6 bare; the name a leaf is issued for goes through it there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
     /// A registered name, lowercased.

@@ -5,6 +5,11 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A validated, normalized host a leaf certificate can be issued for.
+///
+/// Kept apart from http-proxy's `target::Host` (a host as a URL carries it) and the `url::Host`
+/// fetch-transport matches destinations on: a certificate needs stricter rules (labels of 1 to
+/// 63 characters, no hyphen at a label's edge, no numeric top-level label) and the bare IPv6
+/// form (`::1`) of a SAN and cache key, and this crate depends on neither of the others.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
     /// A DNS name: ASCII lowercase, no trailing dot (punycode for internationalized names).

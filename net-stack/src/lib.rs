@@ -40,6 +40,7 @@ mod icmp;
 mod observer;
 mod pcap;
 pub mod qemu;
+mod shared;
 mod stack;
 mod stats;
 mod tcp;

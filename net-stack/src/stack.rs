@@ -1,11 +1,10 @@
 //! The stack: frames in, frames out. Ethernet, ARP, IPv4, ICMP and UDP (DHCP, DNS) are handled
 //! here directly; TCP segments go through smoltcp (`Medium::Ip`) for the connection machinery.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use smoltcp::iface::{self, Interface, SocketSet};
 use smoltcp::time::{Duration, Instant};
@@ -22,8 +21,9 @@ use crate::dhcp::{DhcpOutcome, DhcpServer, Lease};
 use crate::dns::DnsServer;
 use crate::icmp::{self, IcmpAction};
 use crate::observer::{Direction, FrameObserver};
+use crate::shared::Shared;
 use crate::stats::{Drop, Stats};
-use crate::tcp::{ListenAddr, ListenError, TcpListener, TcpTable};
+use crate::tcp::{ListenAddr, ListenError, TcpHost, TcpListener, TcpParts, TcpTable};
 use crate::wire::emit;
 
 /// Most IP → MAC entries remembered (guests rarely use more than one address).
@@ -32,40 +32,14 @@ const DNS_PORT: u16 = 53;
 /// Bytes of the offending datagram quoted in an ICMP error (keeps the error within 576 bytes).
 const ICMP_QUOTE_MAX: usize = 576 - 20 - 8 - 20;
 
-/// State shared by the `Stack` handle, listeners and streams.
-pub(crate) struct Shared {
-    pub(crate) inner: RefCell<Inner>,
-    wake: RefCell<WakeState>,
-}
-
-#[derive(Default)]
-struct WakeState {
-    pending: bool,
-    waker: Option<Waker>,
-}
-
-impl Shared {
-    /// Something changed outside `poll` that needs a `poll` (see `Stack::poll_wake`).
-    pub(crate) fn request_poll(&self) {
-        let waker = {
-            let mut wake = self.wake.borrow_mut();
-            wake.pending = true;
-            wake.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-}
-
 /// Everything mutable of the stack.
-pub(crate) struct Inner {
+struct Inner {
     config: Config,
     mac: EthernetAddress,
     iface: Interface,
     device: IpDevice,
-    pub(crate) sockets: SocketSet<'static>,
-    pub(crate) tcp: TcpTable,
+    sockets: SocketSet<'static>,
+    tcp: TcpTable,
     inbound: VecDeque<Vec<u8>>,
     outbound: VecDeque<Vec<u8>>,
     neighbors: HashMap<Ipv4Addr, EthernetAddress>,
@@ -74,13 +48,13 @@ pub(crate) struct Inner {
     stats: Stats,
     observer: Option<Box<dyn FrameObserver>>,
     /// Time of the latest `poll` (used when a stream is dropped between polls).
-    pub(crate) now: Instant,
+    now: Instant,
 }
 
 /// The virtual network: a cheap clonable handle (single-threaded, `!Send`).
 #[derive(Clone)]
 pub struct Stack {
-    shared: Rc<Shared>,
+    shared: Rc<Shared<Inner>>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -124,10 +98,7 @@ impl Stack {
             config,
         };
         Ok(Stack {
-            shared: Rc::new(Shared {
-                inner: RefCell::new(inner),
-                wake: RefCell::new(WakeState::default()),
-            }),
+            shared: Rc::new(Shared::new(inner)),
         })
     }
 
@@ -195,14 +166,7 @@ impl Stack {
     /// Ready once something happened outside `poll` that needs a `poll` (a stream was read,
     /// written, closed or dropped, a listener dropped); otherwise keeps the waker, Pending.
     pub fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut wake = self.shared.wake.borrow_mut();
-        if wake.pending {
-            wake.pending = false;
-            Poll::Ready(())
-        } else {
-            wake.waker = Some(cx.waker().clone());
-            Poll::Pending
-        }
+        self.shared.poll_wake(cx)
     }
 
     /// Accepts TCP connections to `addr:port`.
@@ -241,6 +205,16 @@ impl Stack {
     /// Current DHCP leases.
     pub fn leases(&self) -> Vec<Lease> {
         self.shared.inner.borrow().dhcp.leases()
+    }
+}
+
+impl TcpHost for Inner {
+    fn tcp(&mut self) -> TcpParts<'_> {
+        TcpParts {
+            table: &mut self.tcp,
+            sockets: &mut self.sockets,
+            now: self.now,
+        }
     }
 }
 

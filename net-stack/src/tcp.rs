@@ -19,7 +19,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpListenEndpoint};
 
 use crate::config::TcpConfig;
-use crate::stack::{Inner, Shared};
+use crate::shared::Shared;
 use crate::stats::Stats;
 
 /// Where a listener accepts connections.
@@ -44,6 +44,25 @@ pub enum ListenError {
     #[error("address and port already have a listener")]
     InUse,
 }
+
+/// What listeners and streams need of the stack's state: the connection table, the socket
+/// set and the time of the latest poll. The stack's state implements it; nothing else of the
+/// stack is known here.
+pub(crate) trait TcpHost {
+    /// The TCP part of the state.
+    fn tcp(&mut self) -> TcpParts<'_>;
+}
+
+/// The TCP part of the stack's state, borrowed.
+pub(crate) struct TcpParts<'a> {
+    pub(crate) table: &'a mut TcpTable,
+    pub(crate) sockets: &'a mut SocketSet<'static>,
+    /// Time of the latest `Stack::poll` (used when a stream is dropped between polls).
+    pub(crate) now: Instant,
+}
+
+/// How listeners and streams hold the stack's shared state.
+type SharedTcp = Shared<dyn TcpHost>;
 
 /// How long a handshake may take before its socket is given up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -338,13 +357,13 @@ impl TcpTable {
 /// Accepts TCP connections to one (address, port); dropping it resets connections not yet
 /// accepted and makes new SYNs get RST.
 pub struct TcpListener {
-    shared: Rc<Shared>,
+    shared: Rc<SharedTcp>,
     id: u64,
     port: u16,
 }
 
 impl TcpListener {
-    pub(crate) fn new(shared: Rc<Shared>, id: u64, port: u16) -> Self {
+    pub(crate) fn new(shared: Rc<SharedTcp>, id: u64, port: u16) -> Self {
         TcpListener { shared, id, port }
     }
 
@@ -352,7 +371,8 @@ impl TcpListener {
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<TcpStream> {
         let mut inner = self.shared.inner.borrow_mut();
         inner
-            .tcp
+            .tcp()
+            .table
             .poll_accept(self.id, cx)
             .map(|(handle, local, peer)| TcpStream {
                 shared: self.shared.clone(),
@@ -385,10 +405,12 @@ impl std::fmt::Debug for TcpListener {
 impl Drop for TcpListener {
     fn drop(&mut self) {
         if let Ok(mut inner) = self.shared.inner.try_borrow_mut() {
-            let Inner {
-                tcp, sockets, now, ..
-            } = &mut *inner;
-            tcp.close_listener(self.id, sockets, *now);
+            let TcpParts {
+                table,
+                sockets,
+                now,
+            } = inner.tcp();
+            table.close_listener(self.id, sockets, now);
             drop(inner);
             self.shared.request_poll();
         }
@@ -427,7 +449,7 @@ pub(crate) fn safe_rx_capacity(size: usize) -> usize {
 /// One accepted TCP connection as an async byte stream with smoltcp's buffers as the only
 /// buffering: a slow reader shrinks the advertised window, writes wait for transmit space.
 pub struct TcpStream {
-    shared: Rc<Shared>,
+    shared: Rc<SharedTcp>,
     handle: SocketHandle,
     local: SocketAddrV4,
     peer: SocketAddrV4,
@@ -447,7 +469,7 @@ impl TcpStream {
 
     fn with_socket<R>(&self, f: impl FnOnce(&mut tcp::Socket<'static>) -> R) -> R {
         let mut inner = self.shared.inner.borrow_mut();
-        f(inner.sockets.get_mut::<tcp::Socket>(self.handle))
+        f(inner.tcp().sockets.get_mut::<tcp::Socket>(self.handle))
     }
 }
 
@@ -541,10 +563,12 @@ impl futures::io::AsyncWrite for TcpStream {
 impl Drop for TcpStream {
     fn drop(&mut self) {
         if let Ok(mut inner) = self.shared.inner.try_borrow_mut() {
-            let Inner {
-                tcp, sockets, now, ..
-            } = &mut *inner;
-            tcp.orphan(self.handle, sockets, *now);
+            let TcpParts {
+                table,
+                sockets,
+                now,
+            } = inner.tcp();
+            table.orphan(self.handle, sockets, now);
             drop(inner);
             self.shared.request_poll();
         }

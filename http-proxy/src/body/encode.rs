@@ -2,7 +2,8 @@
 
 use std::io::Write;
 
-use http::header::{self, HeaderName};
+use fetch_transport::policy::is_connection_specific;
+use http::header;
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::head::Version;
@@ -48,20 +49,6 @@ impl ResponseFraming {
     }
 }
 
-/// Headers that describe a single hop and are never forwarded to the guest as received.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
 /// Writes a response head: status line, the origin's end-to-end headers, and our framing and
 /// connection headers. `keep_alive` false adds `Connection: close`.
 pub fn write_response_head(
@@ -76,7 +63,8 @@ pub fn write_response_head(
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_u16(), reason);
     let keep_length = framing == ResponseFraming::NoBody && status != StatusCode::NO_CONTENT;
     for (name, value) in headers {
-        if is_hop_by_hop(name) || (name == header::CONTENT_LENGTH && !keep_length) {
+        // Headers that describe the origin's connection are never forwarded as received.
+        if is_connection_specific(name) || (name == header::CONTENT_LENGTH && !keep_length) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
