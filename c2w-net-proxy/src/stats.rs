@@ -58,7 +58,7 @@ pub struct Drops {
     pub unsupported: u64,
     /// Addressed to someone else.
     pub not_for_us: u64,
-    /// The stack's inbound queue was full.
+    /// The inbound queue (the stack's, or the browser link's inbox) was full.
     pub queue_full: u64,
     /// The queue towards the guest was full.
     pub outbound_full: u64,
@@ -171,6 +171,8 @@ pub struct ProxyErrors {
 pub struct Extra {
     /// Frames the link's stream decoder skipped.
     pub stream_dropped: u64,
+    /// Frames the link dropped because its inbox was full (counted as `queueFull`).
+    pub inbox_dropped: u64,
     /// Whether a capture is running.
     pub capturing: bool,
     /// Whether the proxy is closed.
@@ -195,12 +197,12 @@ impl Stats {
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
             drops: Drops {
-                total: s.frames_dropped + extra.stream_dropped,
+                total: s.frames_dropped + extra.stream_dropped + extra.inbox_dropped,
                 oversized: s.dropped_oversized,
                 malformed: s.dropped_malformed,
                 unsupported: s.dropped_unsupported,
                 not_for_us: s.dropped_not_for_us,
-                queue_full: s.dropped_queue_full,
+                queue_full: s.dropped_queue_full + extra.inbox_dropped,
                 outbound_full: s.dropped_outbound_full,
                 no_neighbor: s.dropped_no_neighbor,
                 stream_framing: extra.stream_dropped,

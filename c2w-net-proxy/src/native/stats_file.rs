@@ -96,6 +96,7 @@ impl StatsFile {
                 &self.proxy,
                 Extra {
                     stream_dropped: 0,
+                    inbox_dropped: 0,
                     capturing: self.capturing,
                     closed: last,
                 },

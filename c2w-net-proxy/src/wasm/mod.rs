@@ -22,7 +22,7 @@ use wasm_bindgen::JsCast;
 
 use crate::compose::{compose, ComposeError, Platform, System};
 use crate::link::MAX_FRAME;
-use crate::options::{LogLevel, Options, OptionsError};
+use crate::options::{LogLevel, Options, OptionsError, Tree};
 use crate::runtime::Runtime;
 use crate::stats::{Extra, Stats};
 use link::{JsLink, JsPort};
@@ -180,7 +180,8 @@ impl NetProxy {
                 &inner.system.stack,
                 &inner.system.proxy,
                 Extra {
-                    stream_dropped: inner.decoder.borrow().dropped() + inner.port.dropped(),
+                    stream_dropped: inner.decoder.borrow().dropped(),
+                    inbox_dropped: inner.port.dropped(),
                     capturing: inner.capture.borrow().is_some(),
                     closed: inner.closed.get(),
                 },
@@ -256,33 +257,57 @@ fn wasm_memory_bytes() -> u64 {
         .unwrap_or(0.0) as u64
 }
 
-/// The path of the first NaN or infinite number in `value` (JSON would turn it into `null`,
-/// and a malformed number in the worker's query string into a silent default).
-fn non_finite(value: &JsValue, path: String) -> Option<String> {
+/// The options object as a [`Tree`]: every key kept (unknown options are refused by name
+/// later), `undefined` as absent, and what JSON cannot hold refused by path.
+fn tree(value: &JsValue, path: &str) -> Result<Tree, OptionsError> {
+    let refuse = |reason: &str| OptionsError {
+        path: path.to_string(),
+        reason: reason.to_string(),
+    };
+    if value.is_undefined() || value.is_null() {
+        return Ok(Tree::Null);
+    }
+    if let Some(b) = value.as_bool() {
+        return Ok(Tree::Bool(b));
+    }
     if let Some(n) = value.as_f64() {
-        return (!n.is_finite()).then_some(path);
+        return match n.is_finite() {
+            true => Ok(Tree::Number(n)),
+            false => Err(refuse("not a finite number (NaN or Infinity)")),
+        };
+    }
+    if let Some(s) = value.as_string() {
+        return Ok(Tree::String(s));
     }
     if js_sys::Array::is_array(value) {
         let array: &js_sys::Array = value.unchecked_ref();
         return array
             .iter()
             .enumerate()
-            .find_map(|(i, item)| non_finite(&item, format!("{path}[{i}]")));
+            .map(|(i, item)| tree(&item, &format!("{path}[{i}]")))
+            .collect::<Result<_, _>>()
+            .map(Tree::Array);
     }
-    if value.is_object() {
-        let object: &js_sys::Object = value.unchecked_ref();
-        return js_sys::Object::entries(object).iter().find_map(|entry| {
+    if value.is_function() || value.is_symbol() || value.is_bigint() || !value.is_object() {
+        return Err(refuse(
+            "expected a string, number, boolean, array or object",
+        ));
+    }
+    let object: &js_sys::Object = value.unchecked_ref();
+    js_sys::Object::entries(object)
+        .iter()
+        .map(|entry| {
             let entry: js_sys::Array = entry.unchecked_into();
             let key = entry.get(0).as_string().unwrap_or_default();
-            let path = if path.is_empty() {
-                key
+            let at = if path.is_empty() {
+                key.clone()
             } else {
                 format!("{path}.{key}")
             };
-            non_finite(&entry.get(1), path)
-        });
-    }
-    None
+            Ok((key, tree(&entry.get(1), &at)?))
+        })
+        .collect::<Result<_, _>>()
+        .map(Tree::Object)
 }
 
 /// Reads the `NetProxyConfig` object (`undefined`/`null` = all defaults).
@@ -296,22 +321,7 @@ fn options(config: &JsValue) -> Result<Options, OptionsError> {
             reason: "expected an object".into(),
         });
     }
-    if let Some(path) = non_finite(config, String::new()) {
-        return Err(OptionsError {
-            path,
-            reason: "not a finite number (NaN or Infinity)".into(),
-        });
-    }
-    // Through JSON text: serde's derived `deny_unknown_fields` then sees every key (a reader
-    // of JS objects that looks up only the fields a struct names would let typos pass), and
-    // `undefined` fields drop out as absent.
-    let text: String = js_sys::JSON::stringify(config)
-        .map_err(|err| OptionsError {
-            path: String::new(),
-            reason: format!("cannot be read as JSON: {err:?}"),
-        })?
-        .into();
-    Options::from_deserializer(&mut serde_json::Deserializer::from_str(&text))
+    Options::from_tree(tree(config, "")?)
 }
 
 fn build(config: &JsValue) -> Result<NetProxy, ComposeError> {

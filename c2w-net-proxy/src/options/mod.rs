@@ -22,6 +22,10 @@ use tsify::Tsify;
 
 use crate::duration::{parse_timeout, DurationError};
 
+mod tree;
+
+pub use tree::{from_tree, Tree};
+
 /// Largest safe integer in JavaScript (2^53 - 1): sizes beyond cannot be written exactly.
 const MAX_SAFE_INTEGER: u64 = 9_007_199_254_740_991;
 
@@ -457,18 +461,10 @@ fn in_range(path: &str, value: Option<u64>, min: u64, max: u64) -> Result<(), Op
 }
 
 impl Options {
-    /// Reads options from any serde format (a JS object, JSON), naming the path of the first
-    /// bad field. Ranges are checked by [`Options::validate`], not here.
-    pub fn from_deserializer<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Self, OptionsError> {
-        serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            let path = err.path().to_string();
-            OptionsError {
-                path: if path == "." { String::new() } else { path },
-                reason: err.into_inner().to_string(),
-            }
-        })
+    /// Reads options from an options object, naming the path of the first bad field. Ranges
+    /// are checked by [`Options::validate`], not here.
+    pub fn from_tree(tree: Tree) -> Result<Self, OptionsError> {
+        from_tree(tree)
     }
 
     /// Checks every range the types alone do not: called once by the composition, whichever
@@ -616,10 +612,25 @@ impl LimitOptions {
 mod tests {
     use super::*;
 
-    /// Deserializes JSON as the JS front end deserializes its object: with the path.
+    /// The tree a JavaScript object with the same content becomes.
+    fn tree(value: serde_json::Value) -> Tree {
+        use serde_json::Value;
+        match value {
+            Value::Null => Tree::Null,
+            Value::Bool(b) => Tree::Bool(b),
+            Value::Number(n) => Tree::Number(n.as_f64().unwrap()),
+            Value::String(s) => Tree::String(s),
+            Value::Array(items) => Tree::Array(items.into_iter().map(tree).collect()),
+            Value::Object(map) => {
+                Tree::Object(map.into_iter().map(|(k, v)| (k, tree(v))).collect())
+            }
+        }
+    }
+
+    /// Reads JSON as the JS front end reads its object: with the path.
     fn parse(json: &str) -> Result<Options, String> {
-        let de = &mut serde_json::Deserializer::from_str(json);
-        let options = Options::from_deserializer(de).map_err(|e| e.to_string())?;
+        let value = serde_json::from_str(json).unwrap();
+        let options = Options::from_tree(tree(value)).map_err(|e| e.to_string())?;
         options.validate().map_err(|e| e.to_string())?;
         Ok(options)
     }
@@ -731,6 +742,16 @@ mod tests {
                 "either timeout or timeoutMs",
             ),
             (r#"{"timeoutMs": 0}"#, "timeoutMs"),
+            (r#"[]"#, "config: invalid type: sequence"),
+            (r#"{"network": [1500]}"#, "network: invalid type: sequence"),
+            (
+                r#"{"ca": {"certPem": "C"}}"#,
+                "config.ca: missing field `keyPem`",
+            ),
+            (
+                r#"{"network": {"dnsHosts": {"a.test": "x"}}}"#,
+                "network.dnsHosts.a.test",
+            ),
         ] {
             let err = parse(json).unwrap_err();
             assert!(err.contains(needle), "{json}: {err}");
