@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use crate::harness::browser::page_server::PageServer;
 use crate::tools;
 
 const USAGE: &str =
@@ -256,6 +257,19 @@ pub(super) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
+}
+
+/// The bench's page server: its own pages (`xtask/bench/pages/`: the echo peer, the idle
+/// page, the relay reference), then the pages it shares with the browser e2e
+/// (`xtask/browser/`), then `dist`; `config` (JSON) at `/config.json`.
+pub(super) fn page_server(dist: &Path, config: String) -> Result<PageServer> {
+    let root = tools::workspace_root();
+    let roots = vec![
+        root.join("xtask/bench/pages"),
+        root.join("xtask/browser"),
+        dist.to_path_buf(),
+    ];
+    PageServer::serve(0, roots, Some(config))
 }
 
 #[cfg(test)]

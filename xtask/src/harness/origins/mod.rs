@@ -3,13 +3,15 @@
 //! checks compare against, echo uploads, a pip "simple" index with one wheel, and a git
 //! repository through `git http-backend` (CGI).
 
+pub mod threaded;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 
-use crate::http_server::{header, ServerPool};
+use crate::harness::server_pool::{header, ServerPool};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};

@@ -22,7 +22,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-use crate::origin::BlobReader;
+use crate::harness::origins::BlobReader;
 
 /// Largest request head read.
 const MAX_HEAD: usize = 16 * 1024;
@@ -298,7 +298,7 @@ mod tests {
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("Content-Length: 10\r\n"));
-        let blob = crate::origin::blob(10);
+        let blob = crate::harness::origins::blob(10);
         let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert_eq!(&got[at..at + 10], &blob[..]);
         assert!(text.contains(
