@@ -15,8 +15,8 @@ use crate::harness::browser::launch::{Browser, Kind, LaunchSpec};
 use crate::harness::browser::page_server::PageServer;
 use crate::harness::browser::save_ca;
 use crate::harness::guest::{text, Guest, GuestNs, Runner, PROXY};
-use crate::harness::origins::threaded::ThreadedOrigin;
 use crate::harness::origins::OriginFiles;
+use crate::harness::origins::ThreadedOrigin;
 use crate::harness::procfs;
 
 /// The origins every route reaches, and the test CA of the HTTPS one.

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::harness::guest::{text, Guest, PROXY};
-use crate::harness::origins::threaded::ThreadedOrigin;
+use crate::harness::origins::ThreadedOrigin;
 use crate::harness::origins::{blob, FaultOrigin};
 
 /// How long counters may take to return to idle after a check whose connections end cleanly.

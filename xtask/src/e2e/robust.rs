@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::e2e::load::{check_memory, wait_idle, CounterSource, Counters, LoadChecks, SETTLE};
 use crate::harness::cleanup;
 use crate::harness::guest::{build_runner, text, Guest, GuestNs, Runner, GUEST_MAC, PROXY};
-use crate::harness::origins::threaded::ThreadedOrigin;
+use crate::harness::origins::ThreadedOrigin;
 use crate::harness::origins::{blob, FaultOrigin};
 use crate::report::Report;
 use crate::tools::{ensure_programs, is_root, workspace_root};

@@ -29,7 +29,7 @@ use crate::harness::browser::{save_ca, snapshot_dist, PACKAGE_FILES};
 use crate::harness::cleanup;
 use crate::harness::guest::Guest;
 use crate::harness::guest::GuestNs;
-use crate::harness::origins::threaded::ThreadedOrigin;
+use crate::harness::origins::ThreadedOrigin;
 use crate::harness::origins::{Cors, FaultOrigin, Origin, OriginFiles};
 use crate::report::Report;
 use crate::tools::{ensure_programs, is_root, workspace_root};
