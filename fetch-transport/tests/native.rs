@@ -69,29 +69,35 @@ impl Head {
     }
 }
 
+/// Reads one request head, parsed by httparse (names in lower case); `None` when the
+/// connection ends first.
 fn read_head(r: &mut impl BufRead) -> io::Result<Option<Head>> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let path = parts.next().unwrap_or_default().to_string();
-    let mut headers = Vec::new();
+    let mut buf = Vec::new();
     loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
+        let start = buf.len();
+        if r.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(None);
+        }
+        if matches!(&buf[start..], b"\r\n" | b"\n") {
             break;
         }
-        let (n, v) = l.split_once(':').unwrap();
-        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    request
+        .parse(&buf)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok(Some(Head {
-        method,
-        path,
-        headers,
+        method: request.method.unwrap_or_default().to_string(),
+        path: request.path.unwrap_or_default().to_string(),
+        headers: request
+            .headers
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8_lossy(h.value).trim().to_string();
+                (h.name.to_ascii_lowercase(), value)
+            })
+            .collect(),
     }))
 }
 
@@ -106,7 +112,10 @@ fn read_body(r: &mut impl BufRead, head: &Head, mut each: impl FnMut(&[u8])) -> 
         loop {
             line.clear();
             r.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim(), 16).unwrap();
+            let size = match httparse::parse_chunk_size(line.as_bytes()) {
+                Ok(httparse::Status::Complete((_, size))) => size as usize,
+                _ => panic!("bad chunk size line {line:?}"),
+            };
             if size == 0 {
                 line.clear();
                 r.read_line(&mut line)?;

@@ -1,5 +1,5 @@
 // Helpers shared by the browser e2e pages: everything the harness learns from a page arrives
-// as `POST /report/<key>` on the page's own server (see xtask/src/browser/server.rs).
+// as `POST /report/<key>` on the page's own server (see xtask/src/harness/browser/page_server.rs).
 
 /** Posts `value` (a string, or anything JSON can carry) under `key`. */
 export async function report(key, value) {

@@ -405,32 +405,16 @@ fn udp_payload(frame: &[u8]) -> Option<(u16, &[u8])> {
     Some((u16::from_be_bytes([udp[2], udp[3]]), udp.get(8..len)?))
 }
 
-/// The packets of a classic pcap file (either byte order, µs or ns timestamps).
+/// The packets of a classic pcap file (read by `pcap-file`: either byte order, µs or ns
+/// timestamps).
 fn read_pcap(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let magic = data.get(..4).context("pcap too short")?;
-    let le = match magic {
-        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
-        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
-        _ => bail!("{} is not a classic pcap file", path.display()),
-    };
-    let u32_at = |at: usize| -> Option<u32> {
-        let b: [u8; 4] = data.get(at..at + 4)?.try_into().ok()?;
-        Some(if le {
-            u32::from_le_bytes(b)
-        } else {
-            u32::from_be_bytes(b)
-        })
-    };
+    let file = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut reader = pcap_file::pcap::PcapReader::new(std::io::BufReader::new(file))
+        .with_context(|| format!("{} is not a classic pcap file", path.display()))?;
     let mut packets = Vec::new();
-    let mut at = 24;
-    while at + 16 <= data.len() {
-        let caplen = u32_at(at + 8).context("truncated record header")? as usize;
-        let packet = data
-            .get(at + 16..at + 16 + caplen)
-            .context("truncated packet")?;
-        packets.push(packet.to_vec());
-        at += 16 + caplen;
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.with_context(|| format!("reading {}", path.display()))?;
+        packets.push(packet.data.into_owned());
     }
     Ok(packets)
 }

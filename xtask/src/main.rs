@@ -1,25 +1,23 @@
 //! `cargo xtask <command>`: everything the project needs beyond `cargo build`, installing what
 //! it needs itself (Debian packages, the wasm target, wasm-bindgen's test runner).
 
+//!
+//! Where things are:
+//! - `e2e/`: the end-to-end phases (native, faults, robust, browser) and their checks;
+//! - `harness/`: what tests and benchmarks stand on: guest namespaces, origin servers,
+//!   browsers, the page server, the TAP-to-WebSocket bridge, process and cleanup helpers;
+//! - `bench/`: the benchmarks; `demo/`: the v86 demo; `build/`: the wasm package, the pcap
+//!   fixtures and the demo's guest image;
+//! - `test.rs` (the whole suite), `fuzz.rs`, `transport_node.rs`, `tools.rs`, `report.rs`.
+
 mod bench;
-mod browser;
-mod build_wasm;
-mod cleanup;
+mod build;
 mod demo;
 mod e2e;
-mod e2e_faults;
-mod e2e_robust;
-mod fixtures;
 mod fuzz;
-mod guest;
-mod guest_image;
-mod http_server;
-mod load_checks;
-mod origin;
-mod procfs;
+mod harness;
 mod report;
 mod test;
-mod threaded_origin;
 mod tools;
 mod transport_node;
 
@@ -67,21 +65,21 @@ fn run(args: &[String]) -> Result<()> {
     };
     match command.as_str() {
         "test" => test::run_all(rest),
-        "build-wasm" => build_wasm::run_build(rest).map(|_| ()),
+        "build-wasm" => build::wasm::run_build(rest).map(|_| ()),
         "e2e" => match rest.first().map(String::as_str) {
-            Some("--browser") => browser::run(&rest[1..]),
+            Some("--browser") => e2e::browser::run(&rest[1..]),
             Some(flag) if flag.starts_with("--browser=") => {
                 let mut args = vec![flag["--browser=".len()..].to_string()];
                 args.extend_from_slice(&rest[1..]);
-                browser::run(&args)
+                e2e::browser::run(&args)
             }
             _ => e2e::run(rest),
         },
         "bench" => bench::run(rest),
-        "fixtures" => fixtures::run(rest),
+        "fixtures" => build::fixtures::run(rest),
         "fuzz" => fuzz::run_cmd(rest),
         "transport-node" => transport_node::run(rest),
-        "guest-image" => guest_image::run_cmd(rest),
+        "guest-image" => build::guest_image::run_cmd(rest),
         "demo" => demo::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");

@@ -47,10 +47,10 @@ pub fn run_all(args: &[String]) -> Result<()> {
     crate::transport_node::run(&[])?;
     // Every fuzz target briefly on its seed corpus (nightly cargo-fuzz; a crash fails the run).
     crate::fuzz::run_cmd(&["--smoke".to_string()])?;
-    crate::build_wasm::run_build(&["--check".to_string()])?;
+    crate::build::wasm::run_build(&["--check".to_string()])?;
     crate::e2e::run(args)?;
-    crate::browser::run(&["chromium".to_string()])?;
-    crate::browser::run(&["firefox".to_string()])?;
+    crate::e2e::browser::run(&["chromium".to_string()])?;
+    crate::e2e::browser::run(&["firefox".to_string()])?;
     crate::demo::run(&["--check".to_string()])?;
     Ok(())
 }

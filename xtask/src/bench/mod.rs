@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use crate::harness::browser::page_server::PageServer;
 use crate::tools;
 
 const USAGE: &str =
@@ -258,11 +259,64 @@ pub(super) fn target_dir(root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("target"))
 }
 
+/// The bench's page server: its own pages (`xtask/bench/pages/`: the echo peer, the idle
+/// page, the relay reference), then the pages it shares with the browser e2e
+/// (`xtask/browser/`), then `dist`; `config` (JSON) at `/config.json`.
+pub(super) fn page_server(dist: &Path, config: String) -> Result<PageServer> {
+    let root = tools::workspace_root();
+    let roots = vec![
+        root.join("xtask/bench/pages"),
+        root.join("xtask/browser"),
+        dist.to_path_buf(),
+    ];
+    PageServer::serve(0, roots, Some(config))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Status line of `GET path` from `base` (`http://127.0.0.1:PORT`).
+    fn status_of(base: &str, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let text = String::from_utf8_lossy(&got);
+        text.lines().next().unwrap_or("").to_string()
+    }
+
+    #[test]
+    fn page_server_serves_the_bench_pages_and_the_shared_ones() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-pages-{}", std::process::id()));
+        let dist = tools::fresh_dir(&dir).unwrap();
+        let pages = page_server(&dist, "{}".into()).unwrap();
+        for path in [
+            "/relay-bench.html",
+            "/relay-bench.js",
+            "/relay-bench-worker.js",
+            "/echo.html",
+            "/echo.js",
+            "/idle.html",
+            "/relay-protocol.js",
+            "/report.js",
+            "/e2e.html",
+            "/c2w.html",
+            "/config.json",
+        ] {
+            let status = status_of(&pages.base, path);
+            assert!(status.contains(" 200 "), "{path}: {status}");
+        }
+        drop(pages);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn results_merge_by_name() {

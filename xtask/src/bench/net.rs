@@ -14,9 +14,9 @@ use super::routes::{self, Direct, Origins, Page, FRESH_SUFFIX};
 use super::workload::{self, mb_per_s, median, Route, Scheme};
 use super::{peer, reference};
 use super::{publish, Machine};
-use crate::browser::server::PageServer;
-use crate::cleanup;
-use crate::origin::OriginFiles;
+use crate::harness::browser::page_server::PageServer;
+use crate::harness::cleanup;
+use crate::harness::origins::OriginFiles;
 use crate::tools::{self, ensure_programs, is_root, workspace_root};
 
 const HEADING: &str = "## Network paths";
@@ -331,19 +331,19 @@ fn blank_page_cpu(
     dir: &Path,
     idle: Duration,
 ) -> Result<f64> {
-    let spec = crate::browser::launch::LaunchSpec {
+    let spec = crate::harness::browser::launch::LaunchSpec {
         dir: &dir.join("blank-chromium"),
         origin_cert: &origins.server_cert,
         origin_ca: &origins.ca,
     };
-    let browser = crate::browser::launch::Browser::start(
-        crate::browser::launch::Kind::Chromium,
+    let browser = crate::harness::browser::launch::Browser::start(
+        crate::harness::browser::launch::Kind::Chromium,
         &format!("{}/idle.html", pages.base),
         &spec,
     )?;
     // Start-up work settles first, as it has on the measured pages by then.
     std::thread::sleep(Duration::from_secs(5) + IDLE_SETTLE);
-    let cpu = || crate::procfs::tree_cpu_time(browser.pid()).context("browser CPU time");
+    let cpu = || crate::harness::procfs::tree_cpu_time(browser.pid()).context("browser CPU time");
     let before = cpu()?;
     std::thread::sleep(idle);
     Ok((cpu()? - before).as_secs_f64() * 1e3)
@@ -492,11 +492,11 @@ fn build_runner(root: &Path) -> Result<std::path::PathBuf> {
 /// Serves the browser test pages with a config whose rewrites map the fresh names to the
 /// HTTPS origin.
 fn browser_pages(root: &Path, dir: &Path, origins: &Origins) -> Result<PageServer> {
-    crate::browser::launch::Kind::Chromium.ensure_installed()?;
+    crate::harness::browser::launch::Kind::Chromium.ensure_installed()?;
     let dist = root.join("dist");
     // Rebuilt every time (quick when nothing changed), so the browser paths run this code.
-    crate::build_wasm::run_build(&[])?;
-    let dist = crate::browser::snapshot_dist(&dist, &dir.join("dist"))?;
+    crate::build::wasm::run_build(&[])?;
+    let dist = crate::harness::browser::snapshot_dist(&dist, &dir.join("dist"))?;
     let config = json!({
         "origins": {
             "http": origins.http.base_url(),
@@ -509,7 +509,7 @@ fn browser_pages(root: &Path, dir: &Path, origins: &Origins) -> Result<PageServe
         "plantCookie": false,
     })
     .to_string();
-    PageServer::start(&root.join("xtask/browser"), &dist, config)
+    super::page_server(&dist, config)
 }
 
 /// A cell: the value, and its ratio to the direct path's.

@@ -1,6 +1,6 @@
 //! The peer the network benchmark compares against: v86's fetch network backend
 //! (`FetchNetworkAdapter` from the npm package `v86`, pinned by `cargo xtask demo`), driven in
-//! node by `xtask/bench-js/v86-peer.mjs` through the same TAP-to-WebSocket bridge as the
+//! node by `xtask/bench/scripts/v86-peer.mjs` through the same TAP-to-WebSocket bridge as the
 //! browser paths, answering the same guest namespace.
 //!
 //! What the peer can carry: plain HTTP to TCP port 80 of any address (it fetches
@@ -20,10 +20,10 @@ use anyhow::{bail, Context, Result};
 
 use super::routes::Origins;
 use super::workload::{Route, Scheme};
-use crate::browser::bridge::Bridge;
-use crate::cleanup::{self, Action};
-use crate::guest::{text, Guest, GuestNs, GUEST_MAC};
-use crate::procfs;
+use crate::harness::bridge::Bridge;
+use crate::harness::cleanup::{self, Action};
+use crate::harness::guest::{text, Guest, GuestNs, GUEST_MAC};
+use crate::harness::procfs;
 use crate::tools::{ensure_programs, workspace_root};
 
 /// The address v86's adapter gives itself (its router, DHCP and DNS server).
@@ -60,7 +60,7 @@ pub fn v86<'a>(origins: &'a Origins, dir: &Path) -> Result<V86Route<'a>> {
     let modules = node_modules_root();
     crate::demo::npm_install(&modules)?;
     let package = modules.join("node_modules/v86");
-    let script = workspace_root().join("xtask/bench-js/v86-peer.mjs");
+    let script = workspace_root().join("xtask/bench/scripts/v86-peer.mjs");
 
     let id = std::process::id();
     let tap = format!("c2wv{}", id % 1_000_000);
@@ -210,7 +210,7 @@ impl Drop for V86Route<'_> {
 mod tests {
     use super::*;
     use crate::bench::workload::{self, blob_sha, mb_per_s, median};
-    use crate::origin::OriginFiles;
+    use crate::harness::origins::OriginFiles;
 
     /// Runs the v86 peer end to end (root, node, npm): byte-exact downloads of 1 and 64 MiB
     /// and request latency. `cargo test -p xtask --profile bench-tools -- --ignored v86_peer`

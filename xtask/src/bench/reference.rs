@@ -2,8 +2,8 @@
 //! cost can be told apart from the plumbing around them:
 //!
 //! - the TAP-to-WebSocket bridge alone: a peer (a headless Chromium page, `echo.html`, or
-//!   node, `bench-js/echo.mjs`) echoes every IPv4/UDP frame back with addresses and ports
-//!   swapped, and the guest (`bench-js/udp_echo.py`) measures round trip and throughput;
+//!   node, `bench/scripts/echo.mjs`) echoes every IPv4/UDP frame back with addresses and ports
+//!   swapped, and the guest (`bench/scripts/udp_echo.py`) measures round trip and throughput;
 //! - container2wasm's relay alone: `relay-bench.html` relays like `c2w.html` between a sink/
 //!   source standing in for the VM and a synthetic worker that sends and receives 4 KiB at a
 //!   time as fast as it can.
@@ -16,11 +16,11 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::routes::Origins;
-use crate::browser::bridge::Bridge;
-use crate::browser::launch::{Browser, Kind, LaunchSpec};
-use crate::browser::server::PageServer;
-use crate::cleanup::{self, Action};
-use crate::guest::{text, GuestNs};
+use crate::harness::bridge::Bridge;
+use crate::harness::browser::launch::{Browser, Kind, LaunchSpec};
+use crate::harness::browser::page_server::PageServer;
+use crate::harness::cleanup::{self, Action};
+use crate::harness::guest::{text, GuestNs};
 use crate::tools::{ensure_programs, workspace_root};
 
 /// One measured reference figure.
@@ -64,9 +64,9 @@ const ECHO_PORT: &str = "9000";
 /// Who echoes the frames on the far side of the bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EchoPeer {
-    /// `xtask/browser/echo.html` in headless Chromium (the browser paths' far side).
+    /// `xtask/bench/pages/echo.html` in headless Chromium (the browser paths' far side).
     Chromium,
-    /// `xtask/bench-js/echo.mjs` in node (node's WebSocket client).
+    /// `xtask/bench/scripts/echo.mjs` in node (node's WebSocket client).
     Node,
 }
 
@@ -103,7 +103,8 @@ impl Drop for PeerProcess {
 
 /// The bridge alone: a guest namespace on a bridge whose far side is `peer`, echoing. Sends
 /// [`DATAGRAM`]-byte UDP datagrams for `seconds` with [`WINDOW`] in flight, after 200 single
-/// round trips. `pages` must serve `xtask/browser/` (only used for [`EchoPeer::Chromium`]).
+/// round trips. `pages` must be the bench's [`page_server`](super::page_server) (only used for
+/// [`EchoPeer::Chromium`]).
 /// Figures: echoed payload MB/s, echoed datagrams/s, loss %, median round trip µs.
 pub fn bridge_echo(
     peer: EchoPeer,
@@ -144,7 +145,7 @@ pub fn bridge_echo(
     ] {
         ns.run(&args)?;
     }
-    let script = workspace_root().join("xtask/bench-js/udp_echo.py");
+    let script = workspace_root().join("xtask/bench/scripts/udp_echo.py");
     let out = ns.output_within(
         &[
             "/usr/bin/python3",
@@ -198,7 +199,7 @@ fn start_echo_peer(
             let log_file = std::fs::File::create(&log)?;
             let child = Command::new("node")
                 .arg("--experimental-websocket")
-                .arg(workspace_root().join("xtask/bench-js/echo.mjs"))
+                .arg(workspace_root().join("xtask/bench/scripts/echo.mjs"))
                 .arg(format!("ws://127.0.0.1:{port}"))
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone()?)
@@ -261,7 +262,8 @@ fn echo_figures(name: &str, report: &Value) -> Result<Vec<Figure>> {
 }
 
 /// container2wasm's relay alone: `relay-bench.html` in headless Chromium, each phase
-/// (`send`, `recv`, `both`) running `ms` milliseconds. `pages` must serve `xtask/browser/`.
+/// (`send`, `recv`, `both`) running `ms` milliseconds. `pages` must be the bench's
+/// [`page_server`](super::page_server).
 /// Figures: MB/s through the relay per phase (`both` counts both directions), and requests/s
 /// in the `both` phase.
 pub fn relay_alone(
@@ -339,8 +341,8 @@ fn relay_figures(phases: &[Value]) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-/// The directory `PageServer::start` needs as its second root when only `xtask/browser/` pages
-/// are served (for tests).
+/// The directory [`page_server`](super::page_server) needs as its last root when only the
+/// pages are served (for tests).
 #[cfg(test)]
 fn empty_dist(dir: &Path) -> Result<std::path::PathBuf> {
     crate::tools::fresh_dir(&dir.join("empty-dist"))
@@ -349,7 +351,7 @@ fn empty_dist(dir: &Path) -> Result<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::origin::OriginFiles;
+    use crate::harness::origins::OriginFiles;
 
     #[test]
     fn relay_figures_check_the_sink() {
@@ -394,8 +396,7 @@ mod tests {
         std::fs::create_dir_all(&dir)?;
         let files = OriginFiles::create(&dir.join("origin"))?;
         let origins = Origins::start(&files)?;
-        let pages =
-            PageServer::start(&root.join("xtask/browser"), &empty_dist(&dir)?, "{}".into())?;
+        let pages = super::super::page_server(&empty_dist(&dir)?, "{}".into())?;
         let mut all = Vec::new();
         for peer in [EchoPeer::Node, EchoPeer::Chromium] {
             all.extend(bridge_echo(peer, &origins, &pages, &dir, 3.0)?);

@@ -10,14 +10,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::workload::{Route, Scheme};
-use crate::browser::bridge::Bridge;
-use crate::browser::checks::save_ca;
-use crate::browser::launch::{Browser, Kind, LaunchSpec};
-use crate::browser::server::PageServer;
-use crate::guest::{text, Guest, GuestNs, Runner, PROXY};
-use crate::origin::OriginFiles;
-use crate::procfs;
-use crate::threaded_origin::ThreadedOrigin;
+use crate::harness::bridge::Bridge;
+use crate::harness::browser::launch::{Browser, Kind, LaunchSpec};
+use crate::harness::browser::page_server::PageServer;
+use crate::harness::browser::save_ca;
+use crate::harness::guest::{text, Guest, GuestNs, Runner, PROXY};
+use crate::harness::origins::OriginFiles;
+use crate::harness::origins::ThreadedOrigin;
+use crate::harness::procfs;
 
 /// The origins every route reaches, and the test CA of the HTTPS one.
 pub struct Origins {
@@ -119,7 +119,7 @@ pub enum Server {
         /// The browser; dropped before the guest.
         browser: Browser,
         /// The page server whose board has the page's `stats` (with `wasmMemoryBytes`).
-        pages: std::sync::Arc<crate::browser::server::Board>,
+        pages: std::sync::Arc<crate::harness::browser::page_server::Board>,
         /// The bridge between the guest's TAP and the page.
         _bridge: Bridge,
     },

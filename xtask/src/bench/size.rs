@@ -35,7 +35,7 @@ pub(super) fn section() -> Result<()> {
     let dist = workspace_root().join("dist");
     // Always rebuilt (cargo makes it quick when nothing changed): a stale dist/ would be
     // measured otherwise.
-    crate::build_wasm::run_build(&[])?;
+    crate::build::wasm::run_build(&[])?;
     let mut md = format!("{HEADING}\n\n");
     let machine = Machine::detect();
     md.push_str(&format!(

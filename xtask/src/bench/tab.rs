@@ -11,9 +11,9 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::{publish, Machine};
-use crate::cleanup;
 use crate::demo::boot::{boot, field, nic_watchdog, section};
-use crate::origin::{Cors, Origin, OriginFiles};
+use crate::harness::cleanup;
+use crate::harness::origins::{Cors, Origin, OriginFiles};
 use crate::tools::workspace_root;
 
 const HEADING: &str = "## In the tab (v86)";
@@ -107,14 +107,15 @@ impl Transfer {
 /// Runs the section.
 pub fn section_run() -> Result<()> {
     let site = crate::demo::prepare()?;
-    crate::browser::launch::Kind::Chromium.ensure_installed()?;
+    crate::harness::browser::launch::Kind::Chromium.ensure_installed()?;
     let _guard = cleanup::Guard;
     let dir = workspace_root().join("target/bench/tab");
     std::fs::create_dir_all(&dir)?;
     let files = OriginFiles::create(&dir.join("origin"))?;
     let http = Origin::http_with(&files, 4, Cors::On)?;
     let https = Origin::https_with(&files, 4, Cors::On)?;
-    let server = crate::browser::server::PageServer::serve(0, vec![site.dir.clone()], None)?;
+    let server =
+        crate::harness::browser::page_server::PageServer::serve(0, vec![site.dir.clone()], None)?;
     let http_port = http.addr.port();
 
     let mut rows = Vec::new();
@@ -225,7 +226,7 @@ pub fn section_run() -> Result<()> {
             .join(" | "),
         "---:|".repeat(TRANSFERS.len()),
         date = m.date,
-        browser = crate::browser::launch::Kind::Chromium.version(),
+        browser = crate::harness::browser::launch::Kind::Chromium.version(),
         cpus = m.cpus,
         cpu = m.cpu_model,
     );

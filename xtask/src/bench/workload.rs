@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use sha2::{Digest, Sha256};
 
-use crate::origin::{blob, BlobReader};
+use crate::harness::origins::{blob, BlobReader};
 
 /// `http` or `https` origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::browser::launch::{Browser, Kind, LaunchSpec};
-use crate::browser::server::{Board, PageServer};
-use crate::origin::OriginFiles;
+use crate::harness::browser::launch::{Browser, Kind, LaunchSpec};
+use crate::harness::browser::page_server::{Board, PageServer};
+use crate::harness::origins::OriginFiles;
 
 /// What one boot produced.
 pub struct Boot {

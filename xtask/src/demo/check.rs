@@ -9,10 +9,10 @@ use anyhow::{bail, Result};
 
 use super::boot::{boot, field, nic_watchdog, section, Boot};
 use super::Site;
-use crate::browser::launch::Kind;
-use crate::browser::server::PageServer;
-use crate::cleanup;
-use crate::origin::{blob, sha256_hex, Cors, Origin, OriginFiles};
+use crate::harness::browser::launch::Kind;
+use crate::harness::browser::page_server::PageServer;
+use crate::harness::cleanup;
+use crate::harness::origins::{blob, sha256_hex, Cors, Origin, OriginFiles};
 use crate::report::Report;
 use crate::tools::workspace_root;
 

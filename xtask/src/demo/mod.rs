@@ -12,8 +12,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::browser::server::PageServer;
-use crate::guest_image;
+use crate::build::guest_image;
+use crate::harness::browser::page_server::PageServer;
 use crate::tools::{ensure_programs, run as run_cmd, workspace_root};
 
 /// The pinned npm packages.
@@ -78,7 +78,7 @@ pub fn prepare() -> Result<Site> {
         ("/usr/share/seabios/bios-256k.bin", "seabios"),
         ("/usr/share/seabios/vgabios-stdvga.bin", "seabios"),
     ])?;
-    let dist = crate::build_wasm::run_build(&[])?;
+    let dist = crate::build::wasm::run_build(&[])?;
     let image = guest_image::build(false)?;
     let node = root.join("target/demo/node");
     npm_install(&node)?;

@@ -1,13 +1,12 @@
 //! The guest-side checks of the browser e2e: real programs in the guest namespace, whose only
 //! network is the page's proxy behind the bridge. Everything is judged here, on the guest side.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use crate::guest::{expect_contains, Guest, PROXY};
-use crate::origin::{blob, sha256_hex};
+use crate::harness::guest::{expect_contains, Guest, PROXY};
+use crate::harness::origins::{blob, sha256_hex};
 
 /// Guest-visible names the page's rewrites map to the CORS origins (transparent mode).
 pub const PLAIN_NAME: &str = "plain.test";
@@ -175,12 +174,4 @@ impl Guest<'_> {
         }
         Ok(got.lines().next().unwrap_or("").chars().take(120).collect())
     }
-}
-
-/// Writes `pem` for the guest to trust and checks it is one PEM certificate.
-pub fn save_ca(pem: &str, path: &Path) -> Result<()> {
-    if !pem.contains("-----BEGIN CERTIFICATE-----") || !pem.contains("-----END CERTIFICATE-----") {
-        bail!("not a PEM certificate: {pem:?}");
-    }
-    std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))
 }

@@ -1,14 +1,14 @@
-//! The test pages' own server on 127.0.0.1: static files from `xtask/browser/` and `dist/`
-//! with the cross-origin isolation headers `SharedArrayBuffer` needs, the run's configuration
-//! as `/config.json`, and a small board the pages post results to (`POST /report/<key>`),
-//! which the harness waits on.
+//! The test pages' own server on 127.0.0.1: static files from page directories
+//! (`xtask/browser/`, `xtask/bench/pages/`) and `dist/` with the cross-origin isolation headers
+//! `SharedArrayBuffer` needs, the run's configuration as `/config.json`, and a small board the
+//! pages post results to (`POST /report/<key>`), which the harness waits on.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::http_server::{header, ServerPool};
+use crate::harness::server_pool::{header, ServerPool};
 use anyhow::{bail, Result};
 
 /// What the pages have reported: the latest value and how many times each key was posted.

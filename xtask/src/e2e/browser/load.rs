@@ -1,4 +1,4 @@
-//! The load and failure checks of [`crate::load_checks`] against the page's proxy: the same
+//! The load and failure checks of [`crate::e2e::load`] against the page's proxy: the same
 //! guest-side workloads as `cargo xtask e2e robust`, judged by the counters the page reads
 //! from `NetProxy.stats()` (open TCP and proxy connections, the wasm module's live heap).
 
@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::{fresh_stats, need, Shared};
-use crate::guest::Guest;
-use crate::load_checks::{CounterSource, Counters, LoadChecks};
+use crate::e2e::load::{CounterSource, Counters, LoadChecks};
+use crate::harness::guest::Guest;
 use crate::report::Report;
 
 /// The page's `timeoutMs` (time limit for a response head), from the harness's page config.

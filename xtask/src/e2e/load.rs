@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::guest::{text, Guest, PROXY};
-use crate::origin::{blob, FaultOrigin};
-use crate::threaded_origin::ThreadedOrigin;
+use crate::harness::guest::{text, Guest, PROXY};
+use crate::harness::origins::ThreadedOrigin;
+use crate::harness::origins::{blob, FaultOrigin};
 
 /// How long counters may take to return to idle after a check whose connections end cleanly.
 pub const SETTLE: Duration = Duration::from_secs(10);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cleanup::{self, Action};
+use crate::harness::cleanup::{self, Action};
 use crate::tools::{ensure_programs, output};
 
 /// Which browser runs the pages.
@@ -269,7 +269,7 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         // Note the whole tree first: once the main process is gone its children are reparented.
-        let tree = crate::procfs::descendants(self.child.id());
+        let tree = crate::harness::procfs::descendants(self.child.id());
         cleanup::run_one(&self.action);
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(200));

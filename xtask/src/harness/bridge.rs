@@ -8,10 +8,13 @@
 //! flow control then stops the page). At most one frame is held in each direction plus
 //! tungstenite's write buffer, which is capped.
 //!
-//! With a [`FaultSpec`] ([`Bridge::start_with_faults`]) each direction also crosses its own
+//! With a [`FaultPlan`] ([`Bridge::start_with_faults`]) each direction also crosses its own
 //! seeded fault injector (loss, duplication, reordering, delay), the same layer as the native
 //! runner's `--fault`. A side is not read while its injector's queue is full, so backpressure
 //! still holds; the loop sleeps until the next delayed frame is due.
+//!
+//! This is the only file of xtask that uses the `c2w_net_proxy` library (its TAP device, fault
+//! injector and clock); callers see [`FaultPlan`] and [`FaultCounts`] instead of its types.
 
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
@@ -41,12 +44,42 @@ pub struct BridgeStats {
     pub clients: AtomicU64,
     /// Fault counters (towards the guest, towards the page), summed over clients; `None`
     /// without faults.
-    pub faults: Mutex<Option<[FaultStats; 2]>>,
+    pub faults: Mutex<Option<[FaultCounts; 2]>>,
+}
+
+/// A fault profile for [`Bridge::start_with_faults`], in the native runner's `--fault` syntax
+/// (e.g. `loss=5%,dup=1%,reorder=1%,delay=10ms,seed=21`).
+#[derive(Debug, Clone, Copy)]
+pub struct FaultPlan(FaultSpec);
+
+impl std::str::FromStr for FaultPlan {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        Ok(Self(text.parse::<FaultSpec>()?))
+    }
+}
+
+/// One direction's fault counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Frames handed on (duplicates included).
+    pub passed: u64,
+    /// Frames dropped by the loss rate.
+    pub lost: u64,
+    /// Frames sent out of order.
+    pub reordered: u64,
+    /// Frames sent twice.
+    pub duplicated: u64,
+    /// Frames held back by the delay.
+    pub delayed: u64,
+    /// Frames dropped because the injector's queue was full.
+    pub dropped_queue_full: u64,
 }
 
 /// `a + b`, counter by counter.
-fn add_stats(a: FaultStats, b: FaultStats) -> FaultStats {
-    FaultStats {
+fn add_stats(a: FaultCounts, b: FaultStats) -> FaultCounts {
+    FaultCounts {
         passed: a.passed + b.passed,
         lost: a.lost + b.lost,
         reordered: a.reordered + b.reordered,
@@ -57,7 +90,7 @@ fn add_stats(a: FaultStats, b: FaultStats) -> FaultStats {
 }
 
 /// One line for a direction's fault counters.
-fn fault_line(s: &FaultStats) -> String {
+fn fault_line(s: &FaultCounts) -> String {
     format!(
         "{} passed, {} lost, {} reordered, {} duplicated, {} delayed, {} dropped (queue full)",
         s.passed, s.lost, s.reordered, s.duplicated, s.delayed, s.dropped_queue_full
@@ -86,13 +119,14 @@ impl Bridge {
 
     /// Like [`start`](Self::start), with `faults` injected in both directions when given
     /// (independent seeds per direction, derived from the spec's).
-    pub fn start_with_faults(tap_name: &str, faults: Option<FaultSpec>) -> Result<Self> {
+    pub fn start_with_faults(tap_name: &str, faults: Option<FaultPlan>) -> Result<Self> {
+        let faults = faults.map(|plan| plan.0);
         let tap = Tap::open(tap_name).with_context(|| format!("opening TAP {tap_name}"))?;
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the bridge")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let stats = Arc::new(BridgeStats {
-            faults: Mutex::new(faults.map(|_| [FaultStats::default(); 2])),
+            faults: Mutex::new(faults.map(|_| [FaultCounts::default(); 2])),
             ..BridgeStats::default()
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -133,7 +167,7 @@ impl Bridge {
 
     /// The fault counters so far (towards the guest, towards the page), summed over clients;
     /// `None` when the bridge injects no faults.
-    pub fn fault_stats(&self) -> Option<[FaultStats; 2]> {
+    pub fn fault_stats(&self) -> Option<[FaultCounts; 2]> {
         *self.stats.faults.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -238,7 +272,7 @@ struct Injectors {
     to_page: FaultInjector,
     clock: Clock,
     /// Counters of earlier clients, to which this client's are added.
-    base: Option<[FaultStats; 2]>,
+    base: Option<[FaultCounts; 2]>,
 }
 
 impl Injectors {

@@ -30,9 +30,9 @@ const BASE_PACKAGES: &[&str] = &["busybox-static", "curl"];
 pub const NIC_MODULES: &[&str] = &["virtio_pci", "virtio_net", "ne2k-pci"];
 
 /// The guest's files, kept as scripts beside the xtask sources.
-const INIT: &str = include_str!("../../guest-image/init");
-const UDHCPC_SCRIPT: &str = include_str!("../../guest-image/udhcpc.script");
-const PROFILE: &str = include_str!("../../guest-image/profile");
+const INIT: &str = include_str!("../../../guest-image/init");
+const UDHCPC_SCRIPT: &str = include_str!("../../../guest-image/udhcpc.script");
+const PROFILE: &str = include_str!("../../../guest-image/profile");
 
 /// Bumped when the image's layout changes in a way the inputs below do not show.
 const FORMAT: u32 = 2;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cleanup::{self, Action};
+use crate::harness::cleanup::{self, Action};
 use crate::tools::{output, run};
 
 /// The guest's fixed MAC address.

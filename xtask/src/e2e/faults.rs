@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cleanup;
-use crate::guest::{build_runner, Guest, GuestNs, Runner};
-use crate::origin::{Origin, OriginFiles};
+use crate::harness::cleanup;
+use crate::harness::guest::{build_runner, Guest, GuestNs, Runner};
+use crate::harness::origins::{Origin, OriginFiles};
 use crate::report::Report;
 use crate::tools::{ensure_programs, is_root, workspace_root};
 

@@ -1,19 +1,18 @@
-//! `cargo xtask e2e`: a real Linux guest (a network namespace behind the native runner's TAP
-//! device) gets its address by DHCP, pings, resolves names, and reaches HTTP and HTTPS origins
-//! on the host's loopback through the proxy with real clients: curl, busybox and GNU wget,
-//! openssl, python, pip and git, with and without proxy variables. Every check prints a line;
-//! cleanup always runs.
+//! The native phase of `cargo xtask e2e`: a real Linux guest (a network namespace behind the
+//! native runner's TAP device) gets its address by DHCP, pings, resolves names, and reaches
+//! HTTP and HTTPS origins on the host's loopback through the proxy with real clients: curl,
+//! busybox and GNU wget, openssl, python, pip and git, with and without proxy variables.
+//! Every check prints a line; cleanup always runs.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cleanup;
-use crate::guest::{build_runner, expect_contains, text, Guest, GuestNs, Runner, PROXY};
-use crate::origin::{blob, sha256_hex, Origin, OriginFiles, GIT_README, WHEEL_PROJECT};
+use crate::harness::guest::{build_runner, expect_contains, text, Guest, GuestNs, Runner, PROXY};
+use crate::harness::origins::{blob, sha256_hex, Origin, OriginFiles, GIT_README, WHEEL_PROJECT};
 use crate::report::Report;
-use crate::tools::{ensure_programs, is_root, workspace_root};
+use crate::tools::{ensure_programs, workspace_root};
 
 const PROXY_HOSTPORT: &str = "192.168.127.253:80";
 /// Guest-visible names that transparent mode rewrites to the local origins.
@@ -31,18 +30,12 @@ struct Env {
     work: PathBuf,
 }
 
-/// Runs the end-to-end suite.
-/// `args` may hold one filter: only checks whose name contains it run (DHCP always does).
-pub fn run(args: &[String]) -> Result<()> {
-    if !is_root() {
-        bail!("e2e needs root (TAP devices and network namespaces); run it as root");
-    }
-    if let Some(filter) = args.first().filter(|f| f.starts_with("faults")) {
-        return crate::e2e_faults::run(Some(filter));
-    }
-    if let Some(filter) = args.first().filter(|f| f.starts_with("robust")) {
-        return crate::e2e_robust::run(Some(filter.clone()));
-    }
+/// Runs the native phase's checks. `args` may hold one filter: only checks whose name
+/// contains it run (DHCP always does).
+///
+/// The outer error is a failed setup (the suite stops there); the inner one is the checks'
+/// verdict.
+pub fn run(args: &[String]) -> Result<Result<()>> {
     ensure_programs(&[
         ("busybox", "busybox"),
         ("udhcpc", "udhcpc"),
@@ -58,7 +51,6 @@ pub fn run(args: &[String]) -> Result<()> {
         ("sha256sum", "coreutils"),
     ])?;
     let binary = build_runner()?;
-    let _guard = cleanup::Guard;
     let dir = workspace_root().join("target/e2e");
     std::fs::create_dir_all(&dir)?;
     let files = OriginFiles::create(&dir.join("origin")).context("creating the origin's files")?;
@@ -190,20 +182,7 @@ pub fn run(args: &[String]) -> Result<()> {
     });
     drop(env);
     drop(runner);
-    let result = r.finish("e2e");
-    // The fault phase (own runner, guest and directory) runs with the whole suite.
-    let faults = if args.is_empty() {
-        crate::e2e_faults::run(None)
-    } else {
-        Ok(())
-    };
-    // The robustness phase (load and failures; own runner, guest and directory) too.
-    let robust = if args.is_empty() {
-        crate::e2e_robust::run(None)
-    } else {
-        Ok(())
-    };
-    result.and(faults).and(robust)
+    Ok(r.finish("e2e"))
 }
 
 impl Env {

@@ -1,5 +1,5 @@
 // The bridge reference of `cargo xtask bench net`, node variant: the same echo as
-// xtask/browser/echo.js (every IPv4/UDP frame back with Ethernet addresses, IPv4 addresses and
+// xtask/bench/pages/echo.js (every IPv4/UDP frame back with Ethernet addresses, IPv4 addresses and
 // UDP ports swapped, so both checksums stay valid), from node's WebSocket client instead of a
 // browser page. `node --experimental-websocket echo.mjs ws://127.0.0.1:PORT`
 const url = process.argv[2];

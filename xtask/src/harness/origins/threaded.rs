@@ -9,12 +9,9 @@
 //! carries permissive CORS headers so the browser paths' `fetch()` may read it.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -22,23 +19,20 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-use crate::origin::BlobReader;
+use super::content::BlobReader;
+use super::http1::{self, Listener};
 
 /// Largest request head read.
 const MAX_HEAD: usize = 16 * 1024;
 /// Bytes per write of a streamed body.
 const CHUNK: usize = 64 * 1024;
-/// Pending connections the kernel queues for accept.
-const LISTEN_BACKLOG: i32 = 4096;
 /// A connection idle this long is closed.
 const IDLE: Duration = Duration::from_secs(120);
 
 /// A running origin; stops accepting when dropped (open connections end with their clients).
 pub struct ThreadedOrigin {
-    addr: SocketAddr,
+    listener: Listener,
     scheme: &'static str,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl ThreadedOrigin {
@@ -63,69 +57,32 @@ impl ThreadedOrigin {
     }
 
     fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        // std listens with a backlog of 128: a burst of more connections than that loses SYNs
-        // and the clients retry after 1, 3, 7 s... Listening again raises it.
-        // SAFETY: listen(2) on a socket this function owns.
-        if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let tls = tls.clone();
-                    std::thread::spawn(move || {
-                        let _ = stream.set_nodelay(true);
-                        let _ = stream.set_read_timeout(Some(IDLE));
-                        match tls {
-                            None => serve(stream.try_clone().ok(), stream),
-                            Some(config) => {
-                                let Ok(conn) = rustls::ServerConnection::new(config) else {
-                                    return;
-                                };
-                                let tls = rustls::StreamOwned::new(conn, stream);
-                                serve(None, tls);
-                            }
-                        }
-                    });
+        let listener = Listener::start(move |stream| {
+            let _ = stream.set_nodelay(true);
+            let _ = stream.set_read_timeout(Some(IDLE));
+            match tls.clone() {
+                None => serve(stream.try_clone().ok(), stream),
+                Some(config) => {
+                    let Ok(conn) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    let tls = rustls::StreamOwned::new(conn, stream);
+                    serve(None, tls);
                 }
-            })
-        };
-        Ok(Self {
-            addr,
-            scheme,
-            stop,
-            thread: Some(thread),
-        })
+            }
+        })?;
+        Ok(Self { listener, scheme })
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr()
     }
 
     /// `scheme://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
-        format!("{}://{}", self.scheme, self.addr)
-    }
-}
-
-impl Drop for ThreadedOrigin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        format!("{}://{}", self.scheme, self.addr())
     }
 }
 
@@ -139,39 +96,14 @@ struct Head {
     expect_continue: bool,
 }
 
-/// Reads one request head; `None` at a clean end of the connection or on a bad head.
+/// Reads one request head; `None` at the end of the connection or on a bad head.
 fn read_head<R: BufRead>(reader: &mut R) -> Option<Head> {
-    let mut head = Head::default();
-    let mut total = 0;
-    let mut line = String::new();
-    let mut first = true;
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).ok()?;
-        if n == 0 {
-            return None;
-        }
-        total += n;
-        if total > MAX_HEAD {
-            return None;
-        }
-        let l = line.trim_end();
-        if first {
-            if l.is_empty() {
-                continue;
-            }
-            let mut parts = l.split_whitespace();
-            head.method = parts.next()?.to_string();
-            head.path = parts.next()?.to_string();
-            head.close = parts.next() == Some("HTTP/1.0");
-            first = false;
-            continue;
-        }
-        if l.is_empty() {
-            return Some(head);
-        }
-        let (name, value) = l.split_once(':')?;
-        let value = value.trim();
+    let parsed = http1::read_head(reader, MAX_HEAD).ok()??;
+    let mut head = Head {
+        close: parsed.version == 0,
+        ..Head::default()
+    };
+    for (name, value) in &parsed.headers {
         if name.eq_ignore_ascii_case("content-length") {
             head.content_length = value.parse().ok()?;
         } else if name.eq_ignore_ascii_case("expect") {
@@ -183,6 +115,9 @@ fn read_head<R: BufRead>(reader: &mut R) -> Option<Head> {
             return None;
         }
     }
+    head.method = parsed.method;
+    head.path = parsed.path;
+    Some(head)
 }
 
 const CORS: &str = "Access-Control-Allow-Origin: *\r\n\
@@ -298,7 +233,7 @@ mod tests {
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("Content-Length: 10\r\n"));
-        let blob = crate::origin::blob(10);
+        let blob = super::super::content::blob(10);
         let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert_eq!(&got[at..at + 10], &blob[..]);
         assert!(text.contains(

@@ -14,62 +14,31 @@
 //! takes effect because the profile directory is explicit), Firefox with the test CA added to
 //! the fresh profile's own NSS database. So `fetch()` really speaks TLS to the origin.
 
-pub(crate) mod bridge;
-pub(crate) mod checks;
-pub(crate) mod launch;
+mod checks;
 mod load;
-pub(crate) mod server;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cleanup;
-use crate::guest::Guest;
-use crate::guest::GuestNs;
-use crate::origin::{Cors, FaultOrigin, Origin, OriginFiles};
+use crate::harness::bridge::{Bridge, FaultCounts, FaultPlan};
+use crate::harness::browser::launch::{Browser, Kind, LaunchSpec};
+use crate::harness::browser::page_server::PageServer;
+use crate::harness::browser::{save_ca, snapshot_dist, PACKAGE_FILES};
+use crate::harness::cleanup;
+use crate::harness::guest::Guest;
+use crate::harness::guest::GuestNs;
+use crate::harness::origins::ThreadedOrigin;
+use crate::harness::origins::{Cors, FaultOrigin, Origin, OriginFiles};
 use crate::report::Report;
-use crate::threaded_origin::ThreadedOrigin;
 use crate::tools::{ensure_programs, is_root, workspace_root};
-use bridge::Bridge;
-use c2w_net_proxy::native::FaultSpec;
-use checks::{save_ca, PLAIN_NAME, SECURE_NAME};
-use launch::{Browser, Kind, LaunchSpec};
-use server::PageServer;
+use checks::{PLAIN_NAME, SECURE_NAME};
 
 /// Wasm memory growth allowed during the 100 MB download.
 const MEMORY_BOUND: u64 = 32 << 20;
 /// Size of the big download.
 const BIG: usize = 100_000_000;
-
-/// The package files the pages load.
-pub(crate) const PACKAGE_FILES: &[&str] = &[
-    "c2w_net_proxy.js",
-    "c2w_net_proxy_bg.wasm",
-    "stack-worker.js",
-];
-
-/// Copies `dist` to `to` (replacing it) and checks the copy is complete.
-pub(crate) fn snapshot_dist(dist: &Path, to: &Path) -> Result<PathBuf> {
-    if to.exists() {
-        std::fs::remove_dir_all(to)?;
-    }
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(dist).context("reading dist/")? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name()))
-                .with_context(|| format!("copying {}", entry.path().display()))?;
-        }
-    }
-    for f in PACKAGE_FILES {
-        if !to.join(f).is_file() {
-            bail!("dist/ changed while it was copied ({f} is missing); run again");
-        }
-    }
-    Ok(to.to_path_buf())
-}
 
 /// Everything both phases share.
 struct Shared {
@@ -115,7 +84,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let dist = root.join("dist");
     if !PACKAGE_FILES.iter().all(|f| dist.join(f).is_file()) {
         eprintln!("xtask: dist/ is missing or incomplete; running build-wasm");
-        crate::build_wasm::run_build(&[])?;
+        crate::build::wasm::run_build(&[])?;
     }
     println!("xtask: e2e-browser with {}", kind.version());
 
@@ -188,7 +157,7 @@ impl Phase {
         name: &str,
         page: &str,
         query: &str,
-        faults: Option<FaultSpec>,
+        faults: Option<FaultPlan>,
     ) -> Result<Self> {
         let id = std::process::id();
         // Interface names are at most 15 bytes.
@@ -603,7 +572,7 @@ const FAULT_UPLOAD: usize = 2 << 20;
 /// `e2e.html` again, behind a bridge that loses, duplicates, reorders and delays frames in
 /// both directions: downloads over http and https and an upload stay byte-exact.
 fn faults_phase(shared: &Shared, r: &mut Report) -> Result<()> {
-    let spec: FaultSpec = FAULTS.parse()?;
+    let spec: FaultPlan = FAULTS.parse()?;
     let mut phase = Phase::start_with_faults(shared, "faults", "e2e.html", "", Some(spec))?;
     let ca_file = shared.dir.join("proxy-ca-faults.pem");
     let ready = phase.wait_ready(shared, &ca_file);
@@ -660,7 +629,7 @@ fn faults_phase(shared: &Shared, r: &mut Report) -> Result<()> {
             let Some([to_guest, to_page]) = phase.bridge.fault_stats() else {
                 bail!("the bridge reports no fault counters");
             };
-            let sum = |f: fn(&c2w_net_proxy::native::FaultStats) -> u64| f(&to_guest) + f(&to_page);
+            let sum = |f: fn(&FaultCounts) -> u64| f(&to_guest) + f(&to_page);
             let lost = sum(|s| s.lost);
             let passed = sum(|s| s.passed);
             let rate = lost as f64 / (lost + passed).max(1) as f64;

@@ -1,6 +1,6 @@
 //! The robustness phase of `cargo xtask e2e`: load and failures against a real Linux guest (a
 //! network namespace behind the native runner's TAP device), read back through the runner's
-//! `--stats-file`. The checks shared with the browser e2e ([`crate::load_checks`]: 1,000
+//! `--stats-file`. The checks shared with the browser e2e ([`crate::e2e::load`]: 1,000
 //! sequential and 256 concurrent connections, an origin that resets mid-body, one that never
 //! answers), then two only a TAP allows: a garbage-frame flood beside a download, and a guest
 //! that vanishes mid-transfer (then its TAP is deleted: the runner must re-create it and serve
@@ -14,12 +14,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::cleanup;
-use crate::guest::{build_runner, text, Guest, GuestNs, Runner, GUEST_MAC, PROXY};
-use crate::load_checks::{check_memory, wait_idle, CounterSource, Counters, LoadChecks, SETTLE};
-use crate::origin::{blob, FaultOrigin};
+use crate::e2e::load::{check_memory, wait_idle, CounterSource, Counters, LoadChecks, SETTLE};
+use crate::harness::cleanup;
+use crate::harness::guest::{build_runner, text, Guest, GuestNs, Runner, GUEST_MAC, PROXY};
+use crate::harness::origins::ThreadedOrigin;
+use crate::harness::origins::{blob, FaultOrigin};
 use crate::report::Report;
-use crate::threaded_origin::ThreadedOrigin;
 use crate::tools::{ensure_programs, is_root, workspace_root};
 
 /// The checks of this phase (a filter that matches none of them skips the phase).

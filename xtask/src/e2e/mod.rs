@@ -1,0 +1,51 @@
+//! `cargo xtask e2e`: the end-to-end phases against real Linux guests (network namespaces
+//! behind TAP devices), all needing root:
+//! - [`native`]: the native runner and real clients (curl, wget, openssl, python, pip, git);
+//! - [`faults`]: transfers through the runner's `--fault` profiles;
+//! - [`robust`]: load and failing origins ([`load`] holds the load checks it shares with the
+//!   browser phase);
+//! - [`browser`]: the browser build in headless Chromium or Firefox (`e2e --browser`).
+//!
+//! The pieces they stand on (guests, origins, browsers, the bridge) are in `crate::harness`.
+
+pub mod browser;
+mod faults;
+mod load;
+mod native;
+mod robust;
+
+use anyhow::{bail, Result};
+
+use crate::harness::cleanup;
+use crate::tools::is_root;
+
+/// Runs the end-to-end suite: the native phase, then the fault and robustness phases.
+/// `args` may hold one filter: only checks whose name contains it run (DHCP always does), and
+/// the other phases are skipped; `faults[ PROFILE]` or `robust[: CHECK]` runs only that phase.
+pub fn run(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("e2e needs root (TAP devices and network namespaces); run it as root");
+    }
+    if let Some(filter) = args.first().filter(|f| f.starts_with("faults")) {
+        return faults::run(Some(filter));
+    }
+    if let Some(filter) = args.first().filter(|f| f.starts_with("robust")) {
+        return robust::run(Some(filter.clone()));
+    }
+    // Cleans up whatever the phases leave registered, however the suite ends.
+    let _guard = cleanup::Guard;
+    let result = native::run(args)?;
+    // The fault phase (own runner, guest and directory) runs with the whole suite.
+    let faults = if args.is_empty() {
+        faults::run(None)
+    } else {
+        Ok(())
+    };
+    // The robustness phase (load and failures; own runner, guest and directory) too.
+    let robust = if args.is_empty() {
+        robust::run(None)
+    } else {
+        Ok(())
+    };
+    result.and(faults).and(robust)
+}

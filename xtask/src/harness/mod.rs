@@ -1,0 +1,16 @@
+//! What the end-to-end tests, the benchmarks and the demo check stand on:
+//! - [`guest`]: a Linux guest in a network namespace behind a TAP device, and the native runner;
+//! - [`origins`]: the local origin servers (HTTP, HTTPS with a test CA, failing on purpose);
+//! - [`browser`]: headless Chromium/Firefox and the server of the test pages;
+//! - [`bridge`]: the TAP-to-WebSocket bridge between a guest and a page (the only user of the
+//!   `c2w_net_proxy` library in xtask);
+//! - [`server_pool`]: the tiny_http worker pool under the origins and the page server;
+//! - [`procfs`], [`cleanup`]: process accounting and cleanup however a task ends.
+
+pub mod bridge;
+pub mod browser;
+pub mod cleanup;
+pub mod guest;
+pub mod origins;
+pub mod procfs;
+pub mod server_pool;
