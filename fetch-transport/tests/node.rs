@@ -1,5 +1,5 @@
 //! The browser backend under node (whose global `fetch()` the backend uses), against the origin
-//! server `cargo xtask` starts (`xtask/src/transport_node.rs`). Its base URL comes from
+//! server `cargo xtask` starts (`xtask/src/transport_node.rs`, the origin in `xtask/src/harness/origins/node.rs`). Its base URL comes from
 //! `FETCH_TRANSPORT_ORIGIN`, a closed port from `FETCH_TRANSPORT_REFUSED`. Node's fetch has no
 //! CORS: refusals by CORS and `credentials: "omit"` are checked in Chromium, not here.
 
@@ -239,7 +239,7 @@ async fn request_bodies_over_the_limit_are_refused() {
     );
 }
 
-/// Length of the origin's `/large` body (`LARGE_LEN` in xtask/src/transport_node.rs).
+/// Length of the origin's `/large` body (`LARGE_LEN` in xtask/src/harness/origins/node.rs).
 const LARGE_LEN: usize = 8 << 20;
 
 /// The largest piece the backend may hand out.

@@ -210,7 +210,8 @@ impl Drop for Runner {
     }
 }
 
-/// Builds the runner binary (debug profile) and returns its path.
+/// Builds the runner binary (debug profile, with the `fault` feature for `--fault`) and
+/// returns its path.
 pub fn build_runner() -> Result<PathBuf> {
     let root = crate::tools::workspace_root();
     run(Command::new("cargo")
@@ -219,6 +220,8 @@ pub fn build_runner() -> Result<PathBuf> {
             "--quiet",
             "-p",
             "c2w-net-proxy",
+            "--features",
+            "fault",
             "--bin",
             "c2w-net-proxy",
         ])
