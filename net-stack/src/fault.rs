@@ -283,6 +283,22 @@ pub struct FaultStats {
     pub dropped_queue_full: u64,
 }
 
+/// Counter by counter: the sum over several injectors (or links).
+impl std::ops::Add for FaultStats {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            passed: self.passed + other.passed,
+            lost: self.lost + other.lost,
+            reordered: self.reordered + other.reordered,
+            duplicated: self.duplicated + other.duplicated,
+            delayed: self.delayed + other.delayed,
+            dropped_queue_full: self.dropped_queue_full + other.dropped_queue_full,
+        }
+    }
+}
+
 /// splitmix64: tiny, fast and well distributed, enough for choosing faults (not for secrets).
 #[derive(Debug, Clone)]
 struct SplitMix64(u64);

@@ -14,7 +14,7 @@
 //! still holds; the loop sleeps until the next delayed frame is due.
 //!
 //! This is the only file of xtask that uses the `c2w_net_proxy` library (its TAP device, fault
-//! injector and clock); callers see [`FaultPlan`] and [`FaultCounts`] instead of its types.
+//! injector and clock); callers see [`FaultPlan`] and [`FaultCounts`] (the injector's counters) through it.
 
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use c2w_net_proxy::native::tap::Tap;
-use c2w_net_proxy::native::{FaultInjector, FaultSpec, FaultStats, TokioRuntime as Clock};
+use c2w_net_proxy::native::{FaultInjector, FaultSpec, TokioRuntime as Clock};
 use c2w_net_proxy::runtime::Runtime;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
@@ -60,34 +60,8 @@ impl std::str::FromStr for FaultPlan {
     }
 }
 
-/// One direction's fault counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FaultCounts {
-    /// Frames handed on (duplicates included).
-    pub passed: u64,
-    /// Frames dropped by the loss rate.
-    pub lost: u64,
-    /// Frames sent out of order.
-    pub reordered: u64,
-    /// Frames sent twice.
-    pub duplicated: u64,
-    /// Frames held back by the delay.
-    pub delayed: u64,
-    /// Frames dropped because the injector's queue was full.
-    pub dropped_queue_full: u64,
-}
-
-/// `a + b`, counter by counter.
-fn add_stats(a: FaultCounts, b: FaultStats) -> FaultCounts {
-    FaultCounts {
-        passed: a.passed + b.passed,
-        lost: a.lost + b.lost,
-        reordered: a.reordered + b.reordered,
-        duplicated: a.duplicated + b.duplicated,
-        delayed: a.delayed + b.delayed,
-        dropped_queue_full: a.dropped_queue_full + b.dropped_queue_full,
-    }
-}
+/// One direction's fault counters: the injector's own, under the name the harness uses.
+pub use c2w_net_proxy::native::FaultStats as FaultCounts;
 
 /// One line for a direction's fault counters.
 fn fault_line(s: &FaultCounts) -> String {
@@ -290,8 +264,8 @@ impl Injectors {
         let mut slot = stats.faults.lock().unwrap_or_else(|e| e.into_inner());
         let base = self.base.unwrap_or_else(|| slot.unwrap_or_default());
         *slot = Some([
-            add_stats(base[0], self.to_guest.stats()),
-            add_stats(base[1], self.to_page.stats()),
+            base[0] + self.to_guest.stats(),
+            base[1] + self.to_page.stats(),
         ]);
     }
 
