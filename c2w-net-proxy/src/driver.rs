@@ -22,6 +22,9 @@ pub use crate::faults::Faults;
 
 /// Most frames taken from the link before the stack is polled again.
 const BATCH: usize = 64;
+/// Zero-delay rounds in a row after which the driver yields to the host's event loop
+/// ([`Runtime::yield_to_host`]) instead of only to the other tasks.
+const YIELD_ROUNDS: u32 = 16;
 
 /// What ended a wait.
 enum Wake {
@@ -40,6 +43,7 @@ pub async fn run<L: Link>(
 ) -> Result<(), LinkError> {
     // The armed timer and when it fires.
     let mut timer: Option<(Instant, LocalBoxFuture<'static, ()>)> = None;
+    let mut zero_rounds = 0u32;
     loop {
         let now = runtime.now();
         if let Some(f) = faults.as_mut() {
@@ -71,7 +75,13 @@ pub async fn run<L: Link>(
             Some(at) if at <= now => {
                 // The stack has more to do right away, or a delayed frame is due: let
                 // connection tasks run first.
-                runtime.yield_now().await;
+                zero_rounds += 1;
+                if zero_rounds >= YIELD_ROUNDS {
+                    zero_rounds = 0;
+                    runtime.yield_to_host().await;
+                } else {
+                    runtime.yield_now().await;
+                }
                 continue;
             }
             Some(at) => {
@@ -84,6 +94,7 @@ pub async fn run<L: Link>(
             }
             None => timer = None,
         }
+        zero_rounds = 0;
 
         let wake = {
             let mut recv = pin!(link.recv());

@@ -17,9 +17,15 @@ pub trait Runtime {
     /// A future that completes once `duration` has passed.
     fn sleep(&self, duration: Duration) -> LocalBoxFuture<'static, ()>;
 
-    /// Lets other tasks (and, in the browser, the host's event loop now and then) run before
-    /// the caller continues.
+    /// Lets the other ready tasks run before the caller continues.
     fn yield_now(&self) -> LocalBoxFuture<'static, ()>;
+
+    /// Lets the host's event loop run too (timers, I/O, messages) before the caller
+    /// continues. Where tasks and I/O share one scheduler (tokio) this is `yield_now`; in the
+    /// browser a microtask yield alone would starve `fetch()` responses and messages.
+    fn yield_to_host(&self) -> LocalBoxFuture<'static, ()> {
+        self.yield_now()
+    }
 
     /// Runs `task` in the background until it completes or the runtime shuts down.
     fn spawn(&self, task: LocalBoxFuture<'static, ()>);

@@ -2,7 +2,6 @@
 //! the global `setTimeout` (gloo-timers; no `window`, so Workers and node work too), tasks on
 //! the page's event loop. Every task ends when its proxy closes.
 
-use std::cell::Cell;
 use std::future::poll_fn;
 use std::task::Poll;
 use std::time::Duration;
@@ -12,11 +11,6 @@ use futures::future::{select, FutureExt, LocalBoxFuture, Shared};
 use wasm_bindgen::prelude::*;
 
 use crate::runtime::Runtime;
-
-/// Zero-delay yields in a row after which one goes through the host's event loop (a
-/// `setTimeout(0)`) instead of only the microtask queue, so fetch() responses and messages
-/// are never starved.
-const MICROTASK_ROUNDS: u32 = 16;
 
 #[wasm_bindgen]
 extern "C" {
@@ -31,8 +25,6 @@ pub struct BrowserRuntime {
     offset_ms: f64,
     /// Completes when the proxy closes (its sender dropped); every task selects on it.
     stopped: Shared<oneshot::Receiver<()>>,
-    /// Zero-delay yields since the last trip through the event loop.
-    microtask_rounds: Cell<u32>,
 }
 
 impl BrowserRuntime {
@@ -42,7 +34,6 @@ impl BrowserRuntime {
         let runtime = Self {
             offset_ms: js_sys::Date::now() - performance_now(),
             stopped: stopped.shared(),
-            microtask_rounds: Cell::new(0),
         };
         (runtime, stop)
     }
@@ -78,14 +69,11 @@ impl Runtime for BrowserRuntime {
     }
 
     fn yield_now(&self) -> LocalBoxFuture<'static, ()> {
-        let rounds = self.microtask_rounds.get() + 1;
-        if rounds >= MICROTASK_ROUNDS {
-            self.microtask_rounds.set(0);
-            Box::pin(gloo_timers::future::TimeoutFuture::new(0))
-        } else {
-            self.microtask_rounds.set(rounds);
-            Box::pin(microtask())
-        }
+        Box::pin(microtask())
+    }
+
+    fn yield_to_host(&self) -> LocalBoxFuture<'static, ()> {
+        Box::pin(gloo_timers::future::TimeoutFuture::new(0))
     }
 
     fn spawn(&self, task: LocalBoxFuture<'static, ()>) {
