@@ -82,12 +82,7 @@ pub fn transport_config(
 ) -> Result<TransportConfig, fetch_transport::ConfigError> {
     let mut builder =
         TransportConfig::builder().keep_user_agent(options.keep_user_agent.unwrap_or(false));
-    if let Some(limit) = options
-        .limits
-        .as_ref()
-        .and_then(|l| l.max_request_body)
-        .or(default_max_request_body)
-    {
+    if let Some(limit) = options.limits().max_request_body(default_max_request_body) {
         builder = builder.max_request_body(limit);
     }
     if let Some(proxy) = &options.cors_proxy {

@@ -29,6 +29,8 @@ fn tap_error(err: io::Error) -> LinkError {
 pub struct TapLink {
     fd: AsyncFd<Tap>,
     watch: Interval,
+    /// Where frames are read; each is copied out at its own length.
+    buf: Vec<u8>,
 }
 
 impl TapLink {
@@ -39,7 +41,11 @@ impl TapLink {
         let fd = unsafe { AsyncFd::register(tap) }?;
         let mut watch = tokio::time::interval(TAP_WATCH);
         watch.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(Self { fd, watch })
+        Ok(Self {
+            fd,
+            watch,
+            buf: vec![0; MAX_FRAME],
+        })
     }
 
     /// The device.
@@ -50,16 +56,12 @@ impl TapLink {
 
 impl Link for TapLink {
     async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
-        let mut frame = vec![0u8; MAX_FRAME];
         loop {
             tokio::select! {
                 biased;
                 guard = self.fd.readable() => {
-                    match guard?.try_io(|inner| inner.get_ref().read(&mut frame)) {
-                        Ok(Ok(n)) => {
-                            frame.truncate(n);
-                            return Ok(Some(frame));
-                        }
+                    match guard?.try_io(|inner| inner.get_ref().read(&mut self.buf)) {
+                        Ok(Ok(n)) => return Ok(Some(self.buf[..n].to_vec())),
                         Ok(Err(err)) => return Err(tap_error(err)),
                         Err(_would_block) => continue,
                     }
@@ -74,12 +76,8 @@ impl Link for TapLink {
     }
 
     fn try_recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
-        let mut frame = vec![0u8; MAX_FRAME];
-        match self.fd.get_ref().read(&mut frame) {
-            Ok(n) => {
-                frame.truncate(n);
-                Ok(Some(frame))
-            }
+        match self.fd.get_ref().read(&mut self.buf) {
+            Ok(n) => Ok(Some(self.buf[..n].to_vec())),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(err) => Err(tap_error(err)),
         }

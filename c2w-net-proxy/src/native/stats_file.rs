@@ -95,10 +95,9 @@ impl StatsFile {
                 &self.stack,
                 &self.proxy,
                 Extra {
-                    stream_dropped: 0,
-                    inbox_dropped: 0,
                     capturing: self.capturing,
                     closed: last,
+                    ..Extra::default()
                 },
             ),
         }

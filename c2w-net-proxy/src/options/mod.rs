@@ -27,7 +27,7 @@ mod tree;
 pub use tree::{from_tree, Tree};
 
 /// Largest safe integer in JavaScript (2^53 - 1): sizes beyond cannot be written exactly.
-const MAX_SAFE_INTEGER: u64 = 9_007_199_254_740_991;
+pub(crate) const MAX_SAFE_INTEGER: u64 = 9_007_199_254_740_991;
 
 /// An option that cannot be used: where it is and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -594,11 +594,16 @@ impl LimitOptions {
         }
     }
 
+    /// The request body limit: the one set, else `default_body` (the platform's).
+    pub fn max_request_body(&self, default_body: Option<u64>) -> Option<u64> {
+        self.max_request_body.or(default_body)
+    }
+
     /// The proxy's per-connection limits; `default_body` applies when no body limit is set
     /// (the browser's fetch holds bodies whole and has one, natively there is none).
     pub fn proxy_limits(&self, default_body: Option<u64>) -> http_proxy::Limits {
         let mut limits = http_proxy::Limits {
-            max_request_body: self.max_request_body.or(default_body),
+            max_request_body: self.max_request_body(default_body),
             ..http_proxy::Limits::default()
         };
         if let Some(bytes) = self.max_head_bytes {

@@ -16,7 +16,7 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visit
 use super::OptionsError;
 
 /// Largest integer a JavaScript number holds exactly (2^53 - 1).
-const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+const MAX_SAFE_INTEGER: f64 = super::MAX_SAFE_INTEGER as f64;
 
 /// A value of an options object.
 #[derive(Debug, Clone, PartialEq)]
