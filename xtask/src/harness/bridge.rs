@@ -1,35 +1,39 @@
-//! The TAP-to-WebSocket bridge: one thread that relays Ethernet frames between a TAP device
-//! (whose interface the guest namespace adopts) and one WebSocket client on 127.0.0.1 (the
+//! The TAP-to-WebSocket bridge: a pump between two [`Link`]s, the runner's [`TapLink`] (whose
+//! interface the guest namespace adopts) and [`WsLink`], one WebSocket client on 127.0.0.1 (the
 //! test page). One binary message is one Ethernet frame, in both directions.
 //!
-//! Backpressure, never unbounded buffering: while the WebSocket has unflushed bytes the TAP
-//! is not read (the kernel's TAP queue fills and drops, and the guest's TCP backs off), and
-//! while a frame from the page cannot be written to the TAP the WebSocket is not read (TCP
-//! flow control then stops the page). At most one frame is held in each direction plus
+//! Backpressure, never unbounded buffering: a frame is read from one side only once the other
+//! side took the previous one (`Link::send` waits while the WebSocket's socket is full; the
+//! kernel's TAP queue then fills and drops, and the guest's TCP backs off; the page's TCP is
+//! stopped by flow control while we write to the TAP). At most one frame is in flight plus
 //! tungstenite's write buffer, which is capped.
 //!
 //! With a [`FaultPlan`] ([`Bridge::start_with_faults`]) each direction also crosses its own
 //! seeded fault injector (loss, duplication, reordering, delay), the same layer as the native
 //! runner's `--fault`. A side is not read while its injector's queue is full, so backpressure
-//! still holds; the loop sleeps until the next delayed frame is due.
+//! still holds; the pump sleeps until the next delayed frame is due.
 //!
-//! This is the only file of xtask that uses the `c2w_net_proxy` library (its TAP device, fault
-//! injector and clock); callers see [`FaultPlan`] and [`FaultCounts`] (the injector's counters) through it.
+//! This is the only file of xtask that uses the `c2w_net_proxy` library (its links, fault
+//! injector and clock); callers see [`FaultPlan`] and [`FaultCounts`] (the injector's counters)
+//! through it.
 
-use std::io::ErrorKind;
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use c2w_net_proxy::link::{Link, LinkError};
 use c2w_net_proxy::native::tap::Tap;
-use c2w_net_proxy::native::{FaultInjector, FaultSpec, TokioRuntime as Clock};
+use c2w_net_proxy::native::{FaultInjector, FaultSpec, TapLink, TokioRuntime as Clock};
 use c2w_net_proxy::runtime::Runtime;
-use tungstenite::protocol::WebSocketConfig;
-use tungstenite::{Message, WebSocket};
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
 
 /// Counters of the bridge, for failure messages.
 #[derive(Debug, Default)]
@@ -38,7 +42,7 @@ pub struct BridgeStats {
     pub to_page: AtomicU64,
     /// Frames received from the page and written to the TAP.
     pub to_guest: AtomicU64,
-    /// Frames from the page the TAP refused (other than "try again").
+    /// Frames from the page the TAP refused (its interface down, a malformed frame).
     pub tap_errors: AtomicU64,
     /// WebSocket clients accepted so far.
     pub clients: AtomicU64,
@@ -76,14 +80,18 @@ pub struct Bridge {
     /// The WebSocket port on 127.0.0.1.
     pub port: u16,
     stats: Arc<BridgeStats>,
-    stop: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// The largest frame a TAP with MTU 1500 can hand us, with generous room.
 const FRAME_BUF: usize = 65_536;
-/// At most this many TAP frames are moved per loop turn before the socket is looked at again.
+/// At most this many TAP frames are moved per turn before the page's side is looked at again.
 const BATCH: usize = 64;
+/// The longest the pump sleeps without looking at its fault injectors.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a client may take over its WebSocket handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Bridge {
     /// Creates the TAP device `tap_name` and listens for the page on a free loopback port.
@@ -96,20 +104,29 @@ impl Bridge {
     pub fn start_with_faults(tap_name: &str, faults: Option<FaultPlan>) -> Result<Self> {
         let faults = faults.map(|plan| plan.0);
         let tap = Tap::open(tap_name).with_context(|| format!("opening TAP {tap_name}"))?;
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding the bridge")?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the bridge")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let stats = Arc::new(BridgeStats {
             faults: Mutex::new(faults.map(|_| [FaultCounts::default(); 2])),
             ..BridgeStats::default()
         });
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the bridge's runtime")?;
         let thread = {
             let stats = stats.clone();
-            let stop = stop.clone();
             std::thread::Builder::new()
                 .name("tap-ws-bridge".into())
-                .spawn(move || serve(tap, listener, &stats, &stop, faults))?
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        if let Err(err) = serve(tap, listener, &stats, stopped, faults).await {
+                            eprintln!("xtask: bridge stopped: {err:#}");
+                        }
+                    })
+                })?
         };
         Ok(Self {
             port,
@@ -153,86 +170,169 @@ impl Bridge {
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) {
-    // SAFETY: `fds` is a valid, writable slice of pollfd for the duration of the call.
-    unsafe {
-        libc::poll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            timeout.as_millis() as libc::c_int,
-        );
-    }
-}
-
-/// Accepts clients one after the other and relays for each until it goes away or `stop`.
-fn serve(
+/// Accepts clients one after the other and pumps frames for each until it goes away, the
+/// TAP fails, or the bridge is dropped.
+async fn serve(
     tap: Tap,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     stats: &BridgeStats,
-    stop: &AtomicBool,
+    mut stop: watch::Receiver<bool>,
     faults: Option<FaultSpec>,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let mut fds = [libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }];
-                poll_fds(&mut fds, Duration::from_millis(100));
-                continue;
-            }
-            Err(e) => {
-                eprintln!("xtask: bridge: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
+) -> Result<()> {
+    let mut tap = TapLink::new(tap).context("registering the TAP")?;
+    let listener = TcpListener::from_std(listener)?;
+    loop {
+        let stream = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    eprintln!("xtask: bridge: accept failed: {err}");
+                    tokio::time::sleep(TICK).await;
+                    continue;
+                }
+            },
         };
         stats.clients.fetch_add(1, Ordering::Relaxed);
-        match handshake(stream) {
-            Ok(ws) => {
-                let mut injectors = faults.map(Injectors::new);
-                let result = relay(&tap, ws, stats, stop, injectors.as_mut());
-                if let Some(injectors) = &injectors {
-                    injectors.publish(stats);
+        let mut page = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            ws = WsLink::accept(stream) => match ws {
+                Ok(ws) => ws,
+                Err(err) => {
+                    eprintln!("xtask: bridge: handshake failed: {err:#}");
+                    continue;
                 }
-                if let Err(e) = result {
-                    eprintln!("xtask: bridge: client ended: {e:#}");
-                }
+            },
+        };
+        let mut injectors = faults.map(|spec| Injectors::new(spec, stats));
+        let ended = tokio::select! {
+            _ = stop.changed() => None,
+            ended = pump(&mut tap, &mut page, injectors.as_mut(), stats) => Some(ended),
+        };
+        if let Some(injectors) = &injectors {
+            injectors.publish(stats);
+        }
+        match ended {
+            None => {
+                page.close().await;
+                return Ok(());
             }
-            Err(e) => eprintln!("xtask: bridge: handshake failed: {e:#}"),
+            Some(Ok(())) => {}
+            Some(Err(PumpError::Tap(err))) => return Err(err).context("the TAP failed"),
+            Some(Err(PumpError::Page(err))) => eprintln!("xtask: bridge: client ended: {err}"),
         }
     }
 }
 
-fn handshake(stream: TcpStream) -> Result<WebSocket<TcpStream>> {
-    // The handshake runs blocking (with a limit); the relay then runs non-blocking.
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_nodelay(true)?;
-    let config = WebSocketConfig::default()
-        .write_buffer_size(0)
-        .max_write_buffer_size(1 << 20)
-        .max_message_size(Some(FRAME_BUF))
-        .max_frame_size(Some(FRAME_BUF));
-    let ws = tungstenite::accept_with_config(stream, Some(config))
-        .map_err(|e| anyhow::anyhow!("WebSocket handshake: {e}"))?;
-    ws.get_ref().set_read_timeout(None)?;
-    ws.get_ref().set_nonblocking(true)?;
-    Ok(ws)
+/// Which side of the pump failed: the TAP ends the bridge, the page only its client.
+#[derive(Debug)]
+enum PumpError {
+    Tap(LinkError),
+    Page(LinkError),
 }
 
-fn would_block(err: &tungstenite::Error) -> bool {
-    matches!(err, tungstenite::Error::Io(e) if e.kind() == ErrorKind::WouldBlock)
+/// What ended a wait of the pump.
+enum Turn {
+    FromGuest(Result<Option<Vec<u8>>, LinkError>),
+    FromPage(Result<Option<Vec<u8>>, LinkError>),
+    Due,
+}
+
+/// Moves frames between the TAP and one page until the page goes away (`Ok`) or a side fails.
+async fn pump(
+    tap: &mut TapLink,
+    page: &mut WsLink,
+    mut faults: Option<&mut Injectors>,
+    stats: &BridgeStats,
+) -> Result<(), PumpError> {
+    loop {
+        if let Some(f) = faults.as_deref_mut() {
+            let now = f.clock.now();
+            while let Some(frame) = f.to_guest.pop(now) {
+                to_guest(tap, &frame, stats).await?;
+            }
+            while let Some(frame) = f.to_page.pop(now) {
+                to_page(page, &frame, stats).await?;
+            }
+            f.publish(stats);
+        }
+        let guest_side = faults
+            .as_deref()
+            .is_none_or(|f| Injectors::room(&f.to_page));
+        let page_side = faults
+            .as_deref()
+            .is_none_or(|f| Injectors::room(&f.to_guest));
+        let wait = faults.as_deref().and_then(Injectors::wait).unwrap_or(TICK);
+        let turn = tokio::select! {
+            frame = tap.recv(), if guest_side => Turn::FromGuest(frame),
+            frame = page.recv(), if page_side => Turn::FromPage(frame),
+            _ = tokio::time::sleep(wait) => Turn::Due,
+        };
+        match turn {
+            Turn::FromGuest(frame) => {
+                let mut next = frame.map_err(PumpError::Tap)?;
+                let mut moved = 0;
+                while let Some(frame) = next {
+                    match faults.as_deref_mut() {
+                        Some(f) => {
+                            let now = f.clock.now();
+                            f.to_page.push(frame, now);
+                            if !Injectors::room(&f.to_page) {
+                                break;
+                            }
+                        }
+                        None => to_page(page, &frame, stats).await?,
+                    }
+                    moved += 1;
+                    if moved == BATCH {
+                        break;
+                    }
+                    next = tap.try_recv().map_err(PumpError::Tap)?;
+                }
+            }
+            Turn::FromPage(frame) => match frame.map_err(PumpError::Page)? {
+                None => return Ok(()),
+                Some(frame) => match faults.as_deref_mut() {
+                    Some(f) => {
+                        let now = f.clock.now();
+                        f.to_guest.push(frame, now);
+                    }
+                    None => to_guest(tap, &frame, stats).await?,
+                },
+            },
+            Turn::Due => {}
+        }
+    }
+}
+
+/// Writes one frame to the TAP. A frame the TAP refuses (interface down, malformed) is
+/// dropped and counted, as a wire would drop it; a deleted interface ends the bridge.
+async fn to_guest(tap: &mut TapLink, frame: &[u8], stats: &BridgeStats) -> Result<(), PumpError> {
+    match tap.send(frame).await {
+        Ok(()) => {
+            stats.to_guest.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(LinkError::Io(_)) => {
+            stats.tap_errors.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(err) => Err(PumpError::Tap(err)),
+    }
+}
+
+/// Sends one frame to the page, waiting while its socket is full.
+async fn to_page(page: &mut WsLink, frame: &[u8], stats: &BridgeStats) -> Result<(), PumpError> {
+    page.send(frame).await.map_err(PumpError::Page)?;
+    stats.to_page.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Seed stream of the injector towards the guest (as in the native runner).
@@ -246,26 +346,30 @@ struct Injectors {
     to_page: FaultInjector,
     clock: Clock,
     /// Counters of earlier clients, to which this client's are added.
-    base: Option<[FaultCounts; 2]>,
+    base: [FaultCounts; 2],
 }
 
 impl Injectors {
-    fn new(spec: FaultSpec) -> Self {
+    fn new(spec: FaultSpec, stats: &BridgeStats) -> Self {
+        let base = stats
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_default();
         Self {
             to_guest: FaultInjector::new(spec.with_stream(TO_GUEST_STREAM)),
             to_page: FaultInjector::new(spec.with_stream(TO_PAGE_STREAM)),
             clock: Clock::new(),
-            base: None,
+            base,
         }
     }
 
     /// Stores the counters in `stats` (this client's added to earlier clients').
     fn publish(&self, stats: &BridgeStats) {
         let mut slot = stats.faults.lock().unwrap_or_else(|e| e.into_inner());
-        let base = self.base.unwrap_or_else(|| slot.unwrap_or_default());
         *slot = Some([
-            base[0] + self.to_guest.stats(),
-            base[1] + self.to_page.stats(),
+            self.base[0] + self.to_guest.stats(),
+            self.base[1] + self.to_page.stats(),
         ]);
     }
 
@@ -274,220 +378,111 @@ impl Injectors {
         inj.len() < inj.spec().queue
     }
 
-    /// Time until the earliest frame due in a direction that can take it now (`to_guest`
-    /// when no TAP write is pending, `to_page` when the WebSocket is flushed).
-    fn wait(&self, to_guest: bool, to_page: bool) -> Option<Duration> {
+    /// Time until the earliest frame due in either direction.
+    fn wait(&self) -> Option<Duration> {
         let now = self.clock.now();
-        let mut due = None;
-        for (ready, inj) in [(to_guest, &self.to_guest), (to_page, &self.to_page)] {
-            if let (true, Some(at)) = (ready, inj.next_release()) {
-                let micros = (at.total_micros() - now.total_micros()).max(0) as u64;
-                let wait = Duration::from_micros(micros);
-                due = Some(due.map_or(wait, |d: Duration| d.min(wait)));
-            }
-        }
-        due
+        [self.to_guest.next_release(), self.to_page.next_release()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| Duration::from_micros((at.total_micros() - now.total_micros()).max(0) as u64))
     }
 }
 
-/// Relays frames until the client closes, an error occurs, or `stop` is set; through
-/// `faults` when given.
-fn relay(
-    tap: &Tap,
-    mut ws: WebSocket<TcpStream>,
-    stats: &BridgeStats,
-    stop: &AtomicBool,
-    mut faults: Option<&mut Injectors>,
-) -> Result<()> {
-    if let Some(f) = faults.as_mut() {
-        // Earlier clients' counters, fixed for this one.
-        f.base = *stats.faults.lock().unwrap_or_else(|e| e.into_inner());
+/// The page's WebSocket as a link: one binary message per frame; pings are answered by
+/// tungstenite, other messages ignored.
+pub struct WsLink {
+    ws: WebSocketStream<TcpStream>,
+    /// The page closed (a Close message was read).
+    closed: bool,
+}
+
+impl WsLink {
+    /// Completes the server handshake on `stream` (within [`HANDSHAKE_TIMEOUT`]).
+    async fn accept(stream: TcpStream) -> Result<Self> {
+        stream.set_nodelay(true)?;
+        // Every message goes to the socket at once (no gathering), and at most 1 MiB waits
+        // in tungstenite when the socket is full.
+        let config = WebSocketConfig::default()
+            .write_buffer_size(0)
+            .max_write_buffer_size(1 << 20)
+            .max_message_size(Some(FRAME_BUF))
+            .max_frame_size(Some(FRAME_BUF));
+        let ws = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_tungstenite::accept_async_with_config(stream, Some(config)),
+        )
+        .await
+        .context("WebSocket handshake timed out")?
+        .context("WebSocket handshake")?;
+        Ok(Self { ws, closed: false })
     }
-    let mut buf = vec![0u8; FRAME_BUF];
-    // Bytes given to the WebSocket that are not yet on the socket.
-    let mut unflushed = false;
-    // A frame from the page that the TAP could not take yet.
-    let mut held: Option<Vec<u8>> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let page_room = faults.as_ref().is_none_or(|f| Injectors::room(&f.to_guest));
-        let tap_room = faults.as_ref().is_none_or(|f| Injectors::room(&f.to_page));
-        let mut tap_events = 0;
-        if !unflushed && tap_room {
-            tap_events |= libc::POLLIN;
-        }
-        if held.is_some() {
-            tap_events |= libc::POLLOUT;
-        }
-        let mut ws_events = 0;
-        if held.is_none() && page_room {
-            ws_events |= libc::POLLIN;
-        }
-        if unflushed {
-            ws_events |= libc::POLLOUT;
-        }
-        let mut fds = [
-            libc::pollfd {
-                fd: tap.as_raw_fd(),
-                events: tap_events,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: ws.get_ref().as_raw_fd(),
-                events: ws_events,
-                revents: 0,
-            },
-        ];
-        let mut timeout = Duration::from_millis(100);
-        if let Some(wait) = faults
-            .as_ref()
-            .and_then(|f| f.wait(held.is_none(), !unflushed))
-        {
-            // poll() counts whole milliseconds: round up so a frame due in 0.4 ms does not
-            // make the loop spin.
-            timeout = timeout.min(Duration::from_millis(wait.as_micros().div_ceil(1000) as u64));
-        }
-        poll_fds(&mut fds, timeout);
 
-        // Page -> guest.
-        if let Some(frame) = held.take() {
-            held = write_tap(tap, frame, stats);
+    /// Says goodbye to the page, briefly.
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(TICK, self.ws.close(None)).await;
+    }
+
+    /// What one read of the WebSocket means for the link: `Ok(Some(Some(frame)))` a frame,
+    /// `Ok(Some(None))` the end, `Ok(None)` a message that is not a frame.
+    fn frame(
+        &mut self,
+        item: Option<Result<Message, tungstenite::Error>>,
+    ) -> Result<Option<Option<Vec<u8>>>, LinkError> {
+        match item {
+            Some(Ok(Message::Binary(frame))) => Ok(Some(Some(frame.to_vec()))),
+            Some(Ok(Message::Close(_))) | None => {
+                self.closed = true;
+                Ok(Some(None))
+            }
+            Some(Ok(_)) => Ok(None),
+            Some(Err(
+                tungstenite::Error::ConnectionClosed
+                | tungstenite::Error::AlreadyClosed
+                | tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                ),
+            )) => {
+                self.closed = true;
+                Ok(Some(None))
+            }
+            Some(Err(tungstenite::Error::Io(err))) => Err(LinkError::Io(err)),
+            Some(Err(err)) => Err(LinkError::Io(io::Error::other(err))),
         }
-        if let Some(f) = faults.as_mut() {
-            deliver_to_guest(tap, f, &mut held, stats);
-        }
-        while held.is_none() && faults.as_ref().is_none_or(|f| Injectors::room(&f.to_guest)) {
-            match ws.read() {
-                Ok(Message::Binary(frame)) => match faults.as_mut() {
-                    Some(f) => {
-                        let now = f.clock.now();
-                        f.to_guest.push(frame.to_vec(), now);
-                        deliver_to_guest(tap, f, &mut held, stats);
-                    }
-                    None => held = write_tap(tap, frame.to_vec(), stats),
-                },
-                Ok(Message::Close(_)) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if would_block(&e) => break,
-                Err(
-                    tungstenite::Error::ConnectionClosed
-                    | tungstenite::Error::AlreadyClosed
-                    | tungstenite::Error::Protocol(
-                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                    ),
-                ) => return Ok(()),
-                Err(e) => return Err(anyhow::anyhow!("reading the WebSocket: {e}")),
+    }
+}
+
+impl Link for WsLink {
+    /// Cancel-safe: a partly read message stays in tungstenite.
+    async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
+        while !self.closed {
+            let item = self.ws.next().await;
+            if let Some(frame) = self.frame(item)? {
+                return Ok(frame);
             }
         }
+        Ok(None)
+    }
 
-        // Guest -> page.
-        if unflushed {
-            match ws.flush() {
-                Ok(()) => unflushed = false,
-                Err(e) if would_block(&e) => {}
-                Err(e) => return Err(anyhow::anyhow!("flushing the WebSocket: {e}")),
-            }
-        }
-        let mut wrote = false;
-        if let Some(f) = faults.as_mut() {
-            wrote |= send_due(&mut ws, f, &mut unflushed, stats)?;
-        }
-        let mut moved = 0;
-        while !unflushed
-            && moved < BATCH
-            && faults.as_ref().is_none_or(|f| Injectors::room(&f.to_page))
-        {
-            let n = match tap.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(anyhow::anyhow!("reading the TAP: {e}")),
+    fn try_recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
+        while !self.closed {
+            let Some(item) = self.ws.next().now_or_never() else {
+                return Ok(None);
             };
-            moved += 1;
-            match faults.as_mut() {
-                Some(f) => {
-                    let now = f.clock.now();
-                    f.to_page.push(buf[..n].to_vec(), now);
-                    wrote |= send_due(&mut ws, f, &mut unflushed, stats)?;
-                }
-                None => {
-                    wrote = true;
-                    stats.to_page.fetch_add(1, Ordering::Relaxed);
-                    match ws.write(Message::binary(buf[..n].to_vec())) {
-                        Ok(()) => {}
-                        // Queued in the (capped) write buffer; stop reading the TAP until it
-                        // drains.
-                        Err(e) if would_block(&e) => unflushed = true,
-                        Err(e) => return Err(anyhow::anyhow!("writing the WebSocket: {e}")),
-                    }
-                }
+            if let Some(frame) = self.frame(item)? {
+                return Ok(frame);
             }
         }
-        if wrote && !unflushed {
-            match ws.flush() {
-                Ok(()) => {}
-                Err(e) if would_block(&e) => unflushed = true,
-                Err(e) => return Err(anyhow::anyhow!("flushing the WebSocket: {e}")),
-            }
-        }
-        if let Some(f) = faults.as_ref() {
-            f.publish(stats);
-        }
+        Ok(None)
     }
-    let _ = ws.close(None);
-    let _ = ws.flush();
-    Ok(())
-}
 
-/// Writes the frames due towards the guest to the TAP until none is due or the TAP is full.
-fn deliver_to_guest(tap: &Tap, f: &mut Injectors, held: &mut Option<Vec<u8>>, stats: &BridgeStats) {
-    let now = f.clock.now();
-    while held.is_none() {
-        let Some(frame) = f.to_guest.pop(now) else {
-            break;
-        };
-        *held = write_tap(tap, frame, stats);
-    }
-}
-
-/// Writes the frames due towards the page to the WebSocket until none is due or it is full;
-/// true if it wrote any.
-fn send_due(
-    ws: &mut WebSocket<TcpStream>,
-    f: &mut Injectors,
-    unflushed: &mut bool,
-    stats: &BridgeStats,
-) -> Result<bool> {
-    let now = f.clock.now();
-    let mut wrote = false;
-    while !*unflushed {
-        let Some(frame) = f.to_page.pop(now) else {
-            break;
-        };
-        wrote = true;
-        stats.to_page.fetch_add(1, Ordering::Relaxed);
-        match ws.write(Message::binary(frame)) {
-            Ok(()) => {}
-            Err(e) if would_block(&e) => *unflushed = true,
-            Err(e) => return Err(anyhow::anyhow!("writing the WebSocket: {e}")),
-        }
-    }
-    Ok(wrote)
-}
-
-/// Writes one frame to the TAP; returns it back when the TAP cannot take it yet.
-fn write_tap(tap: &Tap, frame: Vec<u8>, stats: &BridgeStats) -> Option<Vec<u8>> {
-    match tap.write(&frame) {
-        Ok(_) => {
-            stats.to_guest.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-            Some(frame)
-        }
-        Err(_) => {
-            // The guest's interface is down or the frame is malformed: drop it, as a wire would.
-            stats.tap_errors.fetch_add(1, Ordering::Relaxed);
-            None
-        }
+    async fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
+        self.ws
+            .send(Message::binary(frame.to_vec()))
+            .await
+            .map_err(|err| match err {
+                tungstenite::Error::Io(err) => LinkError::Io(err),
+                err => LinkError::Io(io::Error::other(err)),
+            })
     }
 }
