@@ -632,8 +632,14 @@ impl Client {
     /// Closes the stream at once (the specification's CLOSE is immediate) and queues a CLOSE
     /// packet with `reason`. Data the server sends after this is dropped.
     pub fn close(&mut self, id: StreamId, reason: CloseReason) -> Result<(), CloseError> {
-        if self.streams.remove(&id.get()).is_none() {
-            return Err(CloseError::UnknownStream(id));
+        let stream = self
+            .streams
+            .remove(&id.get())
+            .ok_or(CloseError::UnknownStream(id))?;
+        if stream.writable_pending {
+            // Stale now; dropping it keeps the event queue bounded by the open streams even
+            // when the caller opens, fills and closes streams without polling events.
+            self.events.retain(|e| *e != Event::Writable { id });
         }
         self.queue(Packet {
             stream_id: id.get(),
@@ -1490,6 +1496,21 @@ mod tests {
         }
         // Without polling events: one Writable for the stream, not a hundred.
         assert_eq!(events(&mut client), [Event::Writable { id: s }]);
+    }
+
+    #[test]
+    fn closing_drops_a_pending_writable() {
+        let config = config().max_queued_bytes(1).build().unwrap();
+        let mut client = ready_v1(100, config);
+        for _ in 0..100 {
+            let s = client.open(StreamType::Udp, "h", 1).unwrap();
+            assert_eq!(client.send(s, b"x"), Ok(0));
+            while client.poll_transmit().is_some() {}
+            assert_eq!(client.pending_events(), (1, 0), "Writable for {s}");
+            client.close(s, CloseReason::Voluntary).unwrap();
+            assert_eq!(client.pending_events(), (0, 0));
+            while client.poll_transmit().is_some() {}
+        }
     }
 
     #[test]
