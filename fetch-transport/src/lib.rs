@@ -13,6 +13,10 @@
 //! `duplex: "half"` and HTTP/2, which not every browser or origin offers; `fetch()` joins multi-valued response headers itself (the `Headers` object) and
 //! follows redirects without asking, so the allow/deny list is checked on the first URL only in
 //! the browser (natively, on every hop); the timeout covers the response head, not the body.
+//!
+//! [`wisp`] is the other way traffic can leave: a sans-IO client for the Wisp relay protocol,
+//! which carries raw TCP and UDP streams over one WebSocket (only the protocol core so far; the
+//! WebSocket and the byte-stream interface come later).
 
 mod body;
 mod config;
@@ -20,6 +24,7 @@ mod destination;
 mod error;
 pub mod policy;
 mod timer;
+pub mod wisp;
 
 #[cfg(target_arch = "wasm32")]
 mod browser;

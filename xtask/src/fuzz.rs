@@ -1,6 +1,6 @@
-//! `cargo xtask fuzz`: the cargo-fuzz (libFuzzer) targets of net-stack, http-proxy and mitm-ca,
-//! run one after the other on the nightly toolchain, with a summary of executions and coverage
-//! per target. Each fuzz crate lives in `<crate>/fuzz/` outside the root workspace; its seed
+//! `cargo xtask fuzz`: the cargo-fuzz (libFuzzer) targets of net-stack, http-proxy, mitm-ca and
+//! fetch-transport, run one after the other on the nightly toolchain, with a summary of
+//! executions and coverage per target. Each fuzz crate lives in `<crate>/fuzz/` outside the root workspace; its seed
 //! corpus (in git) is `<crate>/fuzz/seeds/<target>/`, what the fuzzer finds goes to
 //! `<crate>/fuzz/corpus/<target>/` and crashes to `<crate>/fuzz/artifacts/<target>/` (ignored).
 
@@ -20,7 +20,8 @@ const USAGE: &str = "usage: cargo xtask fuzz [--smoke] [--seconds N] [--runs N] 
   --seconds N  run each target for N seconds
   --runs N     stop each target after N executions
   TARGET       a target name (frames, qemu_stream, dhcp, dns, request_head, body_decoder,
-               client_hello, serve, pem_import) or a crate (net-stack, http-proxy, mitm-ca)
+               client_hello, serve, pem_import, wisp_packet, wisp_client) or a crate
+               (net-stack, http-proxy, mitm-ca, fetch-transport)
   --seeds      re-extract net-stack's seed inputs from the pcap fixtures and exit";
 
 /// Every target: (crate directory, target name).
@@ -34,6 +35,8 @@ const TARGETS: &[(&str, &str)] = &[
     ("http-proxy", "client_hello"),
     ("http-proxy", "serve"),
     ("mitm-ca", "pem_import"),
+    ("fetch-transport", "wisp_packet"),
+    ("fetch-transport", "wisp_client"),
 ];
 
 /// What one libFuzzer run reported.
