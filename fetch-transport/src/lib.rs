@@ -14,15 +14,16 @@
 //! follows redirects without asking, so the allow/deny list is checked on the first URL only in
 //! the browser (natively, on every hop); the timeout covers the response head, not the body.
 //!
-//! [`wisp`] is the other way traffic can leave: a sans-IO client for the Wisp relay protocol,
-//! which carries raw TCP and UDP streams over one WebSocket (only the protocol core so far; the
-//! WebSocket and the byte-stream interface come later).
+//! [`relay`] is the other way traffic can leave: raw TCP streams and UDP flows through a Wisp
+//! relay server over one WebSocket ([`wisp`] is the protocol's sans-IO core; [`relay`] drives it
+//! over the browser's `WebSocket` or a native client, with reconnection and bounded buffers).
 
 mod body;
 mod config;
 mod destination;
 mod error;
 pub mod policy;
+pub mod relay;
 mod timer;
 pub mod wisp;
 

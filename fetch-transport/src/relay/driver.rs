@@ -1,0 +1,314 @@
+//! [`RelayDriver`]: the task that keeps a relay connected and moves its packets. It dials,
+//! runs the Wisp handshake, hands received packets to the client and the client's packets to
+//! the WebSocket, and after a failure waits (exponential backoff, injected timer) and dials
+//! again.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::rc::{Rc, Weak};
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::future::{self, Either};
+
+use crate::timer::Timer;
+use crate::wisp::{Client, Event, HandleError, V2_SUBPROTOCOL};
+
+use super::shared::{RelayState, Shared};
+use super::socket::{Dialer, MessageSocket};
+use super::WispVersionChoice;
+
+/// Messages handled per wake-up before the driver lets other tasks run.
+const RECEIVE_BUDGET: usize = 64;
+/// How long a clean close of the WebSocket may take when the relay is no longer needed.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a connection ended.
+enum End {
+    /// Every handle is gone: the driver stops.
+    Unused,
+    /// The connection failed or was closed; the reason is kept for errors and stats.
+    Failed(String),
+}
+
+/// The relay's connection task. Spawn [`run`](Self::run) on the embedder's runtime; it ends
+/// when every [`Relay`](super::Relay) handle (and every stream) is gone.
+pub struct RelayDriver {
+    shared: Weak<RefCell<Shared>>,
+    dialer: Rc<dyn Dialer>,
+    timer: Rc<dyn Timer>,
+}
+
+impl RelayDriver {
+    pub(crate) fn new(
+        shared: Weak<RefCell<Shared>>,
+        dialer: Rc<dyn Dialer>,
+        timer: Rc<dyn Timer>,
+    ) -> Self {
+        Self {
+            shared,
+            dialer,
+            timer,
+        }
+    }
+
+    /// Keeps the relay connected until it is no longer used.
+    pub async fn run(self) {
+        let mut backoff: Option<Duration> = None;
+        loop {
+            if let Some(delay) = backoff {
+                self.timer.sleep(delay).await;
+            }
+            let Some(shared) = self.shared.upgrade() else {
+                return;
+            };
+            let (config, v1_only) = {
+                let mut sh = shared.borrow_mut();
+                sh.set_connecting();
+                (sh.config.clone(), sh.v1_only)
+            };
+            drop(shared);
+            let (min, max) = (config.backoff_min, config.backoff_max);
+            let dialing = Box::pin(self.dial(&config.url, config.version, v1_only));
+            let dialed =
+                match future::select(dialing, self.timer.sleep(config.connect_timeout)).await {
+                    Either::Left((dialed, _)) => dialed,
+                    Either::Right(_) => Err(format!(
+                        "no WebSocket connection within {:?}",
+                        config.connect_timeout
+                    )),
+                };
+            let socket = match dialed {
+                Ok(socket) => socket,
+                Err(reason) => {
+                    let Some(shared) = self.shared.upgrade() else {
+                        return;
+                    };
+                    tracing::warn!(url = %config.url, %reason, "relay: cannot connect");
+                    shared.borrow_mut().set_down(reason, false);
+                    backoff = Some(backoff.map_or(min, |b| (b * 2).min(max)));
+                    continue;
+                }
+            };
+            {
+                let Some(shared) = self.shared.upgrade() else {
+                    return;
+                };
+                shared.borrow_mut().client = Some(Client::new(config.client.clone()));
+            }
+            let end = self.serve(socket, config.connect_timeout).await;
+            let Some(shared) = self.shared.upgrade() else {
+                return;
+            };
+            let reason = match end {
+                End::Unused => return,
+                End::Failed(reason) => reason,
+            };
+            let was_up = shared.borrow().state == RelayState::Up;
+            tracing::warn!(url = %config.url, %reason, was_up, "relay: connection ended");
+            shared.borrow_mut().set_down(reason, was_up);
+            backoff = if was_up {
+                Some(min)
+            } else {
+                Some(backoff.map_or(min, |b| (b * 2).min(max)))
+            };
+        }
+    }
+
+    /// Opens the WebSocket, offering v2 as configured (and falling back to v1 on `Auto`).
+    async fn dial(
+        &self,
+        url: &str,
+        version: WispVersionChoice,
+        v1_only: bool,
+    ) -> Result<Box<dyn MessageSocket>, String> {
+        let offer_v2 = match version {
+            WispVersionChoice::V1 => false,
+            WispVersionChoice::V2 => true,
+            WispVersionChoice::Auto => !v1_only,
+        };
+        if !offer_v2 {
+            return self
+                .dialer
+                .dial(url, &[])
+                .await
+                .map(|d| d.socket)
+                .map_err(|e| e.to_string());
+        }
+        match self.dialer.dial(url, &[V2_SUBPROTOCOL]).await {
+            Ok(dialed) => Ok(dialed.socket),
+            Err(err) if version == WispVersionChoice::Auto => {
+                // A v1-only server may refuse the offer (or not echo it, which a browser
+                // refuses): try once without, and keep v1 if that works.
+                let dialed = self
+                    .dialer
+                    .dial(url, &[])
+                    .await
+                    .map_err(|e2| format!("{err}; without the v2 offer: {e2}"))?;
+                if let Some(shared) = self.shared.upgrade() {
+                    shared.borrow_mut().v1_only = true;
+                }
+                tracing::info!(url, "relay: the server refused the v2 offer; using Wisp v1");
+                Ok(dialed.socket)
+            }
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    /// Runs one connection until it fails or is no longer used; the handshake must finish
+    /// within `handshake_timeout`.
+    async fn serve(&self, mut socket: Box<dyn MessageSocket>, handshake_timeout: Duration) -> End {
+        let shared = self.shared.clone();
+        let pump = poll_fn(|cx| {
+            let Some(shared) = shared.upgrade() else {
+                return Poll::Ready(End::Unused);
+            };
+            let mut sh = shared.borrow_mut();
+            sh.driver = Some(cx.waker().clone());
+            let mut state = PumpState::default();
+            match pump_once(&mut sh, socket.as_mut(), cx, &mut state) {
+                Some(end) => Poll::Ready(end),
+                None => Poll::Pending,
+            }
+        });
+        let handshake = {
+            let shared = self.shared.clone();
+            let sleep = self.timer.sleep(handshake_timeout);
+            async move {
+                sleep.await;
+                match shared.upgrade() {
+                    Some(sh) if sh.borrow().state != RelayState::Up => {}
+                    // Up (or unused): this timer no longer matters.
+                    _ => future::pending::<()>().await,
+                }
+            }
+        };
+        let end = match future::select(Box::pin(pump), Box::pin(handshake)).await {
+            Either::Left((end, _)) => end,
+            Either::Right(_) => {
+                End::Failed(format!("no Wisp handshake within {handshake_timeout:?}"))
+            }
+        };
+        if matches!(end, End::Unused) {
+            let close = poll_fn(|cx| socket.poll_close(cx));
+            let _ = future::select(Box::pin(close), self.timer.sleep(CLOSE_TIMEOUT)).await;
+        }
+        end
+    }
+}
+
+/// What a wake-up of the pump learns while dispatching events.
+#[derive(Default)]
+struct PumpState {
+    /// A fatal client error (the connection is over).
+    fatal: Option<String>,
+}
+
+/// One wake-up: receive what is there (unless a stream's buffer is full), dispatch events,
+/// transmit what the client queued, flush. `Some` when the connection is over.
+fn pump_once(
+    sh: &mut Shared,
+    socket: &mut dyn MessageSocket,
+    cx: &mut std::task::Context<'_>,
+    state: &mut PumpState,
+) -> Option<End> {
+    // Receive.
+    let mut budget = RECEIVE_BUDGET;
+    while !sh.receive_paused() {
+        if budget == 0 {
+            // Let the streams' readers run; come back at once.
+            cx.waker().wake_by_ref();
+            break;
+        }
+        budget -= 1;
+        let message = match socket.poll_recv(cx) {
+            Poll::Pending => break,
+            Poll::Ready(Ok(Some(message))) => message,
+            Poll::Ready(Ok(None)) => {
+                return Some(End::Failed("the relay closed the WebSocket".into()))
+            }
+            Poll::Ready(Err(err)) => return Some(End::Failed(err.to_string())),
+        };
+        handle(sh, &message, state);
+        if let Some(fatal) = state.fatal.take() {
+            // Say goodbye if the client queued a CLOSE; the connection is over either way.
+            let _ = transmit(sh, socket, cx);
+            return Some(End::Failed(fatal));
+        }
+    }
+    // Transmit.
+    if let Err(reason) = transmit(sh, socket, cx) {
+        return Some(End::Failed(reason));
+    }
+    // Transmitting may have made streams writable again.
+    drain_events(sh, state);
+    if let Some(fatal) = state.fatal.take() {
+        return Some(End::Failed(fatal));
+    }
+    None
+}
+
+/// Hands one message to the client and its events to the streams.
+fn handle(sh: &mut Shared, message: &[u8], state: &mut PumpState) {
+    let Some(client) = sh.client.as_mut() else {
+        return;
+    };
+    if let Err(HandleError::EventsNotDrained { .. }) = client.handle_message(message) {
+        // Events are drained after every message, so this cannot stay: drain and retry once.
+        drain_events(sh, state);
+        if let Some(client) = sh.client.as_mut() {
+            let _ = client.handle_message(message);
+        }
+    }
+    drain_events(sh, state);
+}
+
+/// Moves every pending client event to the stream it concerns.
+fn drain_events(sh: &mut Shared, state: &mut PumpState) {
+    loop {
+        let Some(event) = sh.client.as_mut().and_then(Client::poll_event) else {
+            return;
+        };
+        let fatal = matches!(event, Event::Error(_));
+        if let Some(reason) = sh.dispatch(event) {
+            state.fatal = Some(reason);
+        }
+        if fatal {
+            return;
+        }
+    }
+}
+
+/// Writes the client's queued packets while the socket takes them, then flushes.
+fn transmit(
+    sh: &mut Shared,
+    socket: &mut dyn MessageSocket,
+    cx: &mut std::task::Context<'_>,
+) -> Result<(), String> {
+    let mut sent = false;
+    while let Some(client) = sh.client.as_mut() {
+        if client.queued_transmit_bytes() == 0 {
+            break;
+        }
+        match socket.poll_ready(cx) {
+            Poll::Pending => break,
+            Poll::Ready(Err(err)) => return Err(err.to_string()),
+            Poll::Ready(Ok(())) => {}
+        }
+        let Some(packet) = client.poll_transmit() else {
+            break;
+        };
+        socket.send(packet).map_err(|e| e.to_string())?;
+        sent = true;
+    }
+    if sent {
+        // Opens that found the queue full may go now.
+        for w in sh.waiting.drain(..) {
+            w.wake();
+        }
+    }
+    match socket.poll_flush(cx) {
+        Poll::Ready(Err(err)) => Err(err.to_string()),
+        _ => Ok(()),
+    }
+}
