@@ -308,8 +308,10 @@ impl LoadChecks<'_> {
     fn direct_baseline(&self, size: usize, count: usize) -> Result<f64> {
         let url = format!("{}/blob/{size}", self.http.base_url());
         let out = Command::new("curl")
-            .args(["-sS", "--fail", "-o", "/dev/null", "-w", "%{time_total}\\n"])
-            .args(std::iter::repeat_n(url.as_str(), count))
+            .args(["-sS", "--fail", "-w", "%{time_total}\\n"])
+            // `-o` applies to one URL: without one each, the other bodies went to stdout and
+            // hid most of the times in binary lines.
+            .args(std::iter::repeat_n(["-o", "/dev/null", url.as_str()], count).flatten())
             .output()
             .context("curl on the host")?;
         if !out.status.success() {
