@@ -541,7 +541,7 @@ fn markdown(results: &Results, plan: &Plan) -> String {
     let mut md = format!("{HEADING}\n\n");
     md.push_str(&format!(
         "Measured by `cargo xtask bench net` on {} on {} CPUs ({}). One run, every path \
-         against the same origin servers (xtask's bench origin on loopback: a thread per \
+         against the same origin servers (xtask's test origin on loopback: a thread per \
          connection, keep-alive, TCP_NODELAY, TLS by rustls) and the same kind of guest (a \
          network namespace running the Linux kernel's stack and curl). Ratios are against the \
          direct path (curl on the host to the origin) measured in the same run; downloads are \

@@ -15,16 +15,15 @@ use crate::harness::browser::launch::{Browser, Kind, LaunchSpec};
 use crate::harness::browser::page_server::PageServer;
 use crate::harness::browser::save_ca;
 use crate::harness::guest::{text, Guest, GuestNs, Runner, PROXY};
-use crate::harness::origins::OriginFiles;
-use crate::harness::origins::ThreadedOrigin;
+use crate::harness::origins::{Cors, Origin, OriginFiles};
 use crate::harness::procfs;
 
 /// The origins every route reaches, and the test CA of the HTTPS one.
 pub struct Origins {
     /// Plain HTTP origin (CORS on, so the browser routes can fetch it).
-    pub http: ThreadedOrigin,
+    pub http: Origin,
     /// HTTPS origin.
-    pub https: ThreadedOrigin,
+    pub https: Origin,
     /// The test CA that signed the HTTPS origin's certificate.
     pub ca: PathBuf,
     /// The HTTPS origin's certificate (Chromium trusts its key for the run).
@@ -35,8 +34,8 @@ impl Origins {
     /// Starts the HTTP and HTTPS origins (certificate from `files`' test CA).
     pub fn start(files: &OriginFiles) -> Result<Self> {
         Ok(Self {
-            http: ThreadedOrigin::http()?,
-            https: ThreadedOrigin::https(files.server_cert(), files.server_key())?,
+            http: Origin::http(files, Cors::On)?,
+            https: Origin::https(files, Cors::On)?,
             ca: files.ca_cert.clone(),
             server_cert: files.server_cert().to_path_buf(),
         })

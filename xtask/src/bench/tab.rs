@@ -112,11 +112,11 @@ pub fn section_run() -> Result<()> {
     let dir = workspace_root().join("target/bench/tab");
     std::fs::create_dir_all(&dir)?;
     let files = OriginFiles::create(&dir.join("origin"))?;
-    let http = Origin::http_with(&files, 4, Cors::On)?;
-    let https = Origin::https_with(&files, 4, Cors::On)?;
+    let http = Origin::http(&files, Cors::On)?;
+    let https = Origin::https(&files, Cors::On)?;
     let server =
         crate::harness::browser::page_server::PageServer::serve(0, vec![site.dir.clone()], None)?;
-    let http_port = http.addr.port();
+    let http_port = http.addr().port();
 
     let mut rows = Vec::new();
     let mut entries = Vec::new();

@@ -82,9 +82,9 @@ pub fn run(site: &Site, only: &[String]) -> Result<()> {
     let dir = workspace_root().join("target/demo/check");
     std::fs::create_dir_all(&dir)?;
     let files = OriginFiles::create(&dir.join("origin"))?;
-    let http = Origin::http_with(&files, 4, Cors::On)?;
-    let https = Origin::https_with(&files, 4, Cors::On)?;
-    let nocors = Origin::http(&files, 2)?;
+    let http = Origin::http(&files, Cors::On)?;
+    let https = Origin::https(&files, Cors::On)?;
+    let nocors = Origin::http(&files, Cors::Off)?;
     let server = PageServer::serve(0, vec![site.dir.clone()], None)?;
     let script = format!(
         "echo C2W-CHECK-$((0+1))-BEGIN; \

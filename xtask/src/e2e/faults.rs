@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::harness::cleanup;
 use crate::harness::guest::{build_runner, Guest, GuestNs, Runner};
-use crate::harness::origins::{Origin, OriginFiles};
+use crate::harness::origins::{Cors, Origin, OriginFiles};
 use crate::report::Report;
 use crate::tools::{ensure_programs, is_root, workspace_root};
 
@@ -100,8 +100,8 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     let dir = workspace_root().join("target/e2e-faults");
     std::fs::create_dir_all(&dir)?;
     let files = OriginFiles::create(&dir.join("origin")).context("creating the origin's files")?;
-    let http = Origin::http(&files, 4)?;
-    let https = Origin::https(&files, 4)?;
+    let http = Origin::http(&files, Cors::Off)?;
+    let https = Origin::https(&files, Cors::Off)?;
     let mut r = Report::filtered(filter.map(str::to_string));
     for (i, profile) in selected.into_iter().enumerate() {
         let started = Instant::now();
@@ -163,7 +163,7 @@ fn run_profile(
         || g.dhcp(),
     );
     for origin in origins {
-        let scheme = origin.scheme;
+        let scheme = origin.scheme();
         let base = origin.base_url();
         r.check(
             &format!(

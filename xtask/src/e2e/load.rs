@@ -13,8 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::harness::guest::{text, Guest, PROXY};
-use crate::harness::origins::ThreadedOrigin;
-use crate::harness::origins::{blob, FaultOrigin};
+use crate::harness::origins::{blob, FaultOrigin, Origin};
 
 /// How long counters may take to return to idle after a check whose connections end cleanly.
 pub const SETTLE: Duration = Duration::from_secs(10);
@@ -174,7 +173,7 @@ pub struct LoadChecks<'a> {
     /// The guest (a namespace whose only network is the proxy).
     pub guest: &'a Guest<'a>,
     /// The origin downloads come from.
-    pub http: &'a ThreadedOrigin,
+    pub http: &'a Origin,
     /// The origin that resets and hangs.
     pub fault: &'a FaultOrigin,
     /// The proxy's counters.
@@ -309,8 +308,10 @@ impl LoadChecks<'_> {
     fn direct_baseline(&self, size: usize, count: usize) -> Result<f64> {
         let url = format!("{}/blob/{size}", self.http.base_url());
         let out = Command::new("curl")
-            .args(["-sS", "--fail", "-o", "/dev/null", "-w", "%{time_total}\\n"])
-            .args(std::iter::repeat_n(url.as_str(), count))
+            .args(["-sS", "--fail", "-w", "%{time_total}\\n"])
+            // `-o` applies to one URL: without one each, the other bodies went to stdout and
+            // hid most of the times in binary lines.
+            .args(std::iter::repeat_n(["-o", "/dev/null", url.as_str()], count).flatten())
             .output()
             .context("curl on the host")?;
         if !out.status.success() {

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::harness::guest::{build_runner, expect_contains, text, Guest, GuestNs, Runner, PROXY};
-use crate::harness::origins::{blob, sha256_hex, Origin, OriginFiles, GIT_README, WHEEL_PROJECT};
+use crate::harness::origins::{
+    blob, sha256_hex, Cors, Origin, OriginFiles, GIT_README, WHEEL_PROJECT,
+};
 use crate::report::Report;
 use crate::tools::{ensure_programs, workspace_root};
 
@@ -54,8 +56,8 @@ pub fn run(args: &[String]) -> Result<Result<()>> {
     let dir = workspace_root().join("target/e2e");
     std::fs::create_dir_all(&dir)?;
     let files = OriginFiles::create(&dir.join("origin")).context("creating the origin's files")?;
-    let http = Origin::http(&files, 8)?;
-    let https = Origin::https(&files, 8)?;
+    let http = Origin::http(&files, Cors::Off)?;
+    let https = Origin::https(&files, Cors::Off)?;
     let proxy_ca = dir.join("proxy-ca.pem");
     let _ = std::fs::remove_file(&proxy_ca);
     let id = std::process::id();
@@ -438,7 +440,7 @@ fn openssl_s_client(env: &Env) -> Result<String> {
         env,
         &format!(
             "echo | openssl s_client -proxy {PROXY_HOSTPORT} -connect {} -CAfile {} -servername localhost 2>&1",
-            env.https.addr,
+            env.https.addr(),
             env.proxy_ca.display()
         ),
         Duration::from_secs(30),

@@ -17,8 +17,7 @@ use serde_json::Value;
 use crate::e2e::load::{check_memory, wait_idle, CounterSource, Counters, LoadChecks, SETTLE};
 use crate::harness::cleanup;
 use crate::harness::guest::{build_runner, text, Guest, GuestNs, Runner, GUEST_MAC, PROXY};
-use crate::harness::origins::ThreadedOrigin;
-use crate::harness::origins::{blob, FaultOrigin};
+use crate::harness::origins::{blob, Cors, FaultOrigin, Origin};
 use crate::report::Report;
 use crate::tools::{ensure_programs, is_root, workspace_root};
 
@@ -70,9 +69,8 @@ pub fn run(filter: Option<String>) -> Result<()> {
     let _guard = cleanup::Guard;
     let dir = workspace_root().join("target/e2e-robust");
     std::fs::create_dir_all(&dir)?;
-    // A thread per connection: tiny_http's pool queues a burst of new connections behind the
-    // keep-alive ones it sits on, past the runner's 5 s origin timeout.
-    let http = ThreadedOrigin::http()?;
+    // Only generated routes are needed here (blob, hello), so no origin files.
+    let http = Origin::http_without_files(Cors::On)?;
     let fault = FaultOrigin::start()?;
     let work = dir.join("guest-work");
     let id = std::process::id();
@@ -355,7 +353,7 @@ fn flood_beside_download(c: &LoadChecks, stats: &StatsFile, frames: usize) -> Re
 /// namespace removed, with no FIN or RST, like a VM that is killed: the runner's counters
 /// must return to zero and its memory near idle. Then the switch namespace (and the TAP in
 /// it) is deleted too: the runner must re-create its TAP and serve a new guest behind it.
-fn vanishing_guest(binary: &Path, dir: &Path, http: &ThreadedOrigin) -> Result<String> {
+fn vanishing_guest(binary: &Path, dir: &Path, http: &Origin) -> Result<String> {
     let id = std::process::id();
     let stats_path = dir.join("stats-vanish.json");
     let _ = std::fs::remove_file(&stats_path);

@@ -4,7 +4,7 @@
 //! - [`browser`]: headless Chromium/Firefox and the server of the test pages;
 //! - [`bridge`]: the TAP-to-WebSocket bridge between a guest and a page (the only user of the
 //!   `c2w_net_proxy` library in xtask);
-//! - [`server_pool`]: the tiny_http worker pool under the origins and the page server;
+//! - [`server_pool`]: the tiny_http worker pool under the page server;
 //! - [`procfs`], [`cleanup`]: process accounting and cleanup however a task ends.
 
 pub mod bridge;

@@ -1,5 +1,6 @@
 //! A tiny_http server answered by a few worker threads, stopped and joined when dropped: the
-//! one piece under the test origins, the browser e2e's page server and the demo's server.
+//! piece under the browser e2e's page server (the origins have their own layer, in
+//! `origins/http1.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -63,7 +63,7 @@ pub(super) fn checks(shared: &Shared, guest: &Guest, ready: &Result<String>, r: 
     let counters = PageCounters(shared);
     let load = LoadChecks {
         guest,
-        http: &shared.load,
+        http: &shared.http,
         fault: &shared.fault,
         counters: &counters,
         work: guest.work.clone(),

@@ -29,7 +29,6 @@ use crate::harness::browser::{save_ca, snapshot_dist, PACKAGE_FILES};
 use crate::harness::cleanup;
 use crate::harness::guest::Guest;
 use crate::harness::guest::GuestNs;
-use crate::harness::origins::ThreadedOrigin;
 use crate::harness::origins::{Cors, FaultOrigin, Origin, OriginFiles};
 use crate::report::Report;
 use crate::tools::{ensure_programs, is_root, workspace_root};
@@ -48,8 +47,6 @@ struct Shared {
     http: Origin,
     https: Origin,
     nocors: Origin,
-    /// The load checks' origin (a thread per connection).
-    load: ThreadedOrigin,
     /// The origin that resets mid-body and never answers.
     fault: FaultOrigin,
     pages: PageServer,
@@ -94,10 +91,9 @@ pub fn run(args: &[String]) -> Result<()> {
     // The pages load a copy, so a build-wasm running meanwhile cannot change files under them.
     let dist = snapshot_dist(&dist, &dir.join("dist"))?;
     let files = OriginFiles::create(&dir.join("origin")).context("creating the origin's files")?;
-    let http = Origin::http_with(&files, 8, Cors::On)?;
-    let https = Origin::https_with(&files, 8, Cors::On)?;
-    let nocors = Origin::http(&files, 2)?;
-    let load = ThreadedOrigin::http()?;
+    let http = Origin::http(&files, Cors::On)?;
+    let https = Origin::https(&files, Cors::On)?;
+    let nocors = Origin::http(&files, Cors::Off)?;
     let fault = FaultOrigin::start()?;
     let config = serde_json::json!({
         "timeout": format!("{}ms", load::PAGE_TIMEOUT.as_millis()),
@@ -120,7 +116,6 @@ pub fn run(args: &[String]) -> Result<()> {
         http,
         https,
         nocors,
-        load,
         fault,
         pages,
     };

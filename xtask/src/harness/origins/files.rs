@@ -111,11 +111,6 @@ impl OriginFiles {
     pub fn server_cert(&self) -> &Path {
         &self.server_cert
     }
-
-    /// The HTTPS origin's private key (PEM).
-    pub fn server_key(&self) -> &Path {
-        &self.server_key
-    }
 }
 
 pub(super) fn wheel_name() -> String {
@@ -149,7 +144,7 @@ with zipfile.ZipFile(path, "w") as z:
 }
 
 /// A git repository with one commit holding README.
-fn make_git_repo(dir: &Path) -> Result<()> {
+pub(super) fn make_git_repo(dir: &Path) -> Result<()> {
     let repo = dir.join("repo");
     std::fs::create_dir_all(&repo)?;
     let git = |args: &[&str]| {
