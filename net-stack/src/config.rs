@@ -23,6 +23,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// TCP buffer sizes and limits.
     pub tcp: TcpConfig,
+    /// Limits of UDP to elsewhere (`Stack::bind_udp_elsewhere`).
+    pub udp: UdpConfig,
     /// Frames pushed but not yet processed by `poll`; beyond this they are dropped and counted.
     pub max_queued_frames: usize,
     /// Frames towards the guest not yet popped; beyond this TCP output waits and replies are dropped.
@@ -72,6 +74,14 @@ pub struct TcpConfig {
     pub orphan_timeout: Duration,
 }
 
+/// UDP settings: how much of the guest's UDP to elsewhere may wait for the `UdpEndpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// Datagrams received for the `UdpEndpoint` and not yet read; beyond this they are dropped
+    /// and counted (`Stats::dropped_udp_queue_full`). Each holds at most MTU − 28 bytes.
+    pub max_queued_datagrams: usize,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -83,6 +93,7 @@ impl Default for Config {
             dhcp: DhcpConfig::default(),
             dns: DnsConfig::default(),
             tcp: TcpConfig::default(),
+            udp: UdpConfig::default(),
             max_queued_frames: 1024,
             max_outbound_frames: 1024,
             random_seed: 0x6332_772d_6e65_7421,
@@ -128,6 +139,14 @@ impl Default for TcpConfig {
             max_connections: 256,
             listen_backlog: 256,
             orphan_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            max_queued_datagrams: 256,
         }
     }
 }
@@ -276,6 +295,9 @@ impl Config {
         if self.max_outbound_frames == 0 {
             return Err(ConfigError::Queue("max_outbound_frames"));
         }
+        if self.udp.max_queued_datagrams == 0 {
+            return Err(ConfigError::Queue("udp.max_queued_datagrams"));
+        }
         Ok(())
     }
 }
@@ -345,5 +367,11 @@ mod tests {
         let mut c = Config::default();
         c.tcp.max_connections = 0;
         assert_eq!(c.validate(), Err(ConfigError::Tcp("max_connections")));
+        let mut c = Config::default();
+        c.udp.max_queued_datagrams = 0;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Queue("udp.max_queued_datagrams"))
+        );
     }
 }

@@ -1,11 +1,15 @@
-//! Sans-IO virtual network behind a guest NIC: Ethernet, ARP, IPv4, ICMP, DHCP, DNS and TCP over
-//! smoltcp.
+//! Sans-IO virtual network behind a guest NIC: Ethernet, ARP, IPv4, ICMP, UDP, DHCP, DNS and TCP
+//! over smoltcp.
 //!
 //! The driver pushes the guest's Ethernet frames in (`Stack::push_frame`), calls `Stack::poll`
 //! with the current time, pops the frames for the guest (`Stack::pop_frame`) and polls again
 //! after `Stack::poll_delay` or when `Stack::poll_wake` is ready. TCP connections to listened
-//! addresses come out as `TcpStream`s (`futures::io::AsyncRead + AsyncWrite`). Nothing here reads
-//! a clock, spawns a task or touches a socket; everything is `!Send` and single-threaded.
+//! addresses come out as `TcpStream`s (`futures::io::AsyncRead + AsyncWrite`). For relaying to
+//! the outside world, everything addressed elsewhere (the DNS fake IPs and any address beyond
+//! the guest network that is not ours) can come out too: TCP connections through one catch-all
+//! listener (`Stack::listen_elsewhere`), UDP datagrams through one `UdpEndpoint`
+//! (`Stack::bind_udp_elsewhere`), which also sends the answers back. Nothing here reads a
+//! clock, spawns a task or touches a socket; everything is `!Send` and single-threaded.
 //!
 //! ```
 //! use net_stack::{Config, Instant, Stack};
@@ -22,9 +26,10 @@
 //! assert_eq!(stack.stats().arp_replies, 1);
 //! ```
 //!
-//! Wakers registered with listeners and streams are woken from inside `Stack::poll`; they must
-//! not poll the stack's streams synchronously (every executor defers the poll). For the same
-//! reason a `FrameObserver` must not call back into the `Stack`.
+//! Wakers registered with listeners, streams and the UDP endpoint are woken from inside
+//! `Stack::poll`; they must not poll the stack's streams or endpoint synchronously (every
+//! executor defers the poll). For the same reason a `FrameObserver` must not call back into the
+//! `Stack`.
 
 #![warn(missing_docs)]
 
@@ -44,14 +49,16 @@ mod shared;
 mod stack;
 mod stats;
 mod tcp;
+mod udp;
 mod wire;
 
 pub use smoltcp::time::{Duration, Instant};
 
-pub use config::{Config, ConfigError, DhcpConfig, DnsConfig, TcpConfig};
+pub use config::{Config, ConfigError, DhcpConfig, DnsConfig, TcpConfig, UdpConfig};
 pub use dhcp::Lease;
 pub use observer::{Direction, FrameObserver};
 pub use pcap::PcapWriter;
 pub use stack::Stack;
 pub use stats::Stats;
 pub use tcp::{ListenAddr, ListenError, TcpListener, TcpStream};
+pub use udp::{Datagram, UdpBindError, UdpEndpoint, UdpSendError};

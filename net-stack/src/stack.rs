@@ -23,7 +23,8 @@ use crate::icmp::{self, IcmpAction};
 use crate::observer::{Direction, FrameObserver};
 use crate::shared::Shared;
 use crate::stats::{Drop, Stats};
-use crate::tcp::{ListenAddr, ListenError, TcpHost, TcpListener, TcpParts, TcpTable};
+use crate::tcp::{Destination, ListenAddr, ListenError, TcpHost, TcpListener, TcpParts, TcpTable};
+use crate::udp::{Datagram, UdpBindError, UdpEndpoint, UdpHost, UdpQueue, UdpSendError};
 use crate::wire::emit;
 
 /// Most IP → MAC entries remembered (guests rarely use more than one address).
@@ -31,6 +32,8 @@ const MAX_NEIGHBORS: usize = 1024;
 const DNS_PORT: u16 = 53;
 /// Bytes of the offending datagram quoted in an ICMP error (keeps the error within 576 bytes).
 const ICMP_QUOTE_MAX: usize = 576 - 20 - 8 - 20;
+/// IPv4 and UDP headers: what a UDP payload leaves of the MTU.
+const UDP_OVERHEAD: usize = 20 + 8;
 
 /// Everything mutable of the stack.
 struct Inner {
@@ -40,6 +43,8 @@ struct Inner {
     device: IpDevice,
     sockets: SocketSet<'static>,
     tcp: TcpTable,
+    /// Datagrams to elsewhere waiting for the `UdpEndpoint`.
+    udp: UdpQueue,
     inbound: VecDeque<Vec<u8>>,
     outbound: VecDeque<Vec<u8>>,
     neighbors: HashMap<Ipv4Addr, EthernetAddress>,
@@ -87,6 +92,7 @@ impl Stack {
             device,
             sockets: SocketSet::new(Vec::new()),
             tcp: TcpTable::new(config.tcp.clone()),
+            udp: UdpQueue::new(config.udp.max_queued_datagrams),
             inbound: VecDeque::new(),
             outbound: VecDeque::new(),
             neighbors: HashMap::new(),
@@ -181,6 +187,37 @@ impl Stack {
         Ok(TcpListener::new(self.shared.clone(), id, port))
     }
 
+    /// Accepts TCP connections to elsewhere, any port, that no other listener takes: for
+    /// relaying the guest's connections to the outside world.
+    ///
+    /// Elsewhere is every address the guest reaches through the gateway that the stack does
+    /// not serve itself: the DNS fake IPs (`Stack::fake_ip_name` tells their names) and any
+    /// address outside the guest network that is not ours (the gateway, the virtual IPs) and
+    /// is routed (not 0.0.0.0/8, loopback, link-local 169.254.0.0/16, multicast or
+    /// 240.0.0.0/4). A listener for the exact address and port, or a fake-IP listener for the
+    /// port, always wins; SYNs to our own addresses nobody listens on still get RST. The
+    /// connection limits are the same as for other listeners (`max_connections`, and
+    /// `listen_backlog` for this listener). Each stream's `local_addr` is the address and
+    /// port the guest dialled; `TcpListener::local_port` is 0. A fake IP the DNS server never
+    /// handed out (or recycled since) has no name. The handshake with the guest completes
+    /// before anything is known of the destination: `TcpStream::abort` resets a connection
+    /// that cannot be relayed. At most one catch-all listener exists at a time
+    /// (`ListenError::InUse`); dropping it restores RST for these SYNs.
+    pub fn listen_elsewhere(&self) -> Result<TcpListener, ListenError> {
+        let id = self.shared.inner.borrow_mut().tcp.listen_elsewhere()?;
+        Ok(TcpListener::new(self.shared.clone(), id, 0))
+    }
+
+    /// Binds the endpoint that receives every UDP datagram the guest sends elsewhere (see
+    /// `listen_elsewhere` for what that is) and sends datagrams back: for relaying UDP. At most
+    /// one exists at a time (`UdpBindError::InUse`); see `UdpEndpoint` for what it gets.
+    pub fn bind_udp_elsewhere(&self) -> Result<UdpEndpoint, UdpBindError> {
+        let mut inner = self.shared.inner.borrow_mut();
+        inner.udp.bind()?;
+        let max_payload = inner.config.mtu - UDP_OVERHEAD;
+        Ok(UdpEndpoint::new(self.shared.clone(), max_payload))
+    }
+
     /// The name a fake IP handed out by the DNS server stands for. Counts as a use of the
     /// mapping: call it when a connection to the address is accepted, so a name in use is the
     /// last to be recycled when the pool is full.
@@ -218,10 +255,67 @@ impl TcpHost for Inner {
     }
 }
 
+impl UdpHost for Inner {
+    fn udp_queue(&mut self) -> &mut UdpQueue {
+        &mut self.udp
+    }
+
+    fn send_udp(
+        &mut self,
+        remote: SocketAddrV4,
+        guest: SocketAddrV4,
+        payload: &[u8],
+    ) -> Result<(), UdpSendError> {
+        let max = self.config.mtu - UDP_OVERHEAD;
+        if payload.len() > max {
+            return Err(UdpSendError::TooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        if !self.is_elsewhere(*remote.ip()) {
+            return Err(UdpSendError::NotElsewhere(*remote.ip()));
+        }
+        // Like smoltcp's TCP output (`flush_device`): to the MAC the guest address was seen with.
+        let Some(mac) = self.neighbors.get(guest.ip()).copied() else {
+            self.stats.drop(Drop::NoNeighbor);
+            return Err(UdpSendError::NoNeighbor(*guest.ip()));
+        };
+        if self.outbound.len() >= self.config.max_outbound_frames {
+            self.stats.drop(Drop::OutboundFull);
+            return Err(UdpSendError::OutboundFull);
+        }
+        let frame = emit::udp_frame(self.mac, mac, remote, guest, payload);
+        self.send(frame);
+        self.stats.udp_datagrams_out += 1;
+        Ok(())
+    }
+}
+
 impl Inner {
     /// The gateway or a virtual IP.
     fn is_ours(&self, ip: Ipv4Addr) -> bool {
         ip == self.config.gateway_ip || self.config.virtual_ips.contains(&ip)
+    }
+
+    /// An address the guest reaches through us that we do not serve (see
+    /// `Stack::listen_elsewhere`): a fake IP, or a routed address outside the guest network.
+    fn is_elsewhere(&self, ip: Ipv4Addr) -> bool {
+        if self.dns.fake_ips.contains(ip) {
+            return true;
+        }
+        let mask = crate::config::mask(self.config.prefix_len);
+        let in_guest_network = u32::from(ip) & mask == u32::from(self.config.gateway_ip) & mask;
+        let first = ip.octets()[0];
+        // 0.0.0.0/8 ("this network") and 240.0.0.0/4 (reserved, with the broadcast address)
+        // are never destinations; loopback and link-local never leave a host or a link.
+        !(in_guest_network
+            || self.is_ours(ip)
+            || first == 0
+            || first >= 240
+            || ip.is_loopback()
+            || ip.is_link_local()
+            || ip.is_multicast())
     }
 
     fn poll(&mut self, now: Instant) {
@@ -372,7 +466,7 @@ impl Inner {
                     IcmpAction::Malformed => Err(Drop::Malformed),
                 }
             }
-            IpProtocol::Udp => self.process_udp(src_mac, src, dst, packet.hop_limit(), body, now),
+            IpProtocol::Udp => self.process_udp(src_mac, l2_broadcast, &packet, now),
             IpProtocol::Tcp => {
                 if l2_broadcast || dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified()
                 {
@@ -384,15 +478,16 @@ impl Inner {
         }
     }
 
+    /// A UDP datagram in `packet` (checked, unfragmented), from `src_mac`.
     fn process_udp(
         &mut self,
         src_mac: EthernetAddress,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        hop_limit: u8,
-        body: &[u8],
+        l2_broadcast: bool,
+        packet: &Ipv4Packet<&[u8]>,
         now: Instant,
     ) -> Result<(), Drop> {
+        let (src, dst, hop_limit) = (packet.src_addr(), packet.dst_addr(), packet.hop_limit());
+        let body = packet.payload();
         let udp = UdpPacket::new_checked(body).map_err(|_| Drop::Malformed)?;
         if udp.checksum() != 0 && !udp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst))
         {
@@ -441,6 +536,22 @@ impl Inner {
             self.send(frame);
             return Ok(());
         }
+        if self.udp.is_bound()
+            && !l2_broadcast
+            && !(src.is_unspecified() || src.is_broadcast() || src.is_multicast())
+            && self.is_elsewhere(dst)
+        {
+            let datagram = Datagram {
+                guest: SocketAddrV4::new(src, udp.src_port()),
+                remote: SocketAddrV4::new(dst, port),
+                payload: udp.payload().to_vec(),
+            };
+            if !self.udp.deliver(datagram) {
+                return Err(Drop::UdpQueueFull);
+            }
+            self.stats.udp_datagrams_in += 1;
+            return Ok(());
+        }
         if self.is_ours(dst) {
             // RFC 1122 3.2.2.1: a closed UDP port on one of our addresses is answered with
             // ICMP port unreachable, so the guest fails at once instead of timing out.
@@ -481,7 +592,10 @@ impl Inner {
             return Err(Drop::Malformed);
         }
         if segment.syn() && !segment.ack() && !segment.rst() {
-            let is_fake = self.dns.fake_ips.contains(dst);
+            let class = Destination {
+                fake_ip: self.dns.fake_ips.contains(dst),
+                elsewhere: self.is_elsewhere(dst),
+            };
             let Inner {
                 tcp,
                 sockets,
@@ -492,7 +606,7 @@ impl Inner {
                 sockets,
                 SocketAddrV4::new(src, segment.src_port()),
                 SocketAddrV4::new(dst, segment.dst_port()),
-                is_fake,
+                class,
                 stats,
             );
         }

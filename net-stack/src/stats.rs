@@ -27,12 +27,19 @@ pub struct Stats {
     pub dropped_outbound_full: u64,
     /// Dropped: a packet towards an IP whose MAC we never saw.
     pub dropped_no_neighbor: u64,
+    /// Dropped: a UDP datagram to elsewhere found the `UdpEndpoint`'s queue full
+    /// (`UdpConfig::max_queued_datagrams`).
+    pub dropped_udp_queue_full: u64,
     /// ARP replies sent.
     pub arp_replies: u64,
     /// ICMP echo replies sent.
     pub icmp_echo_replies: u64,
     /// ICMP port unreachable sent for UDP to a port of ours nobody serves.
     pub udp_port_unreachable: u64,
+    /// UDP datagrams to elsewhere queued for the `UdpEndpoint`.
+    pub udp_datagrams_in: u64,
+    /// UDP datagrams the `UdpEndpoint` sent to the guest.
+    pub udp_datagrams_out: u64,
     /// DHCP OFFERs sent.
     pub dhcp_offers: u64,
     /// DHCP ACKs sent (including INFORM answers).
@@ -69,6 +76,7 @@ pub(crate) enum Drop {
     QueueFull,
     OutboundFull,
     NoNeighbor,
+    UdpQueueFull,
 }
 
 impl Stats {
@@ -83,6 +91,7 @@ impl Stats {
             Drop::QueueFull => &mut self.dropped_queue_full,
             Drop::OutboundFull => &mut self.dropped_outbound_full,
             Drop::NoNeighbor => &mut self.dropped_no_neighbor,
+            Drop::UdpQueueFull => &mut self.dropped_udp_queue_full,
         };
         *counter += 1;
     }

@@ -2,9 +2,11 @@
 //!
 //! smoltcp sockets accept one connection each, so the stack looks at every incoming SYN before
 //! smoltcp does: when a listener matches and no socket has that 4-tuple, a fresh socket listening
-//! on exactly (destination IP, port) is created and takes the SYN. Sockets then move from the
-//! listener's handshaking set to its accept queue once established, become `TcpStream`s on
-//! `accept`, and are removed from the `SocketSet` once their stream is dropped and they closed.
+//! on exactly (destination IP, port) is created and takes the SYN. A listener for one address
+//! and port wins over a fake-IP listener for the port, which wins over the catch-all listener
+//! for elsewhere (`Stack::listen_elsewhere`). Sockets then move from the listener's handshaking
+//! set to its accept queue once established, become `TcpStream`s on `accept`, and are removed
+//! from the `SocketSet` once their stream is dropped (or aborted) and they closed.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -31,7 +33,7 @@ pub enum ListenAddr {
     FakeIps,
 }
 
-/// Why `Stack::listen` failed.
+/// Why `Stack::listen` or `Stack::listen_elsewhere` failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ListenError {
     /// The address is neither the gateway nor a virtual IP.
@@ -40,9 +42,29 @@ pub enum ListenError {
     /// Port 0 cannot be listened on.
     #[error("port 0 cannot be listened on")]
     PortZero,
-    /// Another live listener already has this address and port.
+    /// Another live listener already has this address and port (or, for
+    /// `Stack::listen_elsewhere`, another catch-all listener is alive).
     #[error("address and port already have a listener")]
     InUse,
+}
+
+/// What a listener takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// SYNs to one port of an address (or of every fake IP).
+    Port(ListenAddr, u16),
+    /// SYNs to elsewhere that no `Port` listener takes (`Stack::listen_elsewhere`).
+    Elsewhere,
+}
+
+/// What the stack knows of a SYN's destination address (the table knows no addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Destination {
+    /// In the DNS fake-IP pool.
+    pub(crate) fake_ip: bool,
+    /// Elsewhere: a fake IP, or an address outside the guest network that is not ours and
+    /// can be routed (see `Stack::listen_elsewhere`).
+    pub(crate) elsewhere: bool,
 }
 
 /// What listeners and streams need of the stack's state: the connection table, the socket
@@ -69,8 +91,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 struct ListenerState {
-    addr: ListenAddr,
-    port: u16,
+    scope: Scope,
     handshaking: Vec<SocketHandle>,
     ready: VecDeque<SocketHandle>,
     waker: Option<Waker>,
@@ -128,11 +149,16 @@ impl TcpTable {
         if port == 0 {
             return Err(ListenError::PortZero);
         }
-        if self
-            .listeners
-            .values()
-            .any(|l| l.addr == addr && l.port == port)
-        {
+        self.add_listener(Scope::Port(addr, port))
+    }
+
+    /// Registers the catch-all listener for elsewhere (at most one).
+    pub(crate) fn listen_elsewhere(&mut self) -> Result<u64, ListenError> {
+        self.add_listener(Scope::Elsewhere)
+    }
+
+    fn add_listener(&mut self, scope: Scope) -> Result<u64, ListenError> {
+        if self.listeners.values().any(|l| l.scope == scope) {
             return Err(ListenError::InUse);
         }
         let id = self.next_listener;
@@ -140,14 +166,33 @@ impl TcpTable {
         self.listeners.insert(
             id,
             ListenerState {
-                addr,
-                port,
+                scope,
                 handshaking: Vec::new(),
                 ready: VecDeque::new(),
                 waker: None,
             },
         );
         Ok(id)
+    }
+
+    /// The listener a SYN to `dst` belongs to: one for its address and port, else the fake-IP
+    /// listener for its port, else the catch-all for elsewhere.
+    fn listener_for(&self, dst: SocketAddrV4, class: Destination) -> Option<u64> {
+        let rank = |scope: Scope| match scope {
+            Scope::Port(ListenAddr::Ip(ip), port) if ip == *dst.ip() && port == dst.port() => {
+                Some(0)
+            }
+            Scope::Port(ListenAddr::FakeIps, port) if class.fake_ip && port == dst.port() => {
+                Some(1)
+            }
+            Scope::Elsewhere if class.elsewhere => Some(2),
+            _ => None,
+        };
+        self.listeners
+            .iter()
+            .filter_map(|(&id, l)| Some((rank(l.scope)?, id)))
+            .min()
+            .map(|(_, id)| id)
     }
 
     /// Inspects a SYN (without ACK) before smoltcp sees it and creates a socket for it when a
@@ -157,7 +202,7 @@ impl TcpTable {
         sockets: &mut SocketSet<'static>,
         src: SocketAddrV4,
         dst: SocketAddrV4,
-        is_fake_ip: bool,
+        class: Destination,
         stats: &mut Stats,
     ) -> SynVerdict {
         if self
@@ -167,14 +212,10 @@ impl TcpTable {
         {
             return SynVerdict::Existing;
         }
-        let matching = self.listeners.iter_mut().find(|(_, l)| {
-            l.port == dst.port()
-                && match l.addr {
-                    ListenAddr::Ip(ip) => ip == *dst.ip(),
-                    ListenAddr::FakeIps => is_fake_ip,
-                }
-        });
-        let Some((&id, listener)) = matching else {
+        let matching = self
+            .listener_for(dst, class)
+            .and_then(|id| Some((id, self.listeners.get_mut(&id)?)));
+        let Some((id, listener)) = matching else {
             stats.tcp_refused += 1;
             return SynVerdict::NoListener;
         };
@@ -280,13 +321,16 @@ impl TcpTable {
     }
 
     /// After smoltcp transmitted: removes sockets of orphaned connections that are closed.
+    /// An aborted socket keeps its remote endpoint until its RST went out (smoltcp forgets it
+    /// then), so a full outbound queue delays the removal instead of losing the RST.
     pub(crate) fn reclaim(&mut self, sockets: &mut SocketSet<'static>) {
         self.conns.retain(|&handle, conn| {
             if conn.orphaned_at.is_none() {
                 return true;
             }
-            let state = sockets.get::<tcp::Socket>(handle).state();
-            if matches!(state, State::Closed | State::TimeWait) {
+            let socket = sockets.get::<tcp::Socket>(handle);
+            let rst_pending = socket.state() == State::Closed && socket.remote_endpoint().is_some();
+            if matches!(socket.state(), State::Closed | State::TimeWait) && !rst_pending {
                 sockets.remove(handle);
                 false
             } else {
@@ -354,8 +398,8 @@ impl TcpTable {
     }
 }
 
-/// Accepts TCP connections to one (address, port); dropping it resets connections not yet
-/// accepted and makes new SYNs get RST.
+/// Accepts TCP connections to one (address, port), or to elsewhere (`Stack::listen_elsewhere`);
+/// dropping it resets connections not yet accepted and makes new SYNs get RST.
 pub struct TcpListener {
     shared: Rc<SharedTcp>,
     id: u64,
@@ -388,7 +432,8 @@ impl TcpListener {
         futures::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
 
-    /// The port this listener accepts on.
+    /// The port this listener accepts on; 0 for the catch-all listener, which takes every port
+    /// (each stream's `local_addr` says which one the guest dialled).
     pub fn local_port(&self) -> u16 {
         self.port
     }
@@ -457,9 +502,20 @@ pub struct TcpStream {
 }
 
 impl TcpStream {
-    /// The address and port the guest connected to (a virtual IP, the gateway or a fake IP).
+    /// The address and port the guest connected to: a virtual IP, the gateway, a fake IP
+    /// (`Stack::fake_ip_name` tells its name) or, through the catch-all listener, any address
+    /// elsewhere.
     pub fn local_addr(&self) -> SocketAddrV4 {
         self.local
+    }
+
+    /// Ends the connection with a RST instead of a FIN, discarding data not yet sent or read:
+    /// for when what the guest connected to cannot be reached after all (the handshake with
+    /// the guest completed before anyone tried). The RST goes out with the next `Stack::poll`
+    /// (once the outbound queue has room) and the socket is freed after it.
+    pub fn abort(self) {
+        self.with_socket(|socket| socket.abort());
+        // Dropping `self` orphans the closed socket, which `Stack::poll` then reclaims.
     }
 
     /// The guest's address and port.

@@ -7,22 +7,12 @@ mod common;
 
 use common::*;
 use net_stack::{Config, Instant, ListenAddr, Stack};
-use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpOption,
-    TcpPacket, TcpRepr, TcpSeqNumber,
+    DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress, EthernetFrame, Ipv4Address, Ipv4Packet,
+    TcpControl,
 };
 
 const T: Instant = Instant::from_millis_const(5_000);
-
-fn hex(s: &str) -> Vec<u8> {
-    let s: String = s.split_whitespace().collect();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 #[test]
 fn arp_requests_for_gateway_and_virtual_ip_are_answered() {
@@ -455,118 +445,6 @@ fn dns_answers_table_fake_aaaa_notimp_formerr() {
     });
 }
 
-/// A TCP segment from the guest, built with smoltcp's emitter.
-fn tcp_frame(
-    dst: Ipv4Address,
-    src_port: u16,
-    dst_port: u16,
-    control: TcpControl,
-    seq: u32,
-    ack: Option<u32>,
-) -> Vec<u8> {
-    tcp_data_frame(dst, src_port, dst_port, control, seq, ack, &[])
-}
-
-/// [`tcp_frame`] carrying `payload`.
-fn tcp_data_frame(
-    dst: Ipv4Address,
-    src_port: u16,
-    dst_port: u16,
-    control: TcpControl,
-    seq: u32,
-    ack: Option<u32>,
-    payload: &[u8],
-) -> Vec<u8> {
-    let repr = TcpRepr {
-        src_port,
-        dst_port,
-        control,
-        seq_number: TcpSeqNumber(seq as i32),
-        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-        window_len: 64240,
-        window_scale: (control == TcpControl::Syn).then_some(7),
-        max_seg_size: (control == TcpControl::Syn).then_some(1460),
-        sack_permitted: false,
-        sack_ranges: [None, None, None],
-        timestamp: None,
-        payload,
-    };
-    let ip = Ipv4Repr {
-        src_addr: GUEST_IP,
-        dst_addr: dst,
-        next_header: IpProtocol::Tcp,
-        payload_len: repr.buffer_len(),
-        hop_limit: 64,
-    };
-    let mut buf = vec![0u8; 14 + 20 + repr.buffer_len()];
-    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-    EthernetRepr {
-        src_addr: EthernetAddress(GUEST_MAC),
-        dst_addr: EthernetAddress(GW_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut eth);
-    let caps = ChecksumCapabilities::default();
-    let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip.emit(&mut packet, &caps);
-    repr.emit(
-        &mut TcpPacket::new_unchecked(packet.payload_mut()),
-        &IpAddress::Ipv4(GUEST_IP),
-        &IpAddress::Ipv4(dst),
-        &caps,
-    );
-    buf
-}
-
-struct Segment {
-    src: (Ipv4Address, u16),
-    syn: bool,
-    ack: bool,
-    rst: bool,
-    seq_number: u32,
-    ack_number: u32,
-    window: u16,
-    mss: Option<u16>,
-    wscale: Option<u8>,
-}
-
-fn segment(frame: &[u8]) -> Segment {
-    let eth = EthernetFrame::new_checked(frame).unwrap();
-    assert_eq!(eth.dst_addr(), EthernetAddress(GUEST_MAC));
-    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
-    assert!(ip.verify_checksum());
-    let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
-    assert!(tcp.verify_checksum(
-        &IpAddress::Ipv4(ip.src_addr()),
-        &IpAddress::Ipv4(ip.dst_addr())
-    ));
-    let (mut mss, mut wscale) = (None, None);
-    let mut options = tcp.options();
-    while !options.is_empty() {
-        let Ok((rest, option)) = TcpOption::parse(options) else {
-            break;
-        };
-        match option {
-            TcpOption::MaxSegmentSize(v) => mss = Some(v),
-            TcpOption::WindowScale(v) => wscale = Some(v),
-            TcpOption::EndOfList => break,
-            _ => {}
-        }
-        options = rest;
-    }
-    Segment {
-        src: (ip.src_addr(), tcp.src_port()),
-        syn: tcp.syn(),
-        ack: tcp.ack(),
-        rst: tcp.rst(),
-        seq_number: tcp.seq_number().0 as u32,
-        ack_number: tcp.ack_number().0 as u32,
-        window: tcp.window_len(),
-        mss,
-        wscale,
-    }
-}
-
 #[test]
 fn syn_to_listener_gets_syn_ack_with_mss_and_window_scale() {
     let (stack, rec) = stack_with(Config::default());
@@ -706,56 +584,6 @@ fn connection_limit_refuses_with_rst() {
         assert!(s.syn && s.ack);
         assert_eq!(stack.stats().tcp_refused_limit, 2);
     });
-}
-
-/// A TCP segment from `src:src_port` to the guest as the stack must emit it (no options).
-fn tcp_reply_frame(
-    src: Ipv4Address,
-    src_port: u16,
-    dst_port: u16,
-    control: TcpControl,
-    seq: u32,
-    ack: Option<u32>,
-) -> Vec<u8> {
-    let repr = TcpRepr {
-        src_port,
-        dst_port,
-        control,
-        seq_number: TcpSeqNumber(seq as i32),
-        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-        window_len: 0,
-        window_scale: None,
-        max_seg_size: None,
-        sack_permitted: false,
-        sack_ranges: [None, None, None],
-        timestamp: None,
-        payload: &[],
-    };
-    let ip = Ipv4Repr {
-        src_addr: src,
-        dst_addr: GUEST_IP,
-        next_header: IpProtocol::Tcp,
-        payload_len: repr.buffer_len(),
-        hop_limit: 64,
-    };
-    let mut buf = vec![0u8; 14 + 20 + repr.buffer_len()];
-    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-    EthernetRepr {
-        src_addr: EthernetAddress(GW_MAC),
-        dst_addr: EthernetAddress(GUEST_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut eth);
-    let caps = ChecksumCapabilities::default();
-    let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip.emit(&mut packet, &caps);
-    repr.emit(
-        &mut TcpPacket::new_unchecked(packet.payload_mut()),
-        &IpAddress::Ipv4(src),
-        &IpAddress::Ipv4(GUEST_IP),
-        &caps,
-    );
-    buf
 }
 
 #[test]

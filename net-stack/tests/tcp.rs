@@ -15,6 +15,7 @@ use common::*;
 use futures::task::ArcWake;
 use net_stack::{Config, ListenAddr, TcpStream};
 use smoltcp::socket::tcp::State;
+use smoltcp::wire::Ipv4Address;
 
 fn accept_now(listener: &net_stack::TcpListener) -> Option<TcpStream> {
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
@@ -463,4 +464,32 @@ fn measure_in_memory_throughput() {
         net.stack.stats().frames_in,
         net.stack.stats().frames_out
     );
+}
+
+#[test]
+fn catch_all_relays_a_guest_connection_and_abort_resets_it() {
+    let mut net = Net::new(Config::default());
+    let rec = net.recorder.clone();
+    with_dump(&rec, "tcp_elsewhere_abort", move || {
+        let listener = net.stack.listen_elsewhere().unwrap();
+        let dst = Ipv4Address::new(10, 1, 2, 3);
+        let client = net.connect(dst, 5432, 4096, 4096);
+        net.pump();
+        assert_eq!(net.socket(client).state(), State::Established);
+        let mut stream = accept_now(&listener).expect("accepted");
+        assert_eq!(stream.local_addr(), "10.1.2.3:5432".parse().unwrap());
+        net.socket(client).send_slice(b"ping").unwrap();
+        net.pump();
+        assert_eq!(read_available(&mut stream), b"ping");
+        assert!(try_write(&mut stream, b"pong").is_ready());
+        net.pump();
+        let mut buf = [0u8; 16];
+        let n = net.socket(client).recv_slice(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"pong");
+        // The far side went away: the guest learns it from a RST, not a FIN.
+        stream.abort();
+        net.pump();
+        assert_eq!(net.socket(client).state(), State::Closed);
+        assert_eq!(net.stack.stats().tcp_open, 0);
+    });
 }

@@ -1,5 +1,7 @@
 //! Arbitrary frames into a fresh stack with time advancing: ARP, IPv4 (fragments, options),
-//! ICMP, UDP, DHCP, DNS and TCP to listeners whose accepted streams are read and written.
+//! ICMP, UDP, DHCP, DNS and TCP to listeners whose accepted streams are read and written (and
+//! some aborted), the catch-all listener for elsewhere among them, and UDP to elsewhere echoed
+//! back through the endpoint.
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -19,7 +21,9 @@ fuzz_target!(|data: &[u8]| {
         stack.listen(ListenAddr::Ip(proxy), 80).unwrap(),
         stack.listen(ListenAddr::Ip(proxy), 443).unwrap(),
         stack.listen(ListenAddr::FakeIps, 80).unwrap(),
+        stack.listen_elsewhere().unwrap(),
     ];
+    let udp = stack.bind_udp_elsewhere().unwrap();
     let mut streams: Vec<TcpStream> = Vec::new();
     let mut cx = Context::from_waker(noop_waker_ref());
     let mut now = 0u64;
@@ -33,7 +37,11 @@ fuzz_target!(|data: &[u8]| {
                 streams.push(s);
             }
         }
-        // Echo what the guest sent; every third frame, close or drop one stream.
+        // Echo every datagram to elsewhere back, as if the remote answered.
+        while let Some(d) = udp.try_recv() {
+            let _ = udp.send(d.remote, d.guest, &d.payload);
+        }
+        // Echo what the guest sent; on three frames in six, close, abort or drop one stream.
         for s in &mut streams {
             if let Poll::Ready(Ok(n)) = Pin::new(&mut *s).poll_read(&mut cx, &mut buf) {
                 let _ = Pin::new(&mut *s).poll_write(&mut cx, &buf[..n]);
@@ -43,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
             2 if !streams.is_empty() => {
                 let _ = Pin::new(&mut streams[0]).poll_close(&mut cx);
             }
+            4 if !streams.is_empty() => streams.remove(0).abort(),
             5 if !streams.is_empty() => drop(streams.remove(0)),
             _ => {}
         }

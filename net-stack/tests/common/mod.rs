@@ -15,7 +15,8 @@ use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, HardwareAddress, IpAddress,
-    IpCidr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    IpCidr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpOption, TcpPacket,
+    TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 pub const GUEST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
@@ -309,4 +310,184 @@ pub fn try_write<S: AsyncWrite + Unpin>(s: &mut S, buf: &[u8]) -> Poll<io::Resul
 pub fn try_close<S: AsyncWrite + Unpin>(s: &mut S) -> Poll<io::Result<()>> {
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     Pin::new(s).poll_close(&mut cx)
+}
+
+/// Bytes from hex digits (whitespace ignored).
+pub fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// A TCP segment from the guest, built with smoltcp's emitter.
+pub fn tcp_frame(
+    dst: Ipv4Address,
+    src_port: u16,
+    dst_port: u16,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+) -> Vec<u8> {
+    tcp_data_frame(dst, src_port, dst_port, control, seq, ack, &[])
+}
+
+/// [`tcp_frame`] carrying `payload`.
+pub fn tcp_data_frame(
+    dst: Ipv4Address,
+    src_port: u16,
+    dst_port: u16,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port,
+        dst_port,
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: 64240,
+        window_scale: (control == TcpControl::Syn).then_some(7),
+        max_seg_size: (control == TcpControl::Syn).then_some(1460),
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload,
+    };
+    let ip = Ipv4Repr {
+        src_addr: GUEST_IP,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: repr.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; 14 + 20 + repr.buffer_len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(GUEST_MAC),
+        dst_addr: EthernetAddress(GW_MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut eth);
+    let caps = ChecksumCapabilities::default();
+    let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
+    ip.emit(&mut packet, &caps);
+    repr.emit(
+        &mut TcpPacket::new_unchecked(packet.payload_mut()),
+        &IpAddress::Ipv4(GUEST_IP),
+        &IpAddress::Ipv4(dst),
+        &caps,
+    );
+    buf
+}
+
+/// The fields of a TCP segment towards the guest the tests look at.
+pub struct Segment {
+    pub src: (Ipv4Address, u16),
+    pub syn: bool,
+    pub ack: bool,
+    pub rst: bool,
+    pub seq_number: u32,
+    pub ack_number: u32,
+    pub window: u16,
+    pub mss: Option<u16>,
+    pub wscale: Option<u8>,
+}
+
+/// Parses a TCP segment towards the guest, checking both checksums.
+pub fn segment(frame: &[u8]) -> Segment {
+    let eth = EthernetFrame::new_checked(frame).unwrap();
+    assert_eq!(eth.dst_addr(), EthernetAddress(GUEST_MAC));
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert!(ip.verify_checksum());
+    let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert!(tcp.verify_checksum(
+        &IpAddress::Ipv4(ip.src_addr()),
+        &IpAddress::Ipv4(ip.dst_addr())
+    ));
+    let (mut mss, mut wscale) = (None, None);
+    let mut options = tcp.options();
+    while !options.is_empty() {
+        let Ok((rest, option)) = TcpOption::parse(options) else {
+            break;
+        };
+        match option {
+            TcpOption::MaxSegmentSize(v) => mss = Some(v),
+            TcpOption::WindowScale(v) => wscale = Some(v),
+            TcpOption::EndOfList => break,
+            _ => {}
+        }
+        options = rest;
+    }
+    Segment {
+        src: (ip.src_addr(), tcp.src_port()),
+        syn: tcp.syn(),
+        ack: tcp.ack(),
+        rst: tcp.rst(),
+        seq_number: tcp.seq_number().0 as u32,
+        ack_number: tcp.ack_number().0 as u32,
+        window: tcp.window_len(),
+        mss,
+        wscale,
+    }
+}
+
+/// A TCP segment from `src:src_port` to the guest as the stack must emit it (no options,
+/// window 0: a RST refusing a SYN).
+pub fn tcp_reply_frame(
+    src: Ipv4Address,
+    src_port: u16,
+    dst_port: u16,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port,
+        dst_port,
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    tcp_to_guest_frame(src, &repr)
+}
+
+/// Any TCP segment from `src` to the guest, in Ethernet from the gateway MAC, checksums
+/// computed: what the stack must emit for `repr`.
+pub fn tcp_to_guest_frame(src: Ipv4Address, repr: &TcpRepr) -> Vec<u8> {
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: GUEST_IP,
+        next_header: IpProtocol::Tcp,
+        payload_len: repr.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; 14 + 20 + repr.buffer_len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(GW_MAC),
+        dst_addr: EthernetAddress(GUEST_MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut eth);
+    let caps = ChecksumCapabilities::default();
+    let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
+    ip.emit(&mut packet, &caps);
+    repr.emit(
+        &mut TcpPacket::new_unchecked(packet.payload_mut()),
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(GUEST_IP),
+        &caps,
+    );
+    buf
 }
