@@ -19,6 +19,7 @@ use crate::refuse::upgrade_unsupported;
 use crate::route::Mode;
 use crate::target::{parse_target, Origin, Scheme, Target};
 use crate::tls;
+use crate::tunnel::splice;
 use crate::Proxy;
 
 /// Serves `stream` in `mode` until it ends, following CONNECTs into their tunnels (boxed: a
@@ -33,10 +34,35 @@ pub(crate) fn serve<'a>(
             Ended::Closed => return Ok(()),
             Ended::Connect(pending) => pending,
         };
-        let origin = match tunnel_origin(proxy, &mode, &pending.head) {
+        let raw = proxy.raw_tunnels.clone();
+        let origin = match tunnel_origin(proxy, &mode, &pending.head, raw.is_some()) {
             Ok(origin) => origin,
             Err(page) => return pending.refuse(proxy, &page).await,
         };
+        let host = origin.host.bare();
+        if let Some(tunnels) = raw.filter(|_| !proxy.is_own_host(&host)) {
+            // End to end: the tunnel is opened first, so a refusal is still a 502 page.
+            let remote = match tunnels.open(&host, origin.port).await {
+                Ok(remote) => remote,
+                Err(err) => {
+                    let page = ErrorPage::new(
+                        StatusCode::BAD_GATEWAY,
+                        "tunnel-failed",
+                        &format!("cannot open a tunnel to {host}:{}: {err}", origin.port),
+                    );
+                    return pending.refuse(proxy, &page).await;
+                }
+            };
+            return match pending.accept().await? {
+                Some(stream) => {
+                    if let Err(err) = splice(stream, remote).await {
+                        tracing::debug!(%host, port = origin.port, error = %err, "raw tunnel ended with an error");
+                    }
+                    Ok(())
+                }
+                None => Ok(()),
+            };
+        }
         match pending.accept().await? {
             Some(stream) => tunnel(proxy, stream, origin).await,
             None => Ok(()),
@@ -60,8 +86,14 @@ pub(crate) async fn serve_tls(
 }
 
 /// Decides a CONNECT request: the origin of the tunnel it asks for (whose TLS the proxy
-/// terminates with a leaf for the target), or the page refusing it.
-fn tunnel_origin(proxy: &Proxy, mode: &Mode, head: &RequestHead) -> Result<Origin, Box<ErrorPage>> {
+/// terminates with a leaf for the target, or which a raw tunnel carries when `raw`), or the
+/// page refusing it.
+fn tunnel_origin(
+    proxy: &Proxy,
+    mode: &Mode,
+    head: &RequestHead,
+    raw: bool,
+) -> Result<Origin, Box<ErrorPage>> {
     let unsupported = |msg: &str| {
         Box::new(ErrorPage::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -77,7 +109,7 @@ fn tunnel_origin(proxy: &Proxy, mode: &Mode, head: &RequestHead) -> Result<Origi
             "CONNECT is only accepted by the forward proxy port",
         ));
     }
-    if proxy.issuer.is_none() {
+    if proxy.issuer.is_none() && !raw {
         return Err(unsupported(
             "this proxy has no CA, so it cannot terminate TLS for CONNECT",
         ));

@@ -153,7 +153,7 @@ pub trait GuestStream: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> GuestStream for T {}
 
 /// A boxed [`GuestStream`].
-pub(crate) type BoxedStream = Box<dyn GuestStream>;
+pub type BoxedStream = Box<dyn GuestStream>;
 
 /// A stream whose first bytes come from a buffer already read from it (bytes read ahead
 /// while parsing the CONNECT request, or while sniffing for a TLS ClientHello).

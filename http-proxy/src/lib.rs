@@ -24,6 +24,7 @@ mod stats;
 pub mod target;
 mod timer;
 mod tls;
+mod tunnel;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -36,9 +37,10 @@ use http::{Method, StatusCode};
 use mitm_ca::Issuer;
 
 pub use error::ServeError;
-pub use io::GuestStream;
+pub use io::{BoxedStream, GuestStream};
 use route::Mode;
 use target::{Origin, Scheme};
+pub use tunnel::{splice, RawTunnels, TunnelError};
 
 /// Which service of the proxy a guest connection reached; decides how its bytes are read.
 #[derive(Debug, Clone)]
@@ -96,6 +98,7 @@ pub struct Proxy {
     transport: Rc<dyn Transport>,
     timer: Rc<dyn Timer>,
     issuer: Option<Arc<Issuer>>,
+    raw_tunnels: Option<Rc<dyn RawTunnels>>,
     counters: stats::Counters,
 }
 
@@ -107,6 +110,7 @@ impl Proxy {
             transport,
             timer,
             issuer: None,
+            raw_tunnels: None,
             counters: stats::Counters::default(),
         }
     }
@@ -118,6 +122,13 @@ impl Proxy {
             self.config.ca_certificate_pem = Some(issuer.ca().certificate_pem());
         }
         self.issuer = Some(issuer);
+        self
+    }
+
+    /// Carries CONNECT tunnels end to end through `tunnels` (e.g. a relay) instead of
+    /// terminating their TLS: the guest sees the origin's own certificate.
+    pub fn with_raw_tunnels(mut self, tunnels: Rc<dyn RawTunnels>) -> Self {
+        self.raw_tunnels = Some(tunnels);
         self
     }
 

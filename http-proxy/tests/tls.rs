@@ -266,3 +266,117 @@ fn a_tunnel_that_speaks_plain_http_is_served_as_http() {
     });
     assert!(got.ends_with("GET http://plain.test/p"), "{got}");
 }
+
+/// Raw tunnels that lead to an in-memory peer answering `echo:` plus what it read, or refuse
+/// hosts named `refused.test`.
+struct EchoTunnels {
+    opened: Rc<RefCell<Vec<String>>>,
+}
+
+#[async_trait(?Send)]
+impl http_proxy::RawTunnels for EchoTunnels {
+    async fn open(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<http_proxy::BoxedStream, http_proxy::TunnelError> {
+        self.opened.borrow_mut().push(format!("{host}:{port}"));
+        if host == "refused.test" {
+            return Err(http_proxy::TunnelError("connection refused (0x44)".into()));
+        }
+        let (mut peer, ours) = duplex();
+        // The peer: echoes what it reads until the guest's side is closed.
+        let echo = async move {
+            let mut buf = [0u8; 64];
+            loop {
+                let n = peer.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    let _ = peer.close().await;
+                    return;
+                }
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = peer.write_all(&reply).await;
+            }
+        };
+        SPAWNER.with(|s| {
+            s.borrow()
+                .as_ref()
+                .expect("spawner")
+                .spawn_local(echo)
+                .unwrap()
+        });
+        Ok(Box::new(ours))
+    }
+}
+
+thread_local! {
+    static SPAWNER: RefCell<Option<futures::executor::LocalSpawner>> = const { RefCell::new(None) };
+}
+
+/// Runs `client` against a proxy without a CA whose CONNECTs go through [`EchoTunnels`].
+fn run_with_raw_tunnels<F>(client: impl FnOnce(End) -> F) -> (String, Vec<String>)
+where
+    F: std::future::Future<Output = String> + 'static,
+{
+    let opened = Rc::new(RefCell::new(Vec::new()));
+    let proxy = Proxy::new(
+        ProxyConfig::default(),
+        Rc::new(EchoUrl),
+        Rc::new(NeverTimer),
+    )
+    .with_raw_tunnels(Rc::new(EchoTunnels {
+        opened: opened.clone(),
+    }));
+    let (guest, proxy_end) = duplex();
+    let mut pool = LocalPool::new();
+    SPAWNER.with(|s| *s.borrow_mut() = Some(pool.spawner()));
+    pool.spawner()
+        .spawn_local(async move {
+            let _ = proxy.serve(proxy_end, Entry::ForwardProxy).await;
+        })
+        .unwrap();
+    let got = pool.run_until(client(guest));
+    SPAWNER.with(|s| *s.borrow_mut() = None);
+    let opened = opened.borrow().clone();
+    (got, opened)
+}
+
+#[test]
+fn with_raw_tunnels_a_connect_is_carried_end_to_end_without_a_ca() {
+    let (got, opened) = run_with_raw_tunnels(|mut guest| async move {
+        guest
+            .write_all(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 39];
+        guest.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200 Connection established\r\n\r\n");
+        // Not TLS, not HTTP: bytes the proxy would never pass through a terminated tunnel.
+        guest.write_all(b"\x00raw bytes").await.unwrap();
+        let mut reply = [0u8; 15];
+        guest.read_exact(&mut reply).await.unwrap();
+        guest.close().await.unwrap();
+        let rest = read_to_end(&mut guest).await;
+        format!("{}{rest}", String::from_utf8_lossy(&reply))
+    });
+    assert_eq!(got, "echo:\u{0}raw bytes");
+    assert_eq!(opened, ["origin.test:443"]);
+}
+
+#[test]
+fn a_raw_tunnel_that_cannot_be_opened_is_a_502_naming_the_destination_and_why() {
+    let (got, opened) = run_with_raw_tunnels(|mut guest| async move {
+        guest
+            .write_all(b"CONNECT refused.test:22 HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        read_to_end(&mut guest).await
+    });
+    assert!(got.starts_with("HTTP/1.1 502 "), "{got}");
+    assert!(
+        got.contains("refused.test:22") && got.contains("connection refused (0x44)"),
+        "{got}"
+    );
+    assert_eq!(opened, ["refused.test:22"]);
+}
