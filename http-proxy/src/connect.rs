@@ -48,7 +48,7 @@ pub(crate) fn serve<'a>(
                     let page = ErrorPage::new(
                         StatusCode::BAD_GATEWAY,
                         "tunnel-failed",
-                        &format!("cannot open a tunnel to {host}:{}: {err}", origin.port),
+                        format!("cannot open a tunnel to {host}:{}: {err}", origin.port),
                     );
                     return pending.refuse(proxy, &page).await;
                 }
