@@ -8,13 +8,16 @@ use std::net::Ipv4Addr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use fetch_transport::relay::{Dialer, Relay, RelayConfig, WispVersionChoice};
+use fetch_transport::wisp::{ClientConfig, ClientConfigError};
 use fetch_transport::{Transport, TransportConfig};
 use http_proxy::{Proxy, ProxyConfig};
 use mitm_ca::{CaParams, CertificateAuthority, Clock, Issuer, IssuerConfig};
 use net_stack::Stack;
 
 use crate::clock::WallClock;
-use crate::options::{Options, OptionsError};
+use crate::options::{Options, OptionsError, RelayOptions, RelayVersion};
+use crate::relay::{self, RelayTunnels, RoutesError};
 use crate::runtime::Runtime;
 use crate::services;
 
@@ -45,6 +48,15 @@ pub enum ComposeError {
     /// A service could not listen on the virtual network.
     #[error("cannot listen on the virtual network: {0}")]
     Listen(#[from] net_stack::ListenError),
+    /// The relay's routes could not be set up.
+    #[error("config.relay: {0}")]
+    RelayRoutes(#[from] RoutesError),
+    /// The relay's Wisp settings were refused.
+    #[error("config.relay: {0}")]
+    RelayClient(#[from] ClientConfigError),
+    /// A relay is configured but this platform cannot open WebSockets.
+    #[error("config.relay: this build cannot reach a relay")]
+    RelayUnsupported,
 }
 
 /// Makes the transport requests leave through, from the options' transport settings.
@@ -61,6 +73,9 @@ pub struct Platform {
     /// The request body limit when the options set none: the browser's `fetch()` holds
     /// request bodies whole, so it has one; natively bodies stream and there is none.
     pub default_max_request_body: Option<u64>,
+    /// Opens the relay's WebSocket (the browser's `WebSocket`, tokio-tungstenite natively);
+    /// needed only when the options configure a relay.
+    pub dialer: Option<Rc<dyn Dialer>>,
 }
 
 /// The running system: what the adapters drive and report on.
@@ -73,6 +88,8 @@ pub struct System {
     pub ca_pem: String,
     /// The proxy's address on the guest network.
     pub proxy_ip: Ipv4Addr,
+    /// The relay, when one is configured.
+    pub relay: Option<Relay>,
 }
 
 /// The transport settings the options describe.
@@ -101,6 +118,22 @@ pub fn transport_config(
         builder = builder.timeout(timeout);
     }
     builder.build()
+}
+
+/// The relay's settings the options describe.
+fn relay_config(options: &RelayOptions) -> Result<RelayConfig, ClientConfigError> {
+    let mut client = ClientConfig::builder().udp(options.udp.unwrap_or(true));
+    if let (Some(user), Some(password)) = (&options.username, &options.password) {
+        client = client.password(user.as_str(), password.as_str());
+    }
+    let version = match options.version.unwrap_or(RelayVersion::Auto) {
+        RelayVersion::Auto => WispVersionChoice::Auto,
+        RelayVersion::V1 => WispVersionChoice::V1,
+        RelayVersion::V2 => WispVersionChoice::V2,
+    };
+    Ok(RelayConfig::new(options.url.trim())
+        .version(version)
+        .client(client.build()?))
 }
 
 /// The CA that issues the guest-facing leaves: the one in the options, or a fresh one.
@@ -137,13 +170,42 @@ pub fn compose(options: &Options, platform: Platform) -> Result<System, ComposeE
         own_hosts: vec![proxy_ip.to_string(), PROXY_NAME.into()],
         ..ProxyConfig::default()
     };
-    let proxy = Proxy::new(proxy_config, transport, platform.runtime.timer());
-    let proxy = Rc::new(proxy.with_issuer(issuer));
-    services::start(&stack, proxy.clone(), proxy_ip, platform.runtime.clone())?;
+    let timer = platform.runtime.timer();
+    let mut proxy = Proxy::new(proxy_config, transport, timer.clone()).with_issuer(issuer);
+    let relay = match &options.relay {
+        Some(relay_options) => {
+            let dialer = platform.dialer.ok_or(ComposeError::RelayUnsupported)?;
+            let (relay, driver) = Relay::new(relay_config(relay_options)?, dialer, timer);
+            platform.runtime.spawn(Box::pin(driver.run()));
+            let relay_options = Rc::new(relay_options.clone());
+            proxy = proxy.with_raw_tunnels(Rc::new(RelayTunnels::new(
+                relay.clone(),
+                relay_options.clone(),
+            )));
+            relay::start(
+                &stack,
+                relay.clone(),
+                relay_options,
+                platform.runtime.clone(),
+            )?;
+            Some(relay)
+        }
+        None => None,
+    };
+    let proxy = Rc::new(proxy);
+    let transparent_https = relay.is_none();
+    services::start(
+        &stack,
+        proxy.clone(),
+        proxy_ip,
+        transparent_https,
+        platform.runtime.clone(),
+    )?;
     Ok(System {
         stack,
         proxy,
         ca_pem,
         proxy_ip,
+        relay,
     })
 }

@@ -13,6 +13,7 @@ mod faults;
 pub mod heap;
 pub mod link;
 pub mod options;
+pub mod relay;
 pub mod runtime;
 pub mod services;
 pub mod stats;

@@ -6,6 +6,8 @@
 //! - any fake IP from the DNS server, ports 80 and 443: transparent interception for programs
 //!   that ignore the proxy variables; the fake IP's name is the fallback origin. Other ports
 //!   on fake IPs, and every unserved port, are refused at once with RST by the stack.
+//! - With a relay (`crate::relay`), port 443 of fake IPs is not intercepted: it goes through
+//!   the relay end to end like every other port of elsewhere.
 
 use std::net::Ipv4Addr;
 use std::rc::Rc;
@@ -30,9 +32,10 @@ pub fn start(
     stack: &Stack,
     proxy: Rc<Proxy>,
     proxy_ip: Ipv4Addr,
+    transparent_https: bool,
     runtime: Rc<dyn Runtime>,
 ) -> Result<(), ListenError> {
-    let listeners = [
+    let mut listeners = vec![
         (
             stack.listen(ListenAddr::Ip(proxy_ip), 80)?,
             Service::ForwardProxy,
@@ -45,11 +48,13 @@ pub fn start(
             stack.listen(ListenAddr::FakeIps, 80)?,
             Service::TransparentHttp,
         ),
-        (
+    ];
+    if transparent_https {
+        listeners.push((
             stack.listen(ListenAddr::FakeIps, 443)?,
             Service::TransparentHttps,
-        ),
-    ];
+        ));
+    }
     for (listener, service) in listeners {
         let task = accept_loop(
             listener,

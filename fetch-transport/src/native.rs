@@ -142,6 +142,13 @@ impl NativeTransportBuilder {
         })
     }
 
+    /// A dialer for a relay's `wss://` WebSocket that trusts the same roots as the transport.
+    pub fn relay_dialer(&self) -> Result<crate::relay::NativeDialer, ConfigError> {
+        let mut tls = self.tls_config()?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(crate::relay::NativeDialer::new(Arc::new(tls)))
+    }
+
     fn tls_config(&self) -> Result<rustls::ClientConfig, ConfigError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))

@@ -226,6 +226,11 @@ impl Stack {
         inner.dns.fake_ips.name_of(ip).map(str::to_string)
     }
 
+    /// Whether `ip` is in the DNS server's fake-IP pool (handed out or not).
+    pub fn is_fake_ip(&self, ip: Ipv4Addr) -> bool {
+        self.shared.inner.borrow().dns.fake_ips.contains(ip)
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let inner = self.shared.inner.borrow();

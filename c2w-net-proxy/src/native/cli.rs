@@ -8,8 +8,14 @@ use clap::{ArgGroup, Parser};
 use fetch_transport::NativeTransport;
 
 use super::RunnerError;
-use crate::compose::TransportFactory;
-use crate::options::{CaPem, NetworkOptions, Options, Rewrite, Timeout};
+use std::collections::BTreeMap;
+
+use fetch_transport::relay::Dialer;
+
+use crate::compose::{ComposeError, TransportFactory};
+use crate::options::{
+    CaPem, NetworkOptions, Options, RelayOptions, RelayVersion, Rewrite, Timeout,
+};
 
 /// c2w-net-proxy: the virtual network (DHCP, DNS, TCP/IP) and HTTP(S) proxy behind an
 /// emulated NIC, attached to a Linux TAP device or a QEMU stream socket.
@@ -93,6 +99,28 @@ pub struct Args {
     /// 500 ms and on exit, replacing the file atomically.
     #[arg(long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
+
+    /// A Wisp relay (`ws://HOST:PORT/` or `wss://...`) for TCP to any port, UDP, and CONNECT
+    /// tunnels end to end; without it only HTTP(S) through the proxy leaves.
+    #[arg(long, value_name = "URL")]
+    pub relay: Option<String>,
+
+    /// The relay's protocol version: auto (v2 when the server takes it), v1 or v2.
+    #[arg(long, value_name = "VERSION", requires = "relay")]
+    pub relay_version: Option<RelayVersion>,
+
+    /// User name and password for a v2 relay that asks for them: `USER:PASSWORD`.
+    #[arg(long, value_name = "USER:PASSWORD", requires = "relay")]
+    pub relay_auth: Option<String>,
+
+    /// Keep the guest's UDP off the relay (only DHCP and DNS to the gateway are answered).
+    #[arg(long, requires = "relay")]
+    pub relay_no_udp: bool,
+
+    /// Have the relay connect to TARGET when the guest asks for NAME: `NAME=TARGET`
+    /// (repeatable), e.g. `db.test=127.0.0.1` for a server on the relay host's loopback.
+    #[arg(long, value_name = "NAME=TARGET", requires = "relay")]
+    pub relay_host: Vec<String>,
 }
 
 /// Where the runner gets its guest from.
@@ -153,8 +181,55 @@ impl Args {
             allow: Some(self.allow.clone()),
             deny: Some(self.deny.clone()),
             timeout: Some(Timeout(self.timeout)),
+            relay: self.relay_options()?,
             ..Options::default()
         })
+    }
+
+    /// The `relay` options from `--relay*`.
+    fn relay_options(&self) -> Result<Option<RelayOptions>, RunnerError> {
+        let Some(url) = &self.relay else {
+            return Ok(None);
+        };
+        let (username, password) = match &self.relay_auth {
+            Some(auth) => {
+                let (user, password) = auth.split_once(':').ok_or_else(|| {
+                    RunnerError::Argument("--relay-auth must be USER:PASSWORD".into())
+                })?;
+                (Some(user.to_string()), Some(password.to_string()))
+            }
+            None => (None, None),
+        };
+        let mut hosts = BTreeMap::new();
+        for entry in &self.relay_host {
+            let (name, target) = entry.split_once('=').ok_or_else(|| {
+                RunnerError::Argument(format!("--relay-host {entry:?} is not NAME=TARGET"))
+            })?;
+            hosts.insert(name.to_string(), target.to_string());
+        }
+        Ok(Some(RelayOptions {
+            url: url.clone(),
+            version: self.relay_version,
+            username,
+            password,
+            udp: Some(!self.relay_no_udp),
+            hosts: Some(hosts),
+        }))
+    }
+
+    /// Opens the relay's WebSocket natively, trusting the same CAs as the transport.
+    pub fn dialer(&self) -> Result<Option<Rc<dyn Dialer>>, RunnerError> {
+        if self.relay.is_none() {
+            return Ok(None);
+        }
+        let mut builder = NativeTransport::builder();
+        for path in &self.trust_ca {
+            builder = builder
+                .add_root_pem(&read_file(path)?)
+                .map_err(ComposeError::from)?;
+        }
+        let dialer = builder.relay_dialer().map_err(ComposeError::from)?;
+        Ok(Some(Rc::new(dialer)))
     }
 
     /// Makes the native transport (reqwest) from the options' transport settings, with the

@@ -50,6 +50,9 @@ pub enum RunnerError {
         #[source]
         source: std::io::Error,
     },
+    /// A command-line value could not be used.
+    #[error("{0}")]
+    Argument(String),
     /// The link to the guest failed.
     #[error("guest link: {0}")]
     Link(#[from] LinkError),
@@ -119,6 +122,7 @@ pub async fn run(args: Args) -> Result<(), RunnerError> {
             runtime: runtime.clone() as Rc<dyn Runtime>,
             transport: args.transport()?,
             default_max_request_body: None,
+            dialer: args.dialer()?,
         },
     )?;
     if let Some(path) = &args.ca_cert_out {

@@ -104,6 +104,131 @@ pub struct Options {
         )
     )]
     pub log_level: Option<LogLevel>,
+    /// A Wisp relay for what `fetch()` cannot carry: TCP to any port, UDP, and CONNECT
+    /// tunnels end to end (see docs/usage.md, "Relay"). Unset: fetch only.
+    #[serde(default)]
+    #[cfg_attr(target_arch = "wasm32", tsify(optional))]
+    pub relay: Option<RelayOptions>,
+}
+
+/// The `relay` part: which Wisp server, and what goes through it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(target_arch = "wasm32", derive(Tsify))]
+pub struct RelayOptions {
+    /// The Wisp server: `ws://` or `wss://`, a path ending in `/`.
+    pub url: String,
+    /// The protocol version: `auto` (v2 when the server takes it, the default), `v1` or `v2`.
+    #[serde(default)]
+    #[cfg_attr(
+        target_arch = "wasm32",
+        tsify(optional, type = "\"auto\" | \"v1\" | \"v2\"")
+    )]
+    pub version: Option<RelayVersion>,
+    /// The user name for a v2 server that asks for a password.
+    #[serde(default)]
+    #[cfg_attr(target_arch = "wasm32", tsify(optional))]
+    pub username: Option<String>,
+    /// The password that goes with `username`.
+    #[serde(default)]
+    #[cfg_attr(target_arch = "wasm32", tsify(optional))]
+    pub password: Option<String>,
+    /// Carry the guest's UDP (other than DHCP and DNS to the gateway); default true.
+    #[serde(default)]
+    #[cfg_attr(target_arch = "wasm32", tsify(optional))]
+    pub udp: Option<bool>,
+    /// Destinations the relay must reach under another name or address, e.g.
+    /// `{"db.test": "127.0.0.1"}` for a server on the relay host's loopback.
+    #[serde(default)]
+    #[cfg_attr(target_arch = "wasm32", tsify(optional))]
+    pub hosts: Option<BTreeMap<String, String>>,
+}
+
+/// Which Wisp version the relay is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayVersion {
+    /// v2 when the server takes it, else v1.
+    Auto,
+    /// v1 only.
+    V1,
+    /// v2 only.
+    V2,
+}
+
+impl RelayOptions {
+    /// Checks the URL, the credentials and the host map (the path of a bad field is named).
+    fn validate(&self) -> Result<(), OptionsError> {
+        let url = self.url.trim();
+        let scheme_ok = url.starts_with("ws://") || url.starts_with("wss://");
+        let host_ok = url
+            .split_once("://")
+            .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'));
+        if !scheme_ok || !host_ok {
+            return Err(OptionsError::new(
+                "relay.url",
+                format!("{url:?} is not a ws:// or wss:// URL with a host"),
+            ));
+        }
+        if url.chars().any(char::is_whitespace) {
+            return Err(OptionsError::new(
+                "relay.url",
+                format!("{url:?} contains white space"),
+            ));
+        }
+        match (&self.username, &self.password) {
+            (Some(_), None) => {
+                return Err(OptionsError::new(
+                    "relay.password",
+                    "a username needs a password",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(OptionsError::new(
+                    "relay.username",
+                    "a password needs a username",
+                ))
+            }
+            (Some(user), Some(_)) if user.is_empty() || user.len() > 255 => {
+                return Err(OptionsError::new(
+                    "relay.username",
+                    "must be 1 to 255 bytes long",
+                ))
+            }
+            _ => {}
+        }
+        for (name, target) in self.hosts.iter().flatten() {
+            if name.is_empty() || target.trim().is_empty() {
+                return Err(OptionsError::new(
+                    &format!("relay.hosts.{name}"),
+                    "names and targets must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the relay must connect for `host` (the host map, case-insensitively), else `host`.
+    pub fn target<'a>(&'a self, host: &'a str) -> &'a str {
+        self.hosts
+            .iter()
+            .flatten()
+            .find(|(name, _)| name.eq_ignore_ascii_case(host))
+            .map_or(host, |(_, target)| target.as_str())
+    }
+}
+
+impl std::str::FromStr for RelayVersion {
+    type Err = ValueError;
+
+    fn from_str(text: &str) -> Result<Self, ValueError> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "v1" | "1" => Ok(Self::V1),
+            "v2" | "2" => Ok(Self::V2),
+            _ => Err(ValueError::RelayVersion(text.to_string())),
+        }
+    }
 }
 
 /// The `network` part: the original's network unless told otherwise.
@@ -290,6 +415,9 @@ pub enum ValueError {
     /// A size of zero or beyond what can be addressed.
     #[error("{0:?} is out of range (at least 1, and it must fit in memory)")]
     OutOfRange(String),
+    /// Not a relay version.
+    #[error("{0:?} is not a relay version (auto, v1 or v2)")]
+    RelayVersion(String),
 }
 
 impl FromStr for MacAddr {
@@ -495,6 +623,9 @@ impl Options {
                 1,
                 MAX_SAFE_INTEGER,
             )?;
+        }
+        if let Some(relay) = &self.relay {
+            relay.validate()?;
         }
         in_range("timeoutMs", self.timeout_ms, 1, 86_400_000)?;
         if self.timeout.is_some() && self.timeout_ms.is_some() {

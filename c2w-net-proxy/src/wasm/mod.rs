@@ -338,6 +338,7 @@ fn build(config: &JsValue) -> Result<NetProxy, ComposeError> {
             // fetch() holds request bodies whole: the proxy refuses larger ones early (413 on
             // Content-Length, before reading anything).
             default_max_request_body: Some(fetch_transport::DEFAULT_MAX_REQUEST_BODY),
+            dialer: None,
         },
     )?;
     let port = Rc::new(JsPort::default());

@@ -1,0 +1,259 @@
+//! What goes through the Wisp relay when one is configured, decided here and nowhere below:
+//! - TCP to every destination the stack does not serve itself (`Stack::listen_elsewhere`:
+//!   any port of a fake IP, any address outside the guest network), spliced to a relay stream;
+//!   a fake IP becomes the name it stands for, so the relay resolves it. A destination the
+//!   relay cannot reach ends the guest's connection with RST.
+//! - UDP other than DHCP and DNS to the gateway (`Stack::bind_udp_elsewhere`): one relay UDP
+//!   stream per (guest port, destination) flow, closed after [`UDP_IDLE`] without traffic.
+//! - The proxy's CONNECT tunnels, end to end ([`RelayTunnels`]): the guest sees the origin's
+//!   own certificate.
+//!
+//! Names in `relay.hosts` are rewritten before the relay sees them.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fetch_transport::relay::{Relay, RelayDatagrams};
+use futures::channel::mpsc;
+use futures::future::{self, Either};
+use futures::StreamExt;
+use http_proxy::{splice, BoxedStream, RawTunnels, TunnelError};
+use net_stack::{Datagram, Stack, TcpListener, TcpStream, UdpEndpoint};
+
+use crate::options::RelayOptions;
+use crate::runtime::Runtime;
+
+/// A UDP flow without a datagram either way for this long is closed.
+pub const UDP_IDLE: Duration = Duration::from_secs(60);
+/// UDP flows open at once; datagrams that would open more are dropped.
+const MAX_UDP_FLOWS: usize = 256;
+/// Datagrams from the guest waiting for their flow's relay stream to open.
+const FLOW_QUEUE: usize = 32;
+
+/// Why the relay's routes could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    /// The catch-all TCP listener is taken.
+    #[error("cannot listen for relayed TCP: {0}")]
+    Listen(#[from] net_stack::ListenError),
+    /// The UDP endpoint is taken.
+    #[error("cannot carry UDP: {0}")]
+    Udp(#[from] net_stack::UdpBindError),
+}
+
+/// The relay and how destinations are named to it.
+#[derive(Clone)]
+struct Route {
+    stack: Stack,
+    relay: Relay,
+    options: Rc<RelayOptions>,
+}
+
+impl Route {
+    /// The host the relay should connect to for what the guest addressed: the name a fake IP
+    /// stands for (or the IP itself), mapped through `relay.hosts`. `None` for a fake IP that
+    /// names nothing (never handed out, or recycled).
+    fn host_for(&self, addr: &SocketAddrV4) -> Option<String> {
+        let host = match self.stack.fake_ip_name(*addr.ip()) {
+            Some(name) => name,
+            None if self.stack.is_fake_ip(*addr.ip()) => return None,
+            None => addr.ip().to_string(),
+        };
+        Some(self.options.target(&host).to_string())
+    }
+}
+
+/// Starts the relay's routes on `stack`: TCP to elsewhere always, UDP when `options.udp`
+/// allows (default on).
+pub fn start(
+    stack: &Stack,
+    relay: Relay,
+    options: Rc<RelayOptions>,
+    runtime: Rc<dyn Runtime>,
+) -> Result<(), RoutesError> {
+    let route = Route {
+        stack: stack.clone(),
+        relay,
+        options,
+    };
+    let listener = stack.listen_elsewhere()?;
+    runtime.spawn(Box::pin(accept_tcp(
+        listener,
+        route.clone(),
+        runtime.clone(),
+    )));
+    if route.options.udp.unwrap_or(true) {
+        let endpoint = Rc::new(stack.bind_udp_elsewhere()?);
+        runtime.spawn(Box::pin(carry_udp(endpoint, route, runtime.clone())));
+    }
+    Ok(())
+}
+
+async fn accept_tcp(listener: TcpListener, route: Route, runtime: Rc<dyn Runtime>) {
+    loop {
+        let stream = listener.accept().await;
+        runtime.spawn(Box::pin(carry_tcp(stream, route.clone())));
+    }
+}
+
+/// Carries one guest connection through the relay; RST when the relay cannot.
+async fn carry_tcp(mut stream: TcpStream, route: Route) {
+    let dst = stream.local_addr();
+    let Some(host) = route.host_for(&dst) else {
+        tracing::debug!(%dst, "relay: a fake IP that names nothing; reset");
+        stream.abort();
+        return;
+    };
+    let mut remote = match route.relay.connect_tcp(&host, dst.port()).await {
+        Ok(remote) => remote,
+        Err(err) => {
+            tracing::info!(%dst, %host, error = %err, "relay: cannot open; reset");
+            stream.abort();
+            return;
+        }
+    };
+    match splice(&mut stream, &mut remote).await {
+        Ok((sent, received)) => {
+            tracing::debug!(%dst, %host, sent, received, "relay: connection ended");
+        }
+        Err(err) => {
+            tracing::debug!(%dst, %host, error = %err, "relay: connection failed; reset");
+            stream.abort();
+        }
+    }
+}
+
+/// A flow's way in: datagrams from the guest for its relay stream.
+type FlowQueue = mpsc::Sender<Vec<u8>>;
+/// The open flows by (guest, destination as addressed).
+type Flows = Rc<RefCell<HashMap<(SocketAddrV4, SocketAddrV4), FlowQueue>>>;
+
+/// Hands every datagram from the guest to its flow, opening flows as needed.
+async fn carry_udp(endpoint: Rc<UdpEndpoint>, route: Route, runtime: Rc<dyn Runtime>) {
+    let flows: Flows = Rc::default();
+    loop {
+        let Datagram {
+            guest,
+            remote,
+            payload,
+        } = endpoint.recv().await;
+        let key = (guest, remote);
+        let mut map = flows.borrow_mut();
+        if let Some(queue) = map.get_mut(&key) {
+            if queue.try_send(payload).is_err() {
+                tracing::debug!(%guest, %remote, "relay: UDP flow queue full; datagram dropped");
+            }
+            continue;
+        }
+        if map.len() >= MAX_UDP_FLOWS {
+            tracing::debug!(%guest, %remote, "relay: too many UDP flows; datagram dropped");
+            continue;
+        }
+        let (mut queue, datagrams) = mpsc::channel(FLOW_QUEUE);
+        let _ = queue.try_send(payload);
+        map.insert(key, queue);
+        drop(map);
+        runtime.spawn(Box::pin(udp_flow(
+            key,
+            datagrams,
+            endpoint.clone(),
+            route.clone(),
+            flows.clone(),
+            runtime.clone(),
+        )));
+    }
+}
+
+/// One UDP flow: opens its relay stream, then moves datagrams both ways until idle.
+async fn udp_flow(
+    (guest, remote): (SocketAddrV4, SocketAddrV4),
+    mut from_guest: mpsc::Receiver<Vec<u8>>,
+    endpoint: Rc<UdpEndpoint>,
+    route: Route,
+    flows: Flows,
+    runtime: Rc<dyn Runtime>,
+) {
+    if let Some(host) = route.host_for(&remote) {
+        match route.relay.open_udp(&host, remote.port()).await {
+            Ok(flow) => {
+                relay_datagrams(&mut from_guest, &flow, &endpoint, guest, remote, &runtime).await
+            }
+            Err(err) => {
+                tracing::info!(%guest, %remote, %host, error = %err, "relay: cannot open a UDP flow")
+            }
+        }
+    }
+    flows.borrow_mut().remove(&(guest, remote));
+}
+
+async fn relay_datagrams(
+    from_guest: &mut mpsc::Receiver<Vec<u8>>,
+    flow: &RelayDatagrams,
+    endpoint: &UdpEndpoint,
+    guest: SocketAddrV4,
+    remote: SocketAddrV4,
+    runtime: &Rc<dyn Runtime>,
+) {
+    let mut last = runtime.now();
+    let mut idle = runtime.sleep(UDP_IDLE);
+    loop {
+        let outgoing = from_guest.next();
+        let incoming = Box::pin(flow.recv());
+        let wake = future::select(future::select(outgoing, incoming), &mut idle).await;
+        match wake {
+            Either::Left((Either::Left((Some(datagram), _)), _)) => {
+                last = runtime.now();
+                if let Err(err) = flow.send(&datagram) {
+                    tracing::debug!(%guest, %remote, error = %err, "relay: UDP flow ended");
+                    return;
+                }
+            }
+            Either::Left((Either::Left((None, _)), _)) => return,
+            Either::Left((Either::Right((Ok(datagram), _)), _)) => {
+                last = runtime.now();
+                if let Err(err) = endpoint.send(remote, guest, &datagram) {
+                    tracing::debug!(%guest, %remote, error = %err, "relay: datagram not delivered");
+                }
+            }
+            Either::Left((Either::Right((Err(err), _)), _)) => {
+                tracing::debug!(%guest, %remote, error = %err, "relay: UDP flow ended");
+                return;
+            }
+            Either::Right(((), _)) => {
+                let quiet = Duration::from_micros((runtime.now() - last).total_micros());
+                if quiet >= UDP_IDLE {
+                    return;
+                }
+                idle = runtime.sleep(UDP_IDLE - quiet);
+            }
+        }
+    }
+}
+
+/// The proxy's CONNECT tunnels through the relay.
+pub struct RelayTunnels {
+    relay: Relay,
+    options: Rc<RelayOptions>,
+}
+
+impl RelayTunnels {
+    /// Tunnels through `relay`, names mapped by `options.hosts`.
+    pub fn new(relay: Relay, options: Rc<RelayOptions>) -> Self {
+        Self { relay, options }
+    }
+}
+
+#[async_trait(?Send)]
+impl RawTunnels for RelayTunnels {
+    async fn open(&self, host: &str, port: u16) -> Result<BoxedStream, TunnelError> {
+        let target = self.options.target(host);
+        match self.relay.connect_tcp(target, port).await {
+            Ok(stream) => Ok(Box::new(stream)),
+            Err(err) => Err(TunnelError(err.to_string())),
+        }
+    }
+}
