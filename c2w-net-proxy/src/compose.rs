@@ -78,7 +78,8 @@ pub struct Platform {
     pub dialer: Option<Rc<dyn Dialer>>,
 }
 
-/// The running system: what the adapters drive and report on.
+/// The running system: what the adapters drive and report on. Cloning shares it.
+#[derive(Clone)]
 pub struct System {
     /// The virtual network.
     pub stack: Stack,

@@ -3,7 +3,11 @@
 //! adds only what its platform knows about memory (the wasm heap; the process's RSS) beside
 //! it. The TypeScript declarations (`NetProxyStats`) are generated from these types.
 
+use fetch_transport::relay::{Relay, RelayState};
+use fetch_transport::wisp::WispVersion;
 use serde::Serialize;
+
+use crate::compose::System;
 
 #[cfg(target_arch = "wasm32")]
 use tsify::Tsify;
@@ -29,6 +33,10 @@ pub struct Stats {
     pub icmp_echo_replies: u64,
     /// UDP datagrams to closed ports answered with ICMP port unreachable.
     pub udp_port_unreachable: u64,
+    /// UDP datagrams from the guest handed to the relay's flows.
+    pub udp_datagrams_in: u64,
+    /// UDP datagrams from the relay's flows sent to the guest.
+    pub udp_datagrams_out: u64,
     /// The DHCP server.
     pub dhcp: DhcpStats,
     /// The DNS server.
@@ -37,6 +45,9 @@ pub struct Stats {
     pub tcp: TcpStats,
     /// The HTTP proxy.
     pub proxy: ProxyCounters,
+    /// The Wisp relay, when one is configured.
+    #[cfg_attr(target_arch = "wasm32", tsify(optional))]
+    pub relay: Option<RelayCounters>,
     /// Whether a capture is running.
     pub capturing: bool,
     /// Whether the proxy was closed (the browser's `close()`; natively the final snapshot).
@@ -66,6 +77,8 @@ pub struct Drops {
     pub no_neighbor: u64,
     /// Frames skipped by the QEMU stream decoder (empty or longer than the MTU allows).
     pub stream_framing: u64,
+    /// UDP datagrams for the relay dropped because its queue was full.
+    pub udp_queue_full: u64,
 }
 
 /// DHCP counters and the current leases.
@@ -166,6 +179,68 @@ pub struct ProxyErrors {
     pub bodies_too_large: u64,
 }
 
+/// The relay's connection and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(target_arch = "wasm32", derive(Tsify))]
+pub struct RelayCounters {
+    /// `connecting`, `up` or `down` (waiting before the next attempt).
+    pub state: &'static str,
+    /// The Wisp version of the current connection (1 or 2), when up.
+    pub version: Option<u8>,
+    /// Connections that completed the handshake.
+    pub connects: u64,
+    /// Attempts that failed (dial or handshake).
+    pub connect_failures: u64,
+    /// Connections lost after the handshake.
+    pub losses: u64,
+    /// Streams and UDP flows open now.
+    pub streams_open: u64,
+    /// Streams and UDP flows opened so far.
+    pub streams_opened: u64,
+    /// Streams the relay refused or closed abnormally.
+    pub streams_failed: u64,
+    /// Payload bytes sent to the relay.
+    pub bytes_to_relay: u64,
+    /// Payload bytes received from the relay.
+    pub bytes_from_relay: u64,
+    /// Datagrams from the relay dropped because their flow's queue was full.
+    pub datagrams_dropped: u64,
+    /// Packets from the relay that were malformed or broke the protocol (ignored).
+    pub protocol_errors: u64,
+    /// The last connection error.
+    pub last_error: Option<String>,
+}
+
+impl RelayCounters {
+    /// The document's form of the relay's stats.
+    fn of(relay: &Relay) -> Self {
+        let r = relay.stats();
+        Self {
+            state: match r.state {
+                RelayState::Connecting => "connecting",
+                RelayState::Up => "up",
+                RelayState::Down => "down",
+            },
+            version: r.version.map(|v| match v {
+                WispVersion::V1 => 1,
+                WispVersion::V2 => 2,
+            }),
+            connects: r.connects,
+            connect_failures: r.connect_failures,
+            losses: r.losses,
+            streams_open: r.streams_open,
+            streams_opened: r.streams_opened,
+            streams_failed: r.streams_failed,
+            bytes_to_relay: r.bytes_to_relay,
+            bytes_from_relay: r.bytes_from_relay,
+            datagrams_dropped: r.datagrams_dropped,
+            protocol_errors: r.protocol_errors,
+            last_error: r.last_error,
+        }
+    }
+}
+
 /// What the stats are gathered from besides the stack and the proxy.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Extra {
@@ -187,10 +262,11 @@ fn mac_string(mac: &[u8; 6]) -> String {
 }
 
 impl Stats {
-    /// Gathers the counters of `stack` and `proxy` now.
-    pub fn gather(stack: &net_stack::Stack, proxy: &http_proxy::Proxy, extra: Extra) -> Self {
+    /// Gathers the counters of the system's stack, proxy and relay now.
+    pub fn gather(system: &System, extra: Extra) -> Self {
+        let stack = &system.stack;
         let s = stack.stats();
-        let p = proxy.stats();
+        let p = system.proxy.stats();
         Self {
             frames_in: s.frames_in,
             frames_out: s.frames_out,
@@ -206,10 +282,13 @@ impl Stats {
                 outbound_full: s.dropped_outbound_full,
                 no_neighbor: s.dropped_no_neighbor,
                 stream_framing: extra.stream_dropped,
+                udp_queue_full: s.dropped_udp_queue_full,
             },
             arp_replies: s.arp_replies,
             icmp_echo_replies: s.icmp_echo_replies,
             udp_port_unreachable: s.udp_port_unreachable,
+            udp_datagrams_in: s.udp_datagrams_in,
+            udp_datagrams_out: s.udp_datagrams_out,
             dhcp: DhcpStats {
                 offers: s.dhcp_offers,
                 acks: s.dhcp_acks,
@@ -252,6 +331,7 @@ impl Stats {
                 bytes_to_guest: p.bytes_to_guest,
                 bytes_from_guest: p.bytes_from_guest,
             },
+            relay: system.relay.as_ref().map(RelayCounters::of),
             capturing: extra.capturing,
             closed: extra.closed,
         }

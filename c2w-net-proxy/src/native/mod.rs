@@ -145,7 +145,7 @@ pub async fn run(args: Args) -> Result<(), RunnerError> {
     let stats_file = args
         .stats_file
         .as_deref()
-        .map(|path| stats_file::spawn(path, stack, &system.proxy, args.pcap.is_some()));
+        .map(|path| stats_file::spawn(path, &system, args.pcap.is_some()));
 
     let target = args.listen();
     let faults = fault_source(&args);

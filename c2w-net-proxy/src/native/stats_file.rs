@@ -10,21 +10,19 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http_proxy::Proxy;
-use net_stack::Stack;
 use serde::Serialize;
 
+use crate::compose::System;
 use crate::stats::{Extra, Stats};
 
 /// How often the snapshot is rewritten.
 pub const INTERVAL: Duration = Duration::from_millis(500);
 
-/// Writes snapshots of one stack and proxy to one path.
+/// Writes snapshots of one system (stack, proxy, relay) to one path.
 pub struct StatsFile {
     path: PathBuf,
     tmp: PathBuf,
-    stack: Stack,
-    proxy: Rc<Proxy>,
+    system: System,
     started: Instant,
     /// Snapshots written so far (the reader's counter to tell a fresh file from a stale one).
     seq: Cell<u64>,
@@ -60,14 +58,13 @@ pub struct Snapshot {
 impl StatsFile {
     /// A writer for `path`; nothing is written until [`StatsFile::write`] or
     /// [`StatsFile::run`].
-    pub fn new(path: PathBuf, stack: Stack, proxy: Rc<Proxy>, capturing: bool) -> Self {
+    pub fn new(path: PathBuf, system: System, capturing: bool) -> Self {
         let mut tmp = path.clone().into_os_string();
         tmp.push(format!(".tmp{}", std::process::id()));
         Self {
             path,
             tmp: PathBuf::from(tmp),
-            stack,
-            proxy,
+            system,
             started: Instant::now(),
             seq: Cell::new(0),
             failing: Cell::new(false),
@@ -92,8 +89,7 @@ impl StatsFile {
             rss_bytes: memory.rss_bytes,
             rss_peak_bytes: memory.rss_peak_bytes,
             stats: Stats::gather(
-                &self.stack,
-                &self.proxy,
+                &self.system,
                 Extra {
                     capturing: self.capturing,
                     closed: last,
@@ -136,11 +132,10 @@ impl StatsFile {
 
 /// Starts the periodic writer for `path` on the current `LocalSet`; the returned handle
 /// writes the final snapshot (call [`StatsFile::write_logged`] with `true` on exit).
-pub fn spawn(path: &Path, stack: &Stack, proxy: &Rc<Proxy>, capturing: bool) -> Rc<StatsFile> {
+pub fn spawn(path: &Path, system: &System, capturing: bool) -> Rc<StatsFile> {
     let file = Rc::new(StatsFile::new(
         path.to_path_buf(),
-        stack.clone(),
-        proxy.clone(),
+        system.clone(),
         capturing,
     ));
     tokio::task::spawn_local(file.clone().run());
@@ -219,14 +214,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("c2w-stats-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("stats.json");
-        let stack = Stack::new(net_stack::Config::default()).unwrap();
+        let stack = net_stack::Stack::new(net_stack::Config::default()).unwrap();
         let transport = fetch_transport::ScriptedTransport::new();
-        let proxy = Rc::new(Proxy::new(
+        let proxy = Rc::new(http_proxy::Proxy::new(
             http_proxy::ProxyConfig::default(),
             Rc::new(transport),
             Rc::new(NoTimer),
         ));
-        let file = StatsFile::new(path.clone(), stack, proxy, false);
+        let system = System {
+            stack,
+            proxy,
+            ca_pem: String::new(),
+            proxy_ip: std::net::Ipv4Addr::new(192, 168, 127, 253),
+            relay: None,
+        };
+        let file = StatsFile::new(path.clone(), system, false);
         file.write(false).unwrap();
         file.write(true).unwrap();
         let value: serde_json::Value =

@@ -177,8 +177,7 @@ impl NetProxy {
         let inner = &self.inner;
         let stats = BrowserStats {
             stats: Stats::gather(
-                &inner.system.stack,
-                &inner.system.proxy,
+                &inner.system,
                 Extra {
                     stream_dropped: inner.decoder.borrow().dropped(),
                     inbox_dropped: inner.port.dropped(),
