@@ -33,6 +33,9 @@ commands:
   e2e robust[: CHECK]
                only the robustness phase: 1,000 sequential and 256 concurrent connections,
                failing origins, a garbage-frame flood, a vanishing guest (stats back to idle)
+  e2e relay [wisp-python|wisp-js]
+               only the relay phase: the runner with --relay before real Wisp servers (raw TCP,
+               TLS end to end, CONNECT tunnels, UDP, refusal, relay lost and back)
   e2e faults [PROFILE]
                only the fault phase: http/https transfers through --fault loss, reorder-dup, delay
   e2e --browser [chromium|firefox] [FILTER]

@@ -4,6 +4,7 @@
 //! - [`faults`]: transfers through the runner's `--fault` profiles;
 //! - [`robust`]: load and failing origins ([`load`] holds the load checks it shares with the
 //!   browser phase);
+//! - [`relay`]: the runner with `--relay` in front of real Wisp servers;
 //! - [`browser`]: the browser build in headless Chromium or Firefox (`e2e --browser`).
 //!
 //! The pieces they stand on (guests, origins, browsers, the bridge) are in `crate::harness`.
@@ -12,6 +13,7 @@ pub mod browser;
 mod faults;
 mod load;
 mod native;
+mod relay;
 mod robust;
 
 use anyhow::{bail, Result};
@@ -21,7 +23,8 @@ use crate::tools::is_root;
 
 /// Runs the end-to-end suite: the native phase, then the fault and robustness phases.
 /// `args` may hold one filter: only checks whose name contains it run (DHCP always does), and
-/// the other phases are skipped; `faults[ PROFILE]` or `robust[: CHECK]` runs only that phase.
+/// the other phases are skipped; `faults[ PROFILE]`, `robust[: CHECK]` or `relay[ SERVER]`
+/// runs only that phase.
 pub fn run(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("e2e needs root (TAP devices and network namespaces); run it as root");
@@ -31,6 +34,10 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if let Some(filter) = args.first().filter(|f| f.starts_with("robust")) {
         return robust::run(Some(filter.clone()));
+    }
+    if let Some(filter) = args.first().filter(|f| f.starts_with("relay")) {
+        let _guard = cleanup::Guard;
+        return relay::run(Some(filter));
     }
     // Cleans up whatever the phases leave registered, however the suite ends.
     let _guard = cleanup::Guard;
@@ -47,5 +54,11 @@ pub fn run(args: &[String]) -> Result<()> {
     } else {
         Ok(())
     };
-    result.and(faults).and(robust)
+    // The relay phase (real Wisp servers; own runners and guests) too.
+    let relay = if args.is_empty() {
+        relay::run(None)
+    } else {
+        Ok(())
+    };
+    result.and(faults).and(robust).and(relay)
 }

@@ -5,6 +5,7 @@
 //! - [`bridge`]: the TAP-to-WebSocket bridge between a guest and a page (the only user of the
 //!   `c2w_net_proxy` library in xtask);
 //! - [`server_pool`]: the tiny_http worker pool under the page server;
+//! - [`relays`]: real Wisp servers (wisp-python, wisp-js) as relay peers;
 //! - [`procfs`], [`cleanup`]: process accounting and cleanup however a task ends.
 
 pub mod bridge;
@@ -13,4 +14,5 @@ pub mod cleanup;
 pub mod guest;
 pub mod origins;
 pub mod procfs;
+pub mod relays;
 pub mod server_pool;

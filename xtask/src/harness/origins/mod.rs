@@ -7,7 +7,8 @@
 //!   `git http-backend`);
 //! - [`FaultOrigin`] (`fault.rs`): resets mid-body and requests never answered;
 //! - [`NodeOrigin`] (`node.rs`): the routes of fetch-transport's node tests (slow, endless,
-//!   gzip, hanging bodies).
+//!   gzip, hanging bodies);
+//! - [`UdpEcho`] (`udp_echo.rs`): UDP datagrams answered, for the relay's UDP checks.
 //!
 //! All of them stand on one HTTP/1.1 layer (`http1.rs`: accept loop, request heads parsed by
 //! httparse, Content-Length and chunked request bodies); the bodies and the test CA are in
@@ -21,6 +22,7 @@ mod http1;
 mod node;
 mod origin;
 mod routes;
+mod udp_echo;
 #[cfg(test)]
 mod tests;
 
@@ -29,3 +31,4 @@ pub use fault::FaultOrigin;
 pub use files::{OriginFiles, GIT_README, WHEEL_PROJECT};
 pub use node::NodeOrigin;
 pub use origin::{Cors, Origin};
+pub use udp_echo::UdpEcho;
