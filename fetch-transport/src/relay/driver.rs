@@ -4,12 +4,13 @@
 //! again.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::rc::{Rc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
-use futures::future::{self, Either};
+use futures::future::{self, Either, LocalBoxFuture};
 
 use crate::timer::Timer;
 use crate::wisp::{Client, Event, HandleError, V2_SUBPROTOCOL};
@@ -57,7 +58,9 @@ impl RelayDriver {
         let mut backoff: Option<Duration> = None;
         loop {
             if let Some(delay) = backoff {
-                self.timer.sleep(delay).await;
+                if self.unless_unused(self.timer.sleep(delay)).await.is_none() {
+                    return;
+                }
             }
             let Some(shared) = self.shared.upgrade() else {
                 return;
@@ -69,15 +72,20 @@ impl RelayDriver {
             };
             drop(shared);
             let (min, max) = (config.backoff_min, config.backoff_max);
+            // One deadline for the dial and the handshake together.
+            let mut deadline = self.timer.sleep(config.connect_timeout);
             let dialing = Box::pin(self.dial(&config.url, config.version, v1_only));
-            let dialed =
-                match future::select(dialing, self.timer.sleep(config.connect_timeout)).await {
-                    Either::Left((dialed, _)) => dialed,
-                    Either::Right(_) => Err(format!(
-                        "no WebSocket connection within {:?}",
-                        config.connect_timeout
-                    )),
-                };
+            let dialed = match self
+                .unless_unused(future::select(dialing, &mut deadline))
+                .await
+            {
+                None => return,
+                Some(Either::Left((dialed, _))) => dialed,
+                Some(Either::Right(_)) => Err(format!(
+                    "no WebSocket connection within {:?}",
+                    config.connect_timeout
+                )),
+            };
             let socket = match dialed {
                 Ok(socket) => socket,
                 Err(reason) => {
@@ -96,7 +104,7 @@ impl RelayDriver {
                 };
                 shared.borrow_mut().client = Some(Client::new(config.client.clone()));
             }
-            let end = self.serve(socket, config.connect_timeout).await;
+            let end = self.serve(socket, deadline, config.connect_timeout).await;
             let Some(shared) = self.shared.upgrade() else {
                 return;
             };
@@ -112,6 +120,23 @@ impl RelayDriver {
             } else {
                 Some(backoff.map_or(min, |b| (b * 2).min(max)))
             };
+        }
+    }
+
+    /// Runs `work` unless every handle goes first (then `None`): waiting between attempts or
+    /// dialing must not keep alive a driver nobody needs (`Shared` wakes the driver when it
+    /// is dropped).
+    async fn unless_unused<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        let unused = poll_fn(|cx| match self.shared.upgrade() {
+            None => Poll::Ready(()),
+            Some(shared) => {
+                shared.borrow_mut().driver = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        });
+        match future::select(pin!(work), pin!(unused)).await {
+            Either::Left((output, _)) => Some(output),
+            Either::Right(_) => None,
         }
     }
 
@@ -156,8 +181,13 @@ impl RelayDriver {
     }
 
     /// Runs one connection until it fails or is no longer used; the handshake must finish
-    /// within `handshake_timeout`.
-    async fn serve(&self, mut socket: Box<dyn MessageSocket>, handshake_timeout: Duration) -> End {
+    /// before `deadline` (the attempt's connect timeout, `timeout`, started with the dial).
+    async fn serve(
+        &self,
+        mut socket: Box<dyn MessageSocket>,
+        deadline: LocalBoxFuture<'static, ()>,
+        timeout: Duration,
+    ) -> End {
         let shared = self.shared.clone();
         let pump = poll_fn(|cx| {
             let Some(shared) = shared.upgrade() else {
@@ -173,9 +203,8 @@ impl RelayDriver {
         });
         let handshake = {
             let shared = self.shared.clone();
-            let sleep = self.timer.sleep(handshake_timeout);
             async move {
-                sleep.await;
+                deadline.await;
                 match shared.upgrade() {
                     Some(sh) if sh.borrow().state != RelayState::Up => {}
                     // Up (or unused): this timer no longer matters.
@@ -185,9 +214,7 @@ impl RelayDriver {
         };
         let end = match future::select(Box::pin(pump), Box::pin(handshake)).await {
             Either::Left((end, _)) => end,
-            Either::Right(_) => {
-                End::Failed(format!("no Wisp handshake within {handshake_timeout:?}"))
-            }
+            Either::Right(_) => End::Failed(format!("no Wisp handshake within {timeout:?}")),
         };
         if matches!(end, End::Unused) {
             let close = poll_fn(|cx| socket.poll_close(cx));

@@ -23,6 +23,8 @@ mod driver;
 mod shared;
 mod socket;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native_socket;

@@ -57,7 +57,7 @@ pub struct RelayStats {
 
 /// A stream of one connection: the Wisp ID plus the connection's number, so a stream of a
 /// lost connection is never confused with a new stream that reuses its ID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlotId {
     pub generation: u64,
     pub id: StreamId,
@@ -113,6 +113,9 @@ pub struct Shared {
     /// The current connection's number.
     pub generation: u64,
     pub slots: HashMap<StreamId, Slot>,
+    /// Streams of ended connections whose handles are still alive: what they had received
+    /// is still readable, then the reason they ended. Each leaves when its handle is dropped.
+    pub orphans: HashMap<SlotId, Slot>,
     /// The driver's waker: woken when a handle queued something or freed buffer space.
     pub driver: Option<Waker>,
     /// Opens waiting for the relay to come up.
@@ -120,6 +123,13 @@ pub struct Shared {
     /// Whether the v1 fallback was needed for this relay (Auto).
     pub v1_only: bool,
     pub stats: RelayStats,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last handle is gone: the driver must see it to stop.
+        self.wake_driver();
+    }
 }
 
 impl Shared {
@@ -130,6 +140,7 @@ impl Shared {
             client: None,
             generation: 0,
             slots: HashMap::new(),
+            orphans: HashMap::new(),
             driver: None,
             waiting: Vec::new(),
             v1_only: false,
@@ -169,10 +180,10 @@ impl Shared {
         }
     }
 
-    /// The slot of a stream of the current connection.
+    /// The slot of a stream: of the current connection, or of an ended one (an orphan).
     pub fn slot(&mut self, id: SlotId) -> Option<&mut Slot> {
         if id.generation != self.generation {
-            return None;
+            return self.orphans.get_mut(&id);
         }
         self.slots.get_mut(&id.id)
     }
@@ -194,8 +205,9 @@ impl Shared {
         }
     }
 
-    /// The connection attempt failed or the connection ended: every stream ends with
-    /// `reason`, waiting opens learn it, and the state is `Down` until the next attempt.
+    /// The connection attempt failed or the connection ended: every stream still open ends
+    /// with `reason` (after what it had received), waiting opens learn it, and the state is
+    /// `Down` until the next attempt.
     pub fn set_down(&mut self, reason: String, was_up: bool) {
         if was_up {
             self.stats.losses += 1;
@@ -203,13 +215,21 @@ impl Shared {
             self.stats.connect_failures += 1;
         }
         self.state = RelayState::Down;
-        self.client = None;
+        // Keep the count of the ended client's protocol errors.
+        if let Some(client) = self.client.take() {
+            let wisp = client.stats();
+            self.stats.protocol_errors += wisp.malformed + wisp.unexpected;
+        }
         self.stats.last_error = Some(reason.clone());
-        // Keep the stats of the protocol errors of the ended client.
-        for (_, mut slot) in self.slots.drain() {
-            slot.ended = Some(Ended::Lost(reason.clone()));
-            self.stats.streams_failed += 1;
+        let generation = self.generation;
+        for (id, mut slot) in self.slots.drain() {
+            // A stream the server had already closed keeps its own ending (and was counted).
+            if slot.ended.is_none() {
+                slot.ended = Some(Ended::Lost(reason.clone()));
+                self.stats.streams_failed += 1;
+            }
             slot.wake();
+            self.orphans.insert(SlotId { generation, id }, slot);
         }
         self.generation += 1;
         for w in self.waiting.drain(..) {
@@ -275,6 +295,7 @@ impl Shared {
     /// Forgets a stream whose handle is gone, closing it towards the relay if still open.
     pub fn release(&mut self, id: SlotId) {
         if id.generation != self.generation {
+            self.orphans.remove(&id);
             return;
         }
         let Some(slot) = self.slots.remove(&id.id) else {
