@@ -2,7 +2,9 @@
 //! - TCP to every destination the stack does not serve itself (`Stack::listen_elsewhere`:
 //!   any port of a fake IP, any address outside the guest network), spliced to a relay stream;
 //!   a fake IP becomes the name it stands for, so the relay resolves it. A destination the
-//!   relay cannot reach ends the guest's connection with RST.
+//!   relay cannot reach ends the guest's connection with RST. Wisp cannot pass a half-close
+//!   on: once the guest has sent FIN, the answer is carried while it keeps coming
+//!   ([`HALF_CLOSE_LINGER`]).
 //! - UDP other than DHCP and DNS to the gateway (`Stack::bind_udp_elsewhere`): one relay UDP
 //!   stream per (guest port, destination) flow, closed after [`UDP_IDLE`] without traffic.
 //! - The proxy's CONNECT tunnels, end to end ([`RelayTunnels`]): the guest sees the origin's
@@ -21,11 +23,12 @@ use fetch_transport::relay::{Relay, RelayDatagrams};
 use futures::channel::mpsc;
 use futures::future::{self, Either};
 use futures::StreamExt;
-use http_proxy::{splice, BoxedStream, RawTunnels, TunnelError};
+use http_proxy::{splice, BoxedStream, RawTunnels, TunnelError, HALF_CLOSE_LINGER};
 use net_stack::{Datagram, Stack, TcpListener, TcpStream, UdpEndpoint};
 
 use crate::options::RelayOptions;
 use crate::runtime::Runtime;
+use fetch_transport::Timer;
 
 /// A UDP flow without a datagram either way for this long is closed.
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
@@ -96,12 +99,12 @@ pub fn start(
 async fn accept_tcp(listener: TcpListener, route: Route, runtime: Rc<dyn Runtime>) {
     loop {
         let stream = listener.accept().await;
-        runtime.spawn(Box::pin(carry_tcp(stream, route.clone())));
+        runtime.spawn(Box::pin(carry_tcp(stream, route.clone(), runtime.timer())));
     }
 }
 
 /// Carries one guest connection through the relay; RST when the relay cannot.
-async fn carry_tcp(mut stream: TcpStream, route: Route) {
+async fn carry_tcp(mut stream: TcpStream, route: Route, timer: Rc<dyn Timer>) {
     let dst = stream.local_addr();
     let Some(host) = route.host_for(&dst) else {
         tracing::debug!(%dst, "relay: a fake IP that names nothing; reset");
@@ -116,7 +119,7 @@ async fn carry_tcp(mut stream: TcpStream, route: Route) {
             return;
         }
     };
-    match splice(&mut stream, &mut remote).await {
+    match splice(&mut stream, &mut remote, timer.as_ref(), HALF_CLOSE_LINGER).await {
         Ok((sent, received)) => {
             tracing::debug!(%dst, %host, sent, received, "relay: connection ended");
         }

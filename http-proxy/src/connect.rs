@@ -19,7 +19,7 @@ use crate::refuse::upgrade_unsupported;
 use crate::route::Mode;
 use crate::target::{parse_target, Origin, Scheme, Target};
 use crate::tls;
-use crate::tunnel::splice;
+use crate::tunnel::{splice, HALF_CLOSE_LINGER};
 use crate::Proxy;
 
 /// Serves `stream` in `mode` until it ends, following CONNECTs into their tunnels (boxed: a
@@ -55,7 +55,9 @@ pub(crate) fn serve<'a>(
             };
             return match pending.accept().await? {
                 Some(stream) => {
-                    if let Err(err) = splice(stream, remote).await {
+                    if let Err(err) =
+                        splice(stream, remote, proxy.timer.as_ref(), HALF_CLOSE_LINGER).await
+                    {
                         tracing::debug!(%host, port = origin.port, error = %err, "raw tunnel ended with an error");
                     }
                     Ok(())

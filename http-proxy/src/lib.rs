@@ -40,7 +40,7 @@ pub use error::ServeError;
 pub use io::{BoxedStream, GuestStream};
 use route::Mode;
 use target::{Origin, Scheme};
-pub use tunnel::{splice, RawTunnels, TunnelError};
+pub use tunnel::{splice, RawTunnels, TunnelError, HALF_CLOSE_LINGER};
 
 /// Which service of the proxy a guest connection reached; decides how its bytes are read.
 #[derive(Debug, Clone)]

@@ -9,6 +9,8 @@ use std::sync::{Mutex, Once};
 pub enum Action {
     /// Kill a process (SIGTERM, then SIGKILL).
     Kill(u32),
+    /// Kill a process group (SIGKILL): a server that forks workers.
+    KillGroup(u32),
     /// Delete a network namespace (and its `/etc/netns` directory).
     DeleteNetns(String),
 }
@@ -66,6 +68,9 @@ fn execute(action: &Action) {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             quiet(Command::new("kill").args(["-KILL", &pid]));
+        }
+        Action::KillGroup(pgid) => {
+            quiet(Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]));
         }
         Action::DeleteNetns(name) => {
             // Kill whatever still runs inside, then delete it.

@@ -6,6 +6,7 @@
 //! nothing of theirs is linked.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -102,13 +103,15 @@ impl WispServer {
             .create(true)
             .append(true)
             .open(&log)?;
+        // Its own process group, so killing it takes the workers it forks along.
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {}", kind.name()))?;
-        let cleanup = cleanup::register(Action::Kill(child.id()));
+        let cleanup = cleanup::register(Action::KillGroup(child.id()));
         let mut server = Self {
             kind,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -169,9 +172,9 @@ impl WispServer {
 
     /// Kills the server now (a relay lost mid-transfer); `Drop` does nothing more after this.
     pub fn kill(&mut self) {
+        cleanup::run_one(&self.cleanup);
         let _ = self.child.kill();
         let _ = self.child.wait();
-        cleanup::run_one(&self.cleanup);
     }
 }
 

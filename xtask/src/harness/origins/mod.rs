@@ -22,9 +22,9 @@ mod http1;
 mod node;
 mod origin;
 mod routes;
-mod udp_echo;
 #[cfg(test)]
 mod tests;
+mod udp_echo;
 
 pub use content::{blob, sha256_hex, BlobReader};
 pub use fault::FaultOrigin;
