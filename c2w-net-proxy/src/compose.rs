@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use fetch_transport::relay::{Dialer, Relay, RelayConfig, WispVersionChoice};
 use fetch_transport::wisp::{ClientConfig, ClientConfigError};
-use fetch_transport::{Transport, TransportConfig};
+use fetch_transport::{DestinationFilter, DestinationPattern, Transport, TransportConfig};
 use http_proxy::{Proxy, ProxyConfig};
 use mitm_ca::{CaParams, CertificateAuthority, Clock, Issuer, IssuerConfig};
 use net_stack::Stack;
@@ -18,6 +18,7 @@ use net_stack::Stack;
 use crate::clock::WallClock;
 use crate::options::{Options, OptionsError, RelayOptions, RelayVersion};
 use crate::relay::{self, RelayTunnels, RoutesError};
+use crate::relay_http::{RelayHttp, ViaRelay};
 use crate::runtime::Runtime;
 use crate::services;
 
@@ -121,6 +122,21 @@ pub fn transport_config(
     builder.build()
 }
 
+/// Request bodies up to this size are held so a plain HTTP request refused by `fetch()` can
+/// be sent again through the relay (bigger ones go to `fetch()` only).
+const DEFAULT_MAX_REPLAY: usize = 16 << 20;
+
+/// An allow-list filter holding `patterns` (checked by `validate`).
+fn patterns(
+    patterns: Option<&[String]>,
+) -> Result<DestinationFilter, fetch_transport::ConfigError> {
+    let mut filter = DestinationFilter::allow_all();
+    for pattern in patterns.unwrap_or_default() {
+        filter = filter.allow(DestinationPattern::parse(pattern)?);
+    }
+    Ok(filter)
+}
+
 /// The relay's settings the options describe.
 fn relay_config(options: &RelayOptions) -> Result<RelayConfig, ClientConfigError> {
     let mut client = ClientConfig::builder().udp(options.udp.unwrap_or(true));
@@ -159,10 +175,15 @@ pub fn compose(options: &Options, platform: Platform) -> Result<System, ComposeE
     let stack_config = options.stack_config();
     let proxy_ip = stack_config.virtual_ips[0];
     let stack = Stack::new(stack_config)?;
-    let transport = (platform.transport)(transport_config(
-        options,
-        platform.default_max_request_body,
-    )?)?;
+    let config = transport_config(options, platform.default_max_request_body)?;
+    let destinations = config.destinations().clone();
+    let max_replay = options
+        .limits()
+        .max_request_body(platform.default_max_request_body)
+        .map_or(DEFAULT_MAX_REPLAY, |limit| {
+            limit.min(DEFAULT_MAX_REPLAY as u64) as usize
+        });
+    let mut transport = (platform.transport)(config)?;
     let (issuer, ca_pem) = issuer(options)?;
     let proxy_config = ProxyConfig {
         limits: options
@@ -172,26 +193,43 @@ pub fn compose(options: &Options, platform: Platform) -> Result<System, ComposeE
         ..ProxyConfig::default()
     };
     let timer = platform.runtime.timer();
-    let mut proxy = Proxy::new(proxy_config, transport, timer.clone()).with_issuer(issuer);
+    // The relay, and the way plain HTTP reaches it, before the proxy that uses both.
     let relay = match &options.relay {
         Some(relay_options) => {
             let dialer = platform.dialer.ok_or(ComposeError::RelayUnsupported)?;
-            let (relay, driver) = Relay::new(relay_config(relay_options)?, dialer, timer);
+            let (relay, driver) = Relay::new(relay_config(relay_options)?, dialer, timer.clone());
             platform.runtime.spawn(Box::pin(driver.run()));
+            transport = Rc::new(ViaRelay::new(
+                transport,
+                RelayHttp::new(relay.clone(), Rc::new(relay_options.clone())),
+                relay_options.http.unwrap_or_default(),
+                patterns(relay_options.relay_only.as_deref())?,
+                patterns(relay_options.fetch_only.as_deref())?,
+                max_replay,
+            ));
+            Some(relay)
+        }
+        None => None,
+    };
+    let mut proxy = Proxy::new(proxy_config, transport, timer).with_issuer(issuer);
+    let relay = match (&options.relay, relay) {
+        (Some(relay_options), Some(relay)) => {
             let relay_options = Rc::new(relay_options.clone());
             proxy = proxy.with_raw_tunnels(Rc::new(RelayTunnels::new(
                 relay.clone(),
                 relay_options.clone(),
+                destinations.clone(),
             )));
             relay::start(
                 &stack,
                 relay.clone(),
                 relay_options,
+                destinations,
                 platform.runtime.clone(),
             )?;
             Some(relay)
         }
-        None => None,
+        _ => None,
     };
     let proxy = Rc::new(proxy);
     let transparent_https = relay.is_none();

@@ -14,6 +14,7 @@ pub mod heap;
 pub mod link;
 pub mod options;
 pub mod relay;
+pub mod relay_http;
 pub mod runtime;
 pub mod services;
 pub mod stats;

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fetch_transport::relay::{Relay, RelayDatagrams};
+use fetch_transport::DestinationFilter;
 use futures::channel::mpsc;
 use futures::future::{self, Either};
 use futures::StreamExt;
@@ -48,12 +49,13 @@ pub enum RoutesError {
     Udp(#[from] net_stack::UdpBindError),
 }
 
-/// The relay and how destinations are named to it.
+/// The relay, how destinations are named to it, and which are allowed (`allow`/`deny`).
 #[derive(Clone)]
 struct Route {
     stack: Stack,
     relay: Relay,
     options: Rc<RelayOptions>,
+    destinations: Rc<DestinationFilter>,
 }
 
 impl Route {
@@ -68,6 +70,17 @@ impl Route {
         };
         Some(self.options.target(&host).to_string())
     }
+
+    /// Why `host` may not be reached (the `allow`/`deny` options), if it may not.
+    fn refused(&self, host: &str) -> Option<String> {
+        check(&self.destinations, host).err()
+    }
+}
+
+/// Checks `host` (a name or an IP literal) against the `allow`/`deny` options.
+fn check(destinations: &DestinationFilter, host: &str) -> Result<(), String> {
+    let url = url::Url::parse(&format!("http://{host}/")).map_err(|e| format!("{host}: {e}"))?;
+    destinations.check(&url)
 }
 
 /// Starts the relay's routes on `stack`: TCP to elsewhere always, UDP when `options.udp`
@@ -76,12 +89,14 @@ pub fn start(
     stack: &Stack,
     relay: Relay,
     options: Rc<RelayOptions>,
+    destinations: DestinationFilter,
     runtime: Rc<dyn Runtime>,
 ) -> Result<(), RoutesError> {
     let route = Route {
         stack: stack.clone(),
         relay,
         options,
+        destinations: Rc::new(destinations),
     };
     let listener = stack.listen_elsewhere()?;
     runtime.spawn(Box::pin(accept_tcp(
@@ -111,6 +126,11 @@ async fn carry_tcp(mut stream: TcpStream, route: Route, timer: Rc<dyn Timer>) {
         stream.abort();
         return;
     };
+    if let Some(why) = route.refused(&host) {
+        tracing::info!(%dst, %host, %why, "relay: not allowed; reset");
+        stream.abort();
+        return;
+    }
     let mut remote = match route.relay.connect_tcp(&host, dst.port()).await {
         Ok(remote) => remote,
         Err(err) => {
@@ -181,6 +201,11 @@ async fn udp_flow(
     runtime: Rc<dyn Runtime>,
 ) {
     if let Some(host) = route.host_for(&remote) {
+        if let Some(why) = route.refused(&host) {
+            tracing::info!(%guest, %remote, %host, %why, "relay: UDP not allowed");
+            flows.borrow_mut().remove(&(guest, remote));
+            return;
+        }
         match route.relay.open_udp(&host, remote.port()).await {
             Ok(flow) => {
                 relay_datagrams(&mut from_guest, &flow, &endpoint, guest, remote, &runtime).await
@@ -241,18 +266,25 @@ async fn relay_datagrams(
 pub struct RelayTunnels {
     relay: Relay,
     options: Rc<RelayOptions>,
+    destinations: DestinationFilter,
 }
 
 impl RelayTunnels {
-    /// Tunnels through `relay`, names mapped by `options.hosts`.
-    pub fn new(relay: Relay, options: Rc<RelayOptions>) -> Self {
-        Self { relay, options }
+    /// Tunnels through `relay`, names mapped by `options.hosts`, destinations checked
+    /// against the `allow`/`deny` options.
+    pub fn new(relay: Relay, options: Rc<RelayOptions>, destinations: DestinationFilter) -> Self {
+        Self {
+            relay,
+            options,
+            destinations,
+        }
     }
 }
 
 #[async_trait(?Send)]
 impl RawTunnels for RelayTunnels {
     async fn open(&self, host: &str, port: u16) -> Result<BoxedStream, TunnelError> {
+        check(&self.destinations, host).map_err(TunnelError)?;
         let target = self.options.target(host);
         match self.relay.connect_tcp(target, port).await {
             Ok(stream) => Ok(Box::new(stream)),

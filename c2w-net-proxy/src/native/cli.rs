@@ -14,7 +14,7 @@ use fetch_transport::relay::Dialer;
 
 use crate::compose::{ComposeError, TransportFactory};
 use crate::options::{
-    CaPem, NetworkOptions, Options, RelayOptions, RelayVersion, Rewrite, Timeout,
+    CaPem, NetworkOptions, Options, RelayHttpMode, RelayOptions, RelayVersion, Rewrite, Timeout,
 };
 
 /// c2w-net-proxy: the virtual network (DHCP, DNS, TCP/IP) and HTTP(S) proxy behind an
@@ -117,6 +117,20 @@ pub struct Args {
     #[arg(long, requires = "relay")]
     pub relay_no_udp: bool,
 
+    /// Plain http:// through the proxy with a relay: fallback (fetch first, the relay when it
+    /// fails), always (the relay only) or never (fetch only).
+    #[arg(long, value_name = "MODE", requires = "relay")]
+    pub relay_http: Option<RelayHttpMode>,
+
+    /// Plain HTTP to these destinations always goes through the relay (allow/deny pattern
+    /// syntax; repeatable).
+    #[arg(long, value_name = "PATTERN", requires = "relay")]
+    pub relay_only: Vec<String>,
+
+    /// Plain HTTP to these destinations never goes through the relay (repeatable).
+    #[arg(long, value_name = "PATTERN", requires = "relay")]
+    pub fetch_only: Vec<String>,
+
     /// Have the relay connect to TARGET when the guest asks for NAME: `NAME=TARGET`
     /// (repeatable), e.g. `db.test=127.0.0.1` for a server on the relay host's loopback.
     #[arg(long, value_name = "NAME=TARGET", requires = "relay")]
@@ -213,6 +227,9 @@ impl Args {
             username,
             password,
             udp: Some(!self.relay_no_udp),
+            http: self.relay_http,
+            relay_only: Some(self.relay_only.clone()),
+            fetch_only: Some(self.fetch_only.clone()),
             hosts: Some(hosts),
         }))
     }

@@ -137,11 +137,54 @@ pub struct RelayOptions {
     #[serde(default)]
     #[cfg_attr(target_arch = "wasm32", tsify(optional))]
     pub udp: Option<bool>,
+    /// Plain `http://` requests through the proxy: `fallback` (fetch first, the relay when
+    /// the browser refuses; the default), `always` (the relay only) or `never` (fetch only).
+    #[serde(default)]
+    #[cfg_attr(
+        target_arch = "wasm32",
+        tsify(optional, type = "\"fallback\" | \"always\" | \"never\"")
+    )]
+    pub http: Option<RelayHttpMode>,
+    /// Destinations whose plain HTTP always goes through the relay (allow/deny pattern
+    /// syntax: host, `*.suffix`, IP, CIDR or `loopback`).
+    #[serde(default)]
+    #[cfg_attr(target_arch = "wasm32", tsify(optional))]
+    pub relay_only: Option<Vec<String>>,
+    /// Destinations whose plain HTTP never goes through the relay (same syntax).
+    #[serde(default)]
+    #[cfg_attr(target_arch = "wasm32", tsify(optional))]
+    pub fetch_only: Option<Vec<String>>,
     /// Destinations the relay must reach under another name or address, e.g.
     /// `{"db.test": "127.0.0.1"}` for a server on the relay host's loopback.
     #[serde(default)]
     #[cfg_attr(target_arch = "wasm32", tsify(optional))]
     pub hosts: Option<BTreeMap<String, String>>,
+}
+
+/// Which way plain `http://` requests through the proxy take when a relay is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayHttpMode {
+    /// `fetch()` first; the relay when the browser refuses and the request can be replayed.
+    #[default]
+    Fallback,
+    /// The relay only.
+    Always,
+    /// `fetch()` only.
+    Never,
+}
+
+impl std::str::FromStr for RelayHttpMode {
+    type Err = ValueError;
+
+    fn from_str(text: &str) -> Result<Self, ValueError> {
+        match text {
+            "fallback" => Ok(Self::Fallback),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => Err(ValueError::RelayHttpMode(text.to_string())),
+        }
+    }
 }
 
 /// Which Wisp version the relay is asked for.
@@ -196,6 +239,19 @@ impl RelayOptions {
                 ))
             }
             _ => {}
+        }
+        for (field, patterns) in [
+            ("relayOnly", &self.relay_only),
+            ("fetchOnly", &self.fetch_only),
+        ] {
+            for (i, pattern) in patterns.iter().flatten().enumerate() {
+                if let Err(err) = fetch_transport::DestinationPattern::parse(pattern) {
+                    return Err(OptionsError::new(
+                        &format!("relay.{field}[{i}]"),
+                        err.to_string(),
+                    ));
+                }
+            }
         }
         for (name, target) in self.hosts.iter().flatten() {
             if name.is_empty() || target.trim().is_empty() {
@@ -418,6 +474,9 @@ pub enum ValueError {
     /// Not a relay version.
     #[error("{0:?} is not a relay version (auto, v1 or v2)")]
     RelayVersion(String),
+    /// Not a relay HTTP mode.
+    #[error("{0:?} is not a relay HTTP mode (fallback, always or never)")]
+    RelayHttpMode(String),
 }
 
 impl FromStr for MacAddr {
