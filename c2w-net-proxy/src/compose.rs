@@ -201,7 +201,11 @@ pub fn compose(options: &Options, platform: Platform) -> Result<System, ComposeE
             platform.runtime.spawn(Box::pin(driver.run()));
             transport = Rc::new(ViaRelay::new(
                 transport,
-                RelayHttp::new(relay.clone(), Rc::new(relay_options.clone())),
+                RelayHttp::new(
+                    relay.clone(),
+                    Rc::new(relay_options.clone()),
+                    destinations.clone(),
+                ),
                 relay_options.http.unwrap_or_default(),
                 patterns(relay_options.relay_only.as_deref())?,
                 patterns(relay_options.fetch_only.as_deref())?,

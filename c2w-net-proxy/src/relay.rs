@@ -60,20 +60,19 @@ struct Route {
 
 impl Route {
     /// The host the relay should connect to for what the guest addressed: the name a fake IP
-    /// stands for (or the IP itself), mapped through `relay.hosts`. `None` for a fake IP that
-    /// names nothing (never handed out, or recycled).
-    fn host_for(&self, addr: &SocketAddrV4) -> Option<String> {
-        let host = match self.stack.fake_ip_name(*addr.ip()) {
+    /// stands for (or the IP itself), mapped through `relay.hosts`. `Err` with the reason
+    /// for a fake IP that names nothing (never handed out, or recycled) and for a destination
+    /// the `allow`/`deny` options refuse (checked on the name the guest asked for).
+    fn host_for(&self, addr: &SocketAddrV4) -> Result<String, String> {
+        let asked = match self.stack.fake_ip_name(*addr.ip()) {
             Some(name) => name,
-            None if self.stack.is_fake_ip(*addr.ip()) => return None,
+            None if self.stack.is_fake_ip(*addr.ip()) => {
+                return Err("a fake IP that names nothing".into())
+            }
             None => addr.ip().to_string(),
         };
-        Some(self.options.target(&host).to_string())
-    }
-
-    /// Why `host` may not be reached (the `allow`/`deny` options), if it may not.
-    fn refused(&self, host: &str) -> Option<String> {
-        check(&self.destinations, host).err()
+        check(&self.destinations, &asked)?;
+        Ok(self.options.target(&asked).to_string())
     }
 }
 
@@ -121,16 +120,14 @@ async fn accept_tcp(listener: TcpListener, route: Route, runtime: Rc<dyn Runtime
 /// Carries one guest connection through the relay; RST when the relay cannot.
 async fn carry_tcp(mut stream: TcpStream, route: Route, timer: Rc<dyn Timer>) {
     let dst = stream.local_addr();
-    let Some(host) = route.host_for(&dst) else {
-        tracing::debug!(%dst, "relay: a fake IP that names nothing; reset");
-        stream.abort();
-        return;
+    let host = match route.host_for(&dst) {
+        Ok(host) => host,
+        Err(why) => {
+            tracing::info!(%dst, %why, "relay: not carried; reset");
+            stream.abort();
+            return;
+        }
     };
-    if let Some(why) = route.refused(&host) {
-        tracing::info!(%dst, %host, %why, "relay: not allowed; reset");
-        stream.abort();
-        return;
-    }
     let mut remote = match route.relay.connect_tcp(&host, dst.port()).await {
         Ok(remote) => remote,
         Err(err) => {
@@ -200,20 +197,16 @@ async fn udp_flow(
     flows: Flows,
     runtime: Rc<dyn Runtime>,
 ) {
-    if let Some(host) = route.host_for(&remote) {
-        if let Some(why) = route.refused(&host) {
-            tracing::info!(%guest, %remote, %host, %why, "relay: UDP not allowed");
-            flows.borrow_mut().remove(&(guest, remote));
-            return;
-        }
-        match route.relay.open_udp(&host, remote.port()).await {
+    match route.host_for(&remote) {
+        Ok(host) => match route.relay.open_udp(&host, remote.port()).await {
             Ok(flow) => {
                 relay_datagrams(&mut from_guest, &flow, &endpoint, guest, remote, &runtime).await
             }
             Err(err) => {
                 tracing::info!(%guest, %remote, %host, error = %err, "relay: cannot open a UDP flow")
             }
-        }
+        },
+        Err(why) => tracing::info!(%guest, %remote, %why, "relay: UDP not carried"),
     }
     flows.borrow_mut().remove(&(guest, remote));
 }

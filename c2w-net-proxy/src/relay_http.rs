@@ -39,12 +39,18 @@ const READ_SIZE: usize = 16 * 1024;
 pub struct RelayHttp {
     relay: Relay,
     options: Rc<RelayOptions>,
+    destinations: DestinationFilter,
 }
 
 impl RelayHttp {
-    /// Requests through `relay`, names mapped by `options.hosts`.
-    pub fn new(relay: Relay, options: Rc<RelayOptions>) -> Self {
-        Self { relay, options }
+    /// Requests through `relay`, names mapped by `options.hosts`, destinations checked against
+    /// the `allow`/`deny` options as the transport checks them.
+    pub fn new(relay: Relay, options: Rc<RelayOptions>, destinations: DestinationFilter) -> Self {
+        Self {
+            relay,
+            options,
+            destinations,
+        }
     }
 
     /// Sends `request` (an absolute `http://` URI) and returns the response with its body
@@ -68,6 +74,14 @@ impl RelayHttp {
                 reason: "no host".into(),
             });
         };
+        if let Ok(parsed) = url::Url::parse(&url) {
+            if let Err(reason) = self.destinations.check(&parsed) {
+                return Err(TransportError::Denied {
+                    url: url.clone(),
+                    reason,
+                });
+            }
+        }
         let port = uri.port_u16().unwrap_or(80);
         let authority = uri
             .authority()

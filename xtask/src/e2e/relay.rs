@@ -22,6 +22,13 @@ const ORIGIN_NAME: &str = "origin.test";
 const TLS_NAME: &str = "tls.test";
 /// The name of the UDP echo server.
 const UDP_NAME: &str = "udp.test";
+/// A name only the relay can reach (mapped to 127.0.0.1; the runner's own HTTP client cannot
+/// resolve it): plain HTTP to it falls back from the transport to the relay.
+const FALLBACK_NAME: &str = "fallback.test";
+/// A name whose plain HTTP goes through the relay only (`--relay-only`).
+const RELAY_ONLY_NAME: &str = "only.test";
+/// A name refused by `--deny`, relayed or not.
+const DENIED_NAME: &str = "blocked.test";
 
 /// What the checks of one relay need.
 struct Env<'a> {
@@ -73,6 +80,16 @@ pub fn run(filter: Option<&str>) -> Result<()> {
             format!("{TLS_NAME}=127.0.0.1"),
             "--relay-host".into(),
             format!("{UDP_NAME}=127.0.0.1"),
+            "--relay-host".into(),
+            format!("{FALLBACK_NAME}=127.0.0.1"),
+            "--relay-host".into(),
+            format!("{RELAY_ONLY_NAME}=127.0.0.1"),
+            "--relay-host".into(),
+            format!("{DENIED_NAME}=127.0.0.1"),
+            "--relay-only".into(),
+            RELAY_ONLY_NAME.into(),
+            "--deny".into(),
+            DENIED_NAME.into(),
             "--stats-file".into(),
             stats.display().to_string(),
             "--ca-cert-out".into(),
@@ -119,6 +136,20 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         r.check(
             &format!("relay ({tag}): a refused destination ends in RST at once"),
             || refused(&env),
+        );
+        r.check(
+            &format!(
+                "relay ({tag}): plain HTTP the transport cannot carry falls back to the relay"
+            ),
+            || http_fallback(&env),
+        );
+        r.check(
+            &format!("relay ({tag}): --relay-only sends plain HTTP through the relay only"),
+            || http_relay_only(&env),
+        );
+        r.check(
+            &format!("relay ({tag}): --deny applies to relayed TCP and CONNECT"),
+            || denied(&env),
         );
         r.check(
             &format!("relay ({tag}): counters back to idle, relay up"),
@@ -319,6 +350,91 @@ fn refused(env: &Env) -> Result<String> {
         "curl exit {} after {} ms",
         code.unwrap_or(-1),
         elapsed.as_millis()
+    ))
+}
+
+/// Streams the relay opened so far (from the stats file, rewritten every 500 ms).
+fn streams_opened(env: &Env) -> Result<u64> {
+    std::thread::sleep(Duration::from_millis(600));
+    Ok(counter(&env.stats()?, "/relay/streamsOpened"))
+}
+
+fn http_fallback(env: &Env) -> Result<String> {
+    let before = streams_opened(env)?;
+    let got = env.sh(
+        &format!(
+            "curl -sS --fail -x {PROXY} --max-time 30 http://{FALLBACK_NAME}:{}/hello",
+            env.http.addr().port()
+        ),
+        Duration::from_secs(40),
+    )?;
+    if !got.contains("hello from the origin") {
+        bail!("unexpected body {got:?}");
+    }
+    let opened = streams_opened(env)? - before;
+    if opened == 0 {
+        bail!("the relay opened no stream: the answer did not come through it");
+    }
+    Ok(format!("answered through the relay ({opened} stream)"))
+}
+
+fn http_relay_only(env: &Env) -> Result<String> {
+    let before = streams_opened(env)?;
+    let len = 1 << 20;
+    let got = env.sh(
+        &format!(
+            "curl -sS --fail -x {PROXY} --max-time 30 http://{RELAY_ONLY_NAME}:{}/blob/{len} | sha256sum",
+            env.http.addr().port()
+        ),
+        Duration::from_secs(40),
+    )?;
+    let want = sha256_hex(&blob(len));
+    if !got.starts_with(&want) {
+        bail!("sha256 {got:?}, want {want}");
+    }
+    let opened = streams_opened(env)? - before;
+    if opened == 0 {
+        bail!("the relay opened no stream");
+    }
+    Ok(format!(
+        "1 MiB sha256 ok through the relay ({opened} stream)"
+    ))
+}
+
+fn denied(env: &Env) -> Result<String> {
+    let before = streams_opened(env)?;
+    let out = env.guest.output_within(
+        &[
+            "curl",
+            "-sS",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "10",
+            &format!("http://{DENIED_NAME}:{}/hello", env.http.addr().port()),
+        ],
+        Duration::from_secs(15),
+    )?;
+    if out.status.success() {
+        bail!("a denied destination answered: {}", text(&out));
+    }
+    let page = env.sh(
+        &format!(
+            "curl -sS -x {PROXY} --max-time 10 -w '%{{http_connect}}' https://{DENIED_NAME}:{}/ 2>&1; true",
+            env.https.addr().port()
+        ),
+        Duration::from_secs(15),
+    )?;
+    if !page.contains("502") && !page.contains("403") {
+        bail!("CONNECT to a denied destination: {page:?}");
+    }
+    let opened = streams_opened(env)? - before;
+    if opened != 0 {
+        bail!("the relay opened {opened} stream(s) for a denied destination");
+    }
+    Ok(format!(
+        "raw TCP refused (curl exit {:?}); CONNECT refused; no relay stream",
+        out.status.code()
     ))
 }
 
