@@ -24,6 +24,9 @@ use http_proxy::body::encode::{encode_chunk, LAST_CHUNK};
 
 use crate::options::{RelayHttpMode, RelayOptions};
 
+/// The header on every response that came through the relay, so a user (and a test) can
+/// tell which way a request went.
+pub const VIA_RELAY: (&str, &str) = ("x-c2w-via", "relay");
 /// Largest response head read from an origin.
 const MAX_HEAD: usize = 64 * 1024;
 /// Headers a response may carry.
@@ -230,6 +233,7 @@ async fn read_response(
             }
             kept.append(name.clone(), value.clone());
         }
+        kept.insert(VIA_RELAY.0, http::HeaderValue::from_static(VIA_RELAY.1));
         *response.headers_mut() = kept;
         return Ok(response);
     }

@@ -111,8 +111,9 @@ pub struct Options {
     pub relay: Option<RelayOptions>,
 }
 
-/// The `relay` part: which Wisp server, and what goes through it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// The `relay` part: which Wisp server, and what goes through it. Its `Debug` never shows
+/// the password.
+#[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(target_arch = "wasm32", derive(Tsify))]
 pub struct RelayOptions {
@@ -162,8 +163,7 @@ pub struct RelayOptions {
 }
 
 /// Which way plain `http://` requests through the proxy take when a relay is configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RelayHttpMode {
     /// `fetch()` first; the relay when the browser refuses and the request can be replayed.
     #[default]
@@ -188,8 +188,7 @@ impl std::str::FromStr for RelayHttpMode {
 }
 
 /// Which Wisp version the relay is asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayVersion {
     /// v2 when the server takes it, else v1.
     Auto,
@@ -197,6 +196,22 @@ pub enum RelayVersion {
     V1,
     /// v2 only.
     V2,
+}
+
+impl std::fmt::Debug for RelayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayOptions")
+            .field("url", &self.url)
+            .field("version", &self.version)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("udp", &self.udp)
+            .field("http", &self.http)
+            .field("relay_only", &self.relay_only)
+            .field("fetch_only", &self.fetch_only)
+            .field("hosts", &self.hosts)
+            .finish()
+    }
 }
 
 impl RelayOptions {
@@ -551,6 +566,8 @@ impl FromStr for Cidr {
 }
 deserialize_from_str!(Cidr, "a string \"ADDR/LEN\"");
 deserialize_from_str!(LogLevel, "a log level string");
+deserialize_from_str!(RelayVersion, "\"auto\", \"v1\" or \"v2\"");
+deserialize_from_str!(RelayHttpMode, "\"fallback\", \"always\" or \"never\"");
 
 /// A response-head time limit: a whole number of seconds, or a duration string with units
 /// (`5s`, `500ms`, `2m`, `1h 30m`), 1 ms to 24 h.
@@ -947,6 +964,59 @@ mod tests {
                 r#"{"network": {"dnsHosts": {"a.test": "x"}}}"#,
                 "network.dnsHosts.a.test",
             ),
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_relay_is_read_checked_and_never_shows_its_password() {
+        let options = parse(
+            r#"{"relay": {"url": "wss://relay.example/wisp/", "version": "v2",
+                          "username": "u", "password": "hunter2", "udp": false,
+                          "http": "always", "relayOnly": ["*.debian.org"],
+                          "fetchOnly": ["10.0.0.0/8"], "hosts": {"DB.test": "127.0.0.1"}}}"#,
+        )
+        .unwrap();
+        let relay = options.relay.as_ref().unwrap();
+        assert_eq!(relay.version, Some(RelayVersion::V2));
+        assert_eq!(relay.http, Some(RelayHttpMode::Always));
+        assert_eq!(relay.target("db.TEST"), "127.0.0.1");
+        assert_eq!(relay.target("other.test"), "other.test");
+        let shown = format!("{options:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("<set>"),
+            "{shown}"
+        );
+        for (json, needle) in [
+            (r#"{"relay": {"url": "http://x/"}}"#, "relay.url"),
+            (r#"{"relay": {"url": "ws:///"}}"#, "relay.url"),
+            (
+                r#"{"relay": {"url": "ws://x/", "username": "u"}}"#,
+                "relay.password",
+            ),
+            (
+                r#"{"relay": {"url": "ws://x/", "password": "p"}}"#,
+                "relay.username",
+            ),
+            (
+                r#"{"relay": {"url": "ws://x/", "version": "3"}}"#,
+                "relay.version",
+            ),
+            (
+                r#"{"relay": {"url": "ws://x/", "http": "sometimes"}}"#,
+                "relay.http",
+            ),
+            (
+                r#"{"relay": {"url": "ws://x/", "relayOnly": ["a b"]}}"#,
+                "relay.relayOnly[0]",
+            ),
+            (
+                r#"{"relay": {"url": "ws://x/", "hosts": {"a.test": ""}}}"#,
+                "relay.hosts.a.test",
+            ),
+            (r#"{"relay": {"url": "ws://x/", "mapp": {}}}"#, "relay.mapp"),
         ] {
             let err = parse(json).unwrap_err();
             assert!(err.contains(needle), "{json}: {err}");

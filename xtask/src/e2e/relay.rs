@@ -363,13 +363,16 @@ fn http_fallback(env: &Env) -> Result<String> {
     let before = streams_opened(env)?;
     let got = env.sh(
         &format!(
-            "curl -sS --fail -x {PROXY} --max-time 30 http://{FALLBACK_NAME}:{}/hello",
+            "curl -sS -i --fail -x {PROXY} --max-time 30 http://{FALLBACK_NAME}:{}/hello",
             env.http.addr().port()
         ),
         Duration::from_secs(40),
     )?;
     if !got.contains("hello from the origin") {
         bail!("unexpected body {got:?}");
+    }
+    if !got.to_ascii_lowercase().contains("x-c2w-via: relay") {
+        bail!("no x-c2w-via: relay header: {got:?}");
     }
     let opened = streams_opened(env)? - before;
     if opened == 0 {
