@@ -34,7 +34,7 @@ const USAGE: &str =
           FetchNetworkAdapter, on the virtio and ne2k NICs
   net     the guest's traffic on every path next to the direct path (needs root)
           --quick       small sizes, for checking the harness
-          --only PATH   native, browser, c2w, v86, mtu, reference (repeatable; default all)
+          --only PATH   native, relay, browser, c2w, v86, mtu, reference (repeatable; default all)
 With no section named, every section runs.";
 
 /// Runs the benchmarks named in `args` (all when none is named).

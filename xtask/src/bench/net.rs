@@ -17,6 +17,7 @@ use super::{publish, Machine};
 use crate::harness::browser::page_server::PageServer;
 use crate::harness::cleanup;
 use crate::harness::origins::OriginFiles;
+use crate::harness::relays::WispServerKind;
 use crate::tools::{self, ensure_programs, is_root, workspace_root};
 
 const HEADING: &str = "## Network paths";
@@ -39,7 +40,7 @@ pub struct Plan {
     pub concurrent_size: u64,
     /// Idle period for the CPU measurement.
     pub idle: Duration,
-    /// Which paths to run (`native`, `browser`, `c2w`, `mtu`, `v86`); all when empty.
+    /// Which paths to run (`native`, `relay`, `browser`, `c2w`, `mtu`, `v86`); all when empty.
     pub only: Vec<String>,
 }
 
@@ -399,6 +400,14 @@ pub(super) fn section(plan: &Plan) -> Result<()> {
         match routes::native(&origins, &binary, &dir, "native", &[]) {
             Ok(route) => measure(&route, plan, &mut results, Subset::Full),
             Err(e) => results.failed("native", "setup", e),
+        }
+    }
+    if plan.runs("relay") {
+        for kind in [WispServerKind::Js, WispServerKind::Python] {
+            match routes::relay(&origins, &binary, &dir, kind) {
+                Ok(route) => measure(&route, plan, &mut results, Subset::Full),
+                Err(e) => results.failed(&format!("relay-{}", kind.name()), "setup", e),
+            }
         }
     }
     if plan.runs("v86") {

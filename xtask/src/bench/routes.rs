@@ -1,7 +1,8 @@
 //! The paths the network benchmark measures, each a [`Route`]: the host talking to the origins
 //! directly (the reference), and a guest namespace behind the native runner, behind the wasm
-//! build in headless Chromium (over the TAP-to-WebSocket bridge), and behind the
-//! container2wasm drop-in worker and relay in the same browser.
+//! build in headless Chromium (over the TAP-to-WebSocket bridge), behind the
+//! container2wasm drop-in worker and relay in the same browser, and behind the native runner
+//! with a Wisp relay (real servers) carrying raw TCP.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,6 +18,7 @@ use crate::harness::browser::save_ca;
 use crate::harness::guest::{text, Guest, GuestNs, Runner, PROXY};
 use crate::harness::origins::{Cors, Origin, OriginFiles};
 use crate::harness::procfs;
+use crate::harness::relays::{WispServer, WispServerKind};
 
 /// The origins every route reaches, and the test CA of the HTTPS one.
 pub struct Origins {
@@ -315,4 +317,79 @@ pub fn browser<'a>(
         .dhcp()
         .with_context(|| format!("DHCP behind {name}"))?;
     Ok(route)
+}
+
+/// The name under which relay routes reach the origins (the relay maps it to 127.0.0.1).
+const RELAY_ORIGIN: &str = "origin.test";
+
+/// A guest behind the native runner with `--relay`: its curl goes to the origins without the
+/// proxy, so every connection is a relay stream, and HTTPS is end to end (the guest trusts
+/// the origin's test CA; `localhost` is connected through a name the relay maps).
+pub struct RelayRoute<'a> {
+    /// The guest and the runner.
+    pub inner: GuestRoute<'a>,
+    /// The Wisp server (dropped after the runner and the guest).
+    _server: WispServer,
+}
+
+impl Route for RelayRoute<'_> {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    fn sh(&self, script: &str, limit: Duration) -> Result<String> {
+        self.inner.sh(script, limit)
+    }
+
+    fn curl(&self) -> String {
+        format!(
+            "curl -sS --noproxy '*' --cacert {} --connect-to localhost::{RELAY_ORIGIN}:",
+            self.inner.origins.ca.display()
+        )
+    }
+
+    fn base(&self, scheme: Scheme) -> Option<String> {
+        let origins = self.inner.origins;
+        Some(match scheme {
+            Scheme::Http => format!("http://{RELAY_ORIGIN}:{}", origins.http.addr().port()),
+            Scheme::Https => format!("https://localhost:{}", origins.https.addr().port()),
+        })
+    }
+
+    fn scratch(&self) -> &Path {
+        self.inner.scratch()
+    }
+
+    fn memory(&self) -> Option<u64> {
+        self.inner.memory()
+    }
+
+    fn cpu_time(&self) -> Option<Duration> {
+        self.inner.cpu_time()
+    }
+}
+
+/// Starts a Wisp server of `kind`, the native runner relaying through it, and a guest.
+pub fn relay<'a>(
+    origins: &'a Origins,
+    binary: &Path,
+    dir: &Path,
+    kind: WispServerKind,
+) -> Result<RelayRoute<'a>> {
+    let server = WispServer::start(kind, None)?;
+    let name = format!("relay-{}", kind.name().trim_start_matches("wisp-"));
+    let extra = [
+        "--relay".to_string(),
+        server.url(),
+        "--relay-host".to_string(),
+        format!("{RELAY_ORIGIN}=127.0.0.1"),
+        // The runner allows loopback only; allow/deny apply to the name the guest asks for.
+        "--allow".to_string(),
+        RELAY_ORIGIN.to_string(),
+    ];
+    let inner = native(origins, binary, dir, &name, &extra)?;
+    Ok(RelayRoute {
+        inner,
+        _server: server,
+    })
 }
