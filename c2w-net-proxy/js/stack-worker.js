@@ -233,6 +233,25 @@ function configFromQuery() {
     if (query.has(param)) limits[key] = number ? Number(query.get(param)) : query.get(param);
   }
   if (Object.keys(limits).length) config.limits = limits;
+  // A Wisp relay: relay=ws://host:port/ plus optional settings (docs/usage.md, "Relay").
+  if (query.has("relay")) {
+    const relay = { url: query.get("relay") };
+    if (query.has("relay-version")) relay.version = query.get("relay-version");
+    if (query.has("relay-http")) relay.http = query.get("relay-http");
+    if (query.has("relay-no-udp")) relay.udp = false;
+    const only = query.getAll("relay-only");
+    const fetchOnly = query.getAll("relay-fetch-only");
+    if (only.length) relay.relayOnly = only;
+    if (fetchOnly.length) relay.fetchOnly = fetchOnly;
+    const hosts = {};
+    for (const entry of query.getAll("relay-host")) {
+      const at = entry.indexOf("=");
+      // A malformed entry keeps an empty target, which create() refuses by name.
+      hosts[at < 0 ? entry : entry.slice(0, at)] = at < 0 ? "" : entry.slice(at + 1);
+    }
+    if (Object.keys(hosts).length) relay.hosts = hosts;
+    config.relay = relay;
+  }
   return config;
 }
 
