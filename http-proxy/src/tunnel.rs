@@ -88,12 +88,23 @@ mod tests {
     use futures::executor::block_on;
     use futures::io::Cursor;
 
+    /// How a [`Duplex`] reads.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Read {
+        /// Its input, then the end.
+        Data,
+        /// A reset.
+        Fail,
+        /// Never anything (a peer that neither answers nor closes).
+        Silent,
+    }
+
     /// A stream that reads from one buffer and writes into another.
     struct Duplex {
         input: Cursor<Vec<u8>>,
         output: Vec<u8>,
         closed: bool,
-        fail_read: bool,
+        read: Read,
     }
 
     impl AsyncRead for Duplex {
@@ -102,10 +113,11 @@ mod tests {
             cx: &mut std::task::Context<'_>,
             buf: &mut [u8],
         ) -> std::task::Poll<io::Result<usize>> {
-            if self.fail_read {
-                return std::task::Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+            match self.read {
+                Read::Fail => std::task::Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+                Read::Silent => std::task::Poll::Pending,
+                Read::Data => std::pin::Pin::new(&mut self.input).poll_read(cx, buf),
             }
-            std::pin::Pin::new(&mut self.input).poll_read(cx, buf)
         }
     }
 
@@ -133,12 +145,12 @@ mod tests {
         }
     }
 
-    fn duplex(input: &[u8], fail_read: bool) -> Duplex {
+    fn duplex(input: &[u8], read: Read) -> Duplex {
         Duplex {
             input: Cursor::new(input.to_vec()),
             output: Vec::new(),
             closed: false,
-            fail_read,
+            read,
         }
     }
 
@@ -159,60 +171,21 @@ mod tests {
         }
     }
 
-    /// A peer that never answers and never closes (a tunnel without half-close).
-    struct Silent {
-        written: Vec<u8>,
-    }
-
-    impl AsyncRead for Silent {
-        fn poll_read(
-            self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-            _buf: &mut [u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            std::task::Poll::Pending
-        }
-    }
-
-    impl AsyncWrite for Silent {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            self.written.extend_from_slice(buf);
-            std::task::Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_close(
-            self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
     #[test]
     fn a_silent_tunnel_is_let_go_once_the_guest_is_done_and_the_linger_passed() {
-        let mut a = duplex(b"request", false);
-        let mut b = Silent {
-            written: Vec::new(),
-        };
+        let mut a = duplex(b"request", Read::Data);
+        // A peer that never answers and never closes (a tunnel without half-close).
+        let mut b = duplex(b"", Read::Silent);
         let moved = block_on(splice(&mut a, &mut b, &InstantTimer, HALF_CLOSE_LINGER)).unwrap();
         assert_eq!(moved, (7, 0));
-        assert_eq!(b.written, b"request");
+        assert_eq!(b.output, b"request");
         assert!(a.closed);
     }
 
     #[test]
     fn both_directions_are_copied_and_each_end_closes_the_other_write_side() {
-        let mut a = duplex(b"from a", false);
-        let mut b = duplex(b"from b, longer", false);
+        let mut a = duplex(b"from a", Read::Data);
+        let mut b = duplex(b"from b, longer", Read::Data);
         let moved = block_on(splice(&mut a, &mut b, &NeverTimer, HALF_CLOSE_LINGER)).unwrap();
         assert_eq!(moved, (6, 14));
         assert_eq!(b.output, b"from a");
@@ -222,9 +195,9 @@ mod tests {
 
     #[test]
     fn an_error_in_one_direction_ends_both() {
-        let mut a = duplex(b"", false);
+        let mut a = duplex(b"", Read::Data);
         // `a` would stay open forever in a real stream; here the failing side must end it.
-        let mut b = duplex(b"", true);
+        let mut b = duplex(b"", Read::Fail);
         let err = block_on(splice(&mut a, &mut b, &NeverTimer, HALF_CLOSE_LINGER)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
     }
