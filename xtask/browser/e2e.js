@@ -20,12 +20,15 @@ async function main() {
   if (typeof mod.NetProxy !== "function") {
     throw new Error("dist/c2w_net_proxy.js exports no NetProxy (exports: " + Object.keys(mod).join(", ") + ")");
   }
+  // `?relay=<JSON>`: a Wisp relay (`config.relay`) for the harness's relay phase.
+  const relay = new URLSearchParams(location.search).get("relay");
   const proxy = await mod.NetProxy.create({
     allow: ["loopback"],
     rewrites: config.rewrites,
     // A duration string ("10s", "500ms"): the same syntax as the runner's --timeout.
     timeout: config.timeout ?? "30s",
     logLevel: "warn",
+    ...(relay ? { relay: JSON.parse(relay) } : {}),
   });
   await report("ca", proxy.caCertificatePem());
 
