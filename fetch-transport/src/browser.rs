@@ -33,7 +33,8 @@ use crate::config::TransportConfig;
 use crate::policy::{self, BodyDecoding, HeaderPolicy, PreparedRequest};
 use crate::{Body, CollectError, Timer, Transport, TransportError};
 
-use reader::{describe, AbortOnDrop, ResponseBody};
+pub(crate) use reader::describe;
+use reader::{AbortOnDrop, ResponseBody};
 
 /// What a fetch() rejection (a TypeError) means, as far as a page can know.
 const REFUSED: &str = "the browser refused the request (CORS policy or network error)";

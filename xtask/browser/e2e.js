@@ -20,12 +20,19 @@ async function main() {
   if (typeof mod.NetProxy !== "function") {
     throw new Error("dist/c2w_net_proxy.js exports no NetProxy (exports: " + Object.keys(mod).join(", ") + ")");
   }
+  // `?relay=<JSON>`: a Wisp relay (`config.relay`) for the harness's relay phase; the names it
+  // maps are allowed besides loopback (allow/deny apply to the names the guest asks for), and
+  // `?deny=NAME` (repeatable) refuses some.
+  const search = new URLSearchParams(location.search);
+  const relay = search.get("relay") ? JSON.parse(search.get("relay")) : null;
   const proxy = await mod.NetProxy.create({
-    allow: ["loopback"],
+    allow: ["loopback", ...Object.keys((relay && relay.hosts) || {})],
+    deny: search.getAll("deny"),
     rewrites: config.rewrites,
     // A duration string ("10s", "500ms"): the same syntax as the runner's --timeout.
     timeout: config.timeout ?? "30s",
     logLevel: "warn",
+    ...(relay ? { relay } : {}),
   });
   await report("ca", proxy.caCertificatePem());
 

@@ -40,7 +40,9 @@ commands:
                only the fault phase: http/https transfers through --fault loss, reorder-dup, delay
   e2e --browser [chromium|firefox] [FILTER]
                the same kind of guest behind the browser build, in headless Chromium (default)
-               or Firefox ESR, over a TAP-to-WebSocket bridge (needs root)
+               or Firefox ESR, over a TAP-to-WebSocket bridge (needs root); FILTER
+               `relay [wisp-python|wisp-js]` runs only the relay phase (NetProxy with
+               config.relay before real Wisp servers, the page's own WebSocket)
   transport-node  fetch-transport's browser backend under node against a local origin
   fuzz [--smoke] [--seconds N] [TARGET...]
                the cargo-fuzz targets on nightly, one at a time (--smoke: ~10 s each)

@@ -10,6 +10,7 @@ mod runtime;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use fetch_transport::relay::BrowserDialer;
 use fetch_transport::FetchTransport;
 use futures::channel::oneshot;
 use js_sys::Function;
@@ -108,7 +109,8 @@ impl Inner {
 }
 
 /// The virtual network (DHCP, DNS, TCP/IP) and HTTP(S) proxy behind an emulated NIC, with the
-/// browser's `fetch()` as the way out.
+/// browser's `fetch()` as the way out (and, when `config.relay` is set, a Wisp relay over the
+/// page's own `WebSocket` for raw TCP, UDP and CONNECT tunnels).
 #[wasm_bindgen]
 pub struct NetProxy {
     inner: Rc<Inner>,
@@ -329,6 +331,7 @@ fn build(config: &JsValue) -> Result<NetProxy, ComposeError> {
     let (runtime, stop) = BrowserRuntime::new();
     let runtime: Rc<dyn Runtime> = Rc::new(runtime);
     let timer = runtime.timer();
+    let dialer = Rc::new(BrowserDialer::new(timer.clone()));
     let system = compose(
         &options,
         Platform {
@@ -337,7 +340,8 @@ fn build(config: &JsValue) -> Result<NetProxy, ComposeError> {
             // fetch() holds request bodies whole: the proxy refuses larger ones early (413 on
             // Content-Length, before reading anything).
             default_max_request_body: Some(fetch_transport::DEFAULT_MAX_REQUEST_BODY),
-            dialer: None,
+            // The relay's WebSocket is the page's (or worker's) own.
+            dialer: Some(dialer),
         },
     )?;
     let port = Rc::new(JsPort::default());

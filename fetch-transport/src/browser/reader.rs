@@ -159,7 +159,7 @@ impl Drop for ResponseBody {
 
 /// A JS exception or rejection as text: `Name: message`, with its `cause` (node's fetch puts the
 /// network error there, e.g. `connect ECONNREFUSED`).
-pub(super) fn describe(value: &JsValue) -> String {
+pub(crate) fn describe(value: &JsValue) -> String {
     describe_at(value, 0)
 }
 

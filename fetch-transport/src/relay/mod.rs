@@ -15,6 +15,9 @@
 //! stream is over it the driver stops reading the WebSocket (Wisp gives clients no credit of
 //! their own, so this pushes back on the server through the WebSocket's transport, for all
 //! streams at once). UDP flows drop what does not fit, counted, as a datagram network would.
+//! The browser's `WebSocket` reads the network regardless, so there the pause only stops
+//! processing: unread messages wait in the socket, bounded by `MAX_UNREAD` (see
+//! `browser_socket`).
 //!
 //! Wisp has no half-close: shutting down a [`RelayStream`]'s write side only stops writing;
 //! the stream is closed towards the relay when it is dropped, or by the server.
@@ -26,6 +29,10 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
+#[cfg(target_arch = "wasm32")]
+mod browser_socket;
+#[cfg(any(target_arch = "wasm32", test))]
+mod inbox;
 #[cfg(not(target_arch = "wasm32"))]
 mod native_socket;
 
@@ -38,6 +45,8 @@ use futures::future::{self, Either};
 use crate::timer::Timer;
 use crate::wisp::{self, ClientConfig, CloseReason, StreamType};
 
+#[cfg(target_arch = "wasm32")]
+pub use browser_socket::{BrowserDialer, MAX_BUFFERED, MAX_UNREAD, RECHECK};
 pub use driver::RelayDriver;
 #[cfg(not(target_arch = "wasm32"))]
 pub use native_socket::NativeDialer;

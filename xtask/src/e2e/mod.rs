@@ -4,7 +4,8 @@
 //! - [`faults`]: transfers through the runner's `--fault` profiles;
 //! - [`robust`]: load and failing origins ([`load`] holds the load checks it shares with the
 //!   browser phase);
-//! - [`relay`]: the runner with `--relay` in front of real Wisp servers;
+//! - [`relay`]: the runner with `--relay` in front of real Wisp servers ([`relay_checks`] holds
+//!   the guest-side checks it shares with the browser's relay phase);
 //! - [`browser`]: the browser build in headless Chromium or Firefox (`e2e --browser`).
 //!
 //! The pieces they stand on (guests, origins, browsers, the bridge) are in `crate::harness`.
@@ -14,6 +15,7 @@ mod faults;
 mod load;
 mod native;
 mod relay;
+mod relay_checks;
 mod robust;
 
 use anyhow::{bail, Result};

@@ -3,44 +3,19 @@
 //! Linux guest. Through each: TCP to a port fetch() could never carry (sha256-exact both
 //! ways), TLS end to end (the guest checks the origin's own certificate, not our CA), a
 //! CONNECT tunnel, UDP, a refused destination, and the relay lost mid-download and back.
+//! The checks are in [`super::relay_checks`], shared with the browser's relay phase.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::harness::guest::{build_runner, text, Guest, GuestNs, Runner, PROXY};
-use crate::harness::origins::{blob, sha256_hex, Cors, Origin, OriginFiles, UdpEcho};
+use super::relay_checks::{self, RelayEnv, DENIED_NAME, LOOPBACK_NAMES, RELAY_ONLY_NAME};
+use crate::harness::guest::{build_runner, Guest, GuestNs, Runner};
+use crate::harness::origins::{Cors, Origin, OriginFiles, UdpEcho};
 use crate::harness::relays::{WispServer, WispServerKind};
 use crate::report::Report;
 use crate::tools::{ensure_programs, workspace_root};
-
-/// The name the guest uses for the host's loopback origins (the relay maps it to 127.0.0.1).
-const ORIGIN_NAME: &str = "origin.test";
-/// The name whose fake IP the TLS check connects to (also mapped to 127.0.0.1).
-const TLS_NAME: &str = "tls.test";
-/// The name of the UDP echo server.
-const UDP_NAME: &str = "udp.test";
-/// A name only the relay can reach (mapped to 127.0.0.1; the runner's own HTTP client cannot
-/// resolve it): plain HTTP to it falls back from the transport to the relay.
-const FALLBACK_NAME: &str = "fallback.test";
-/// A name whose plain HTTP goes through the relay only (`--relay-only`).
-const RELAY_ONLY_NAME: &str = "only.test";
-/// A name refused by `--deny`, relayed or not.
-const DENIED_NAME: &str = "blocked.test";
-
-/// What the checks of one relay need.
-struct Env<'a> {
-    guest: &'a GuestNs,
-    work: PathBuf,
-    proxy_ca: PathBuf,
-    files: &'a OriginFiles,
-    http: &'a Origin,
-    https: &'a Origin,
-    udp: &'a UdpEcho,
-    stats: PathBuf,
-}
 
 /// Runs the relay phase against each server (`filter` may name one: `wisp-js`).
 pub fn run(filter: Option<&str>) -> Result<()> {
@@ -71,21 +46,12 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         let tag = kind.name();
         let stats = dir.join(format!("{tag}-stats.json"));
         let proxy_ca = dir.join(format!("{tag}-proxy-ca.pem"));
-        let args: Vec<String> = vec![
-            "--relay".into(),
-            server.url(),
-            "--relay-host".into(),
-            format!("{ORIGIN_NAME}=127.0.0.1"),
-            "--relay-host".into(),
-            format!("{TLS_NAME}=127.0.0.1"),
-            "--relay-host".into(),
-            format!("{UDP_NAME}=127.0.0.1"),
-            "--relay-host".into(),
-            format!("{FALLBACK_NAME}=127.0.0.1"),
-            "--relay-host".into(),
-            format!("{RELAY_ONLY_NAME}=127.0.0.1"),
-            "--relay-host".into(),
-            format!("{DENIED_NAME}=127.0.0.1"),
+        let mut args: Vec<String> = vec!["--relay".into(), server.url()];
+        for name in LOOPBACK_NAMES {
+            args.push("--relay-host".into());
+            args.push(format!("{name}=127.0.0.1"));
+        }
+        args.extend([
             "--relay-only".into(),
             RELAY_ONLY_NAME.into(),
             "--deny".into(),
@@ -94,71 +60,35 @@ pub fn run(filter: Option<&str>) -> Result<()> {
             stats.display().to_string(),
             "--ca-cert-out".into(),
             proxy_ca.display().to_string(),
-        ];
+        ]);
         let id = std::process::id();
         let tap = format!("c2wr{}{id}", &tag[5..6]);
         let mut runner =
             Runner::start_tap(&binary, &tap, &args, dir.join(format!("{tag}-runner.log")))?;
         let work = dir.join(format!("{tag}-work"));
         let guest = GuestNs::behind(&format!("c2w-relay-{tag}-{id}"), &tap, &work)?;
-        let env = Env {
-            guest: &guest,
+        let g = Guest {
+            ns: &guest,
+            ca: proxy_ca,
             work,
-            proxy_ca,
-            files: &files,
+        };
+        r.check(&format!("dhcp ({tag}): udhcpc gets a lease"), || g.dhcp());
+        // The runner rewrites its stats file every 500 ms.
+        let read_stats = || -> Result<Value> {
+            let text = std::fs::read_to_string(&stats)
+                .with_context(|| format!("reading {}", stats.display()))?;
+            Ok(serde_json::from_str(&text)?)
+        };
+        let env = RelayEnv {
+            guest: &g,
+            test_ca: files.ca_cert.clone(),
             http: &http,
             https: &https,
             udp: &udp,
-            stats,
+            stats: &read_stats,
+            transfer_limit: Duration::from_secs(60),
         };
-        let g = env.checks();
-        r.check(&format!("dhcp ({tag}): udhcpc gets a lease"), || g.dhcp());
-        r.check(
-            &format!("relay ({tag}): 16 MiB over raw TCP to {ORIGIN_NAME}:PORT, sha256"),
-            || raw_download(&env, 16 << 20),
-        );
-        r.check(
-            &format!("relay ({tag}): 8 MiB upload over raw TCP, sha256 at the origin"),
-            || raw_upload(&env, 8 << 20),
-        );
-        r.check(
-            &format!("relay ({tag}): TLS end to end, the origin's own certificate"),
-            || tls_end_to_end(&env),
-        );
-        r.check(
-            &format!("relay ({tag}): CONNECT through the proxy is a raw tunnel"),
-            || connect_tunnel(&env),
-        );
-        r.check(
-            &format!("relay ({tag}): UDP datagrams both ways through the relay"),
-            || udp_round_trip(&env),
-        );
-        r.check(
-            &format!("relay ({tag}): a refused destination ends in RST at once"),
-            || refused(&env),
-        );
-        r.check(
-            &format!(
-                "relay ({tag}): plain HTTP the transport cannot carry falls back to the relay"
-            ),
-            || http_fallback(&env),
-        );
-        r.check(
-            &format!("relay ({tag}): --relay-only sends plain HTTP through the relay only"),
-            || http_relay_only(&env),
-        );
-        r.check(
-            &format!("relay ({tag}): --deny applies to relayed TCP and CONNECT"),
-            || denied(&env),
-        );
-        r.check(
-            &format!("relay ({tag}): counters back to idle, relay up"),
-            || idle(&env),
-        );
-        r.check(
-            &format!("relay ({tag}): relay lost mid-download fails fast; back after restart"),
-            || relay_lost(&env, &mut server),
-        );
+        relay_checks::run(&mut r, &format!("relay ({tag})"), &env, &mut server);
         r.check(&format!("runner ({tag}): still running"), || {
             if runner.is_running() {
                 Ok("alive".into())
@@ -166,405 +96,10 @@ pub fn run(filter: Option<&str>) -> Result<()> {
                 bail!("the runner exited: {}", runner.log_tail())
             }
         });
+        drop(g);
         drop(guest);
         drop(runner);
         drop(server);
     }
     r.finish("e2e relay")
-}
-
-impl Env<'_> {
-    fn checks(&self) -> Guest<'_> {
-        Guest {
-            ns: self.guest,
-            ca: self.proxy_ca.clone(),
-            work: self.work.clone(),
-        }
-    }
-
-    fn sh(&self, script: &str, limit: Duration) -> Result<String> {
-        self.checks().sh(script, limit)
-    }
-
-    /// `host:port` of the plain origin as the guest names it.
-    fn origin(&self) -> String {
-        format!("{ORIGIN_NAME}:{}", self.http.addr().port())
-    }
-
-    /// The runner's stats file, rewritten every 500 ms.
-    fn stats(&self) -> Result<Value> {
-        let text = std::fs::read_to_string(&self.stats)
-            .with_context(|| format!("reading {}", self.stats.display()))?;
-        Ok(serde_json::from_str(&text)?)
-    }
-}
-
-fn counter(stats: &Value, pointer: &str) -> u64 {
-    stats.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn raw_download(env: &Env, len: usize) -> Result<String> {
-    let started = Instant::now();
-    let got = env.sh(
-        &format!(
-            "curl -sS --fail --noproxy '*' --max-time 60 http://{}/blob/{len} | sha256sum",
-            env.origin()
-        ),
-        Duration::from_secs(90),
-    )?;
-    let want = sha256_hex(&blob(len));
-    if !got.starts_with(&want) {
-        bail!("sha256 {got:?}, want {want}");
-    }
-    let secs = started.elapsed().as_secs_f64();
-    Ok(format!("sha256 ok, {:.1} MB/s", len as f64 / secs / 1e6))
-}
-
-fn raw_upload(env: &Env, len: usize) -> Result<String> {
-    let body = env.work.join("upload.bin");
-    std::fs::write(&body, blob(len))?;
-    let got = env.sh(
-        &format!(
-            "curl -sS --fail --noproxy '*' --max-time 60 --data-binary @{} http://{}/echo",
-            body.display(),
-            env.origin()
-        ),
-        Duration::from_secs(90),
-    )?;
-    let want = format!("POST {len} {} chunked=false", sha256_hex(&blob(len)));
-    if !got.contains(&want) {
-        bail!("the origin answered {got:?}, want {want:?}");
-    }
-    Ok(format!("origin received {len} bytes, sha256 ok"))
-}
-
-/// `https://localhost:PORT` reached at the fake IP of a name the relay maps to 127.0.0.1:
-/// curl verifies the origin's certificate (for localhost) against the test CA only.
-fn tls_end_to_end(env: &Env) -> Result<String> {
-    let port = env.https.addr().port();
-    let out = env.sh(
-        &format!(
-            "ip=$(python3 -c \"import socket; print(socket.gethostbyname('{TLS_NAME}'))\") && \
-             curl -sS --fail -v --noproxy '*' --max-time 30 --cacert {} \
-             --resolve localhost:{port}:$ip https://localhost:{port}/hello 2>&1",
-            env.files.ca_cert.display()
-        ),
-        Duration::from_secs(45),
-    )?;
-    if !out.contains("hello from the origin") {
-        bail!("no body from the origin: {out}");
-    }
-    let issuer = out
-        .lines()
-        .find(|l| l.contains("issuer:"))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    if issuer.contains("c2w") {
-        bail!("the certificate was issued by the proxy's CA: {issuer}");
-    }
-    Ok(format!("verified against the test CA; {issuer}"))
-}
-
-/// A CONNECT through the proxy to the HTTPS origin: the tunnel carries the origin's own TLS
-/// (the guest trusts only the test CA, not the proxy's).
-fn connect_tunnel(env: &Env) -> Result<String> {
-    let port = env.https.addr().port();
-    let got = env.sh(
-        &format!(
-            "curl -sS --fail -x {PROXY} --max-time 30 --cacert {} https://localhost:{port}/hello",
-            env.files.ca_cert.display()
-        ),
-        Duration::from_secs(45),
-    )?;
-    if !got.contains("hello from the origin") {
-        bail!("unexpected body: {got:?}");
-    }
-    // And the proxy's CA would not have done: the guest never sees it.
-    Ok("the origin's certificate through CONNECT".into())
-}
-
-fn udp_round_trip(env: &Env) -> Result<String> {
-    let before = env.udp.answered();
-    let port = env.udp.port();
-    let script = format!(
-        "import socket\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         s.settimeout(5)\n\
-         for i in range(5):\n\
-         \x20   s.sendto(b'ping%d' % i, ('{UDP_NAME}', {port}))\n\
-         \x20   data, _ = s.recvfrom(100)\n\
-         \x20   assert data == b'echo:ping%d' % i, data\n\
-         print('ok')\n"
-    );
-    let path = env.work.join("udp.py");
-    std::fs::write(&path, script)?;
-    let got = env.sh(
-        &format!("python3 {}", path.display()),
-        Duration::from_secs(40),
-    )?;
-    if got.trim() != "ok" {
-        bail!("unexpected output {got:?}");
-    }
-    let answered = env.udp.answered() - before;
-    if answered < 5 {
-        bail!("the echo server answered only {answered} datagrams");
-    }
-    Ok(format!("5 round trips; the server answered {answered}"))
-}
-
-fn refused(env: &Env) -> Result<String> {
-    // A port of 127.0.0.1 that nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let started = Instant::now();
-    let out = env.guest.output_within(
-        &[
-            "curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "10",
-            &format!("http://{ORIGIN_NAME}:{port}/"),
-        ],
-        Duration::from_secs(15),
-    )?;
-    let elapsed = started.elapsed();
-    if out.status.success() {
-        bail!("curl succeeded: {}", text(&out));
-    }
-    // 7: could not connect; 52: empty reply; 56: failure receiving (a reset).
-    let code = out.status.code();
-    if !matches!(code, Some(7 | 52 | 56)) {
-        bail!(
-            "expected a reset or refusal, got exit {code:?}: {}",
-            text(&out)
-        );
-    }
-    if elapsed > Duration::from_secs(5) {
-        bail!("took {elapsed:?}");
-    }
-    Ok(format!(
-        "curl exit {} after {} ms",
-        code.unwrap_or(-1),
-        elapsed.as_millis()
-    ))
-}
-
-/// Streams the relay opened so far (from the stats file, rewritten every 500 ms).
-fn streams_opened(env: &Env) -> Result<u64> {
-    std::thread::sleep(Duration::from_millis(600));
-    Ok(counter(&env.stats()?, "/relay/streamsOpened"))
-}
-
-fn http_fallback(env: &Env) -> Result<String> {
-    let before = streams_opened(env)?;
-    let got = env.sh(
-        &format!(
-            "curl -sS -i --fail -x {PROXY} --max-time 30 http://{FALLBACK_NAME}:{}/hello",
-            env.http.addr().port()
-        ),
-        Duration::from_secs(40),
-    )?;
-    if !got.contains("hello from the origin") {
-        bail!("unexpected body {got:?}");
-    }
-    if !got.to_ascii_lowercase().contains("x-c2w-via: relay") {
-        bail!("no x-c2w-via: relay header: {got:?}");
-    }
-    let opened = streams_opened(env)? - before;
-    if opened == 0 {
-        bail!("the relay opened no stream: the answer did not come through it");
-    }
-    Ok(format!("answered through the relay ({opened} stream)"))
-}
-
-fn http_relay_only(env: &Env) -> Result<String> {
-    let before = streams_opened(env)?;
-    let len = 1 << 20;
-    let got = env.sh(
-        &format!(
-            "curl -sS --fail -x {PROXY} --max-time 30 http://{RELAY_ONLY_NAME}:{}/blob/{len} | sha256sum",
-            env.http.addr().port()
-        ),
-        Duration::from_secs(40),
-    )?;
-    let want = sha256_hex(&blob(len));
-    if !got.starts_with(&want) {
-        bail!("sha256 {got:?}, want {want}");
-    }
-    let opened = streams_opened(env)? - before;
-    if opened == 0 {
-        bail!("the relay opened no stream");
-    }
-    Ok(format!(
-        "1 MiB sha256 ok through the relay ({opened} stream)"
-    ))
-}
-
-fn denied(env: &Env) -> Result<String> {
-    let before = streams_opened(env)?;
-    let out = env.guest.output_within(
-        &[
-            "curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "10",
-            &format!("http://{DENIED_NAME}:{}/hello", env.http.addr().port()),
-        ],
-        Duration::from_secs(15),
-    )?;
-    if out.status.success() {
-        bail!("a denied destination answered: {}", text(&out));
-    }
-    let page = env.sh(
-        &format!(
-            "curl -sS -x {PROXY} --max-time 10 -w '%{{http_connect}}' https://{DENIED_NAME}:{}/ 2>&1; true",
-            env.https.addr().port()
-        ),
-        Duration::from_secs(15),
-    )?;
-    if !page.contains("502") && !page.contains("403") {
-        bail!("CONNECT to a denied destination: {page:?}");
-    }
-    let opened = streams_opened(env)? - before;
-    if opened != 0 {
-        bail!("the relay opened {opened} stream(s) for a denied destination");
-    }
-    Ok(format!(
-        "raw TCP refused (curl exit {:?}); CONNECT refused; no relay stream",
-        out.status.code()
-    ))
-}
-
-fn idle(env: &Env) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = env.stats()?;
-        let state = stats.pointer("/relay/state").and_then(Value::as_str);
-        let open = counter(&stats, "/relay/streamsOpen");
-        let tcp = counter(&stats, "/tcp/open");
-        let proxy = counter(&stats, "/proxy/connectionsOpen");
-        // UDP flows stay open until idle for a minute; TCP must be gone.
-        let udp_flows = 1;
-        if state == Some("up") && open <= udp_flows && tcp == 0 && proxy == 0 {
-            return Ok(format!(
-                "relay up (v{}), {} streams opened, {open} open, tcp.open 0",
-                counter(&stats, "/relay/version"),
-                counter(&stats, "/relay/streamsOpened")
-            ));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "not idle: relay {state:?}, streamsOpen {open}, tcp.open {tcp}, proxy open {proxy}; {}",
-                stats.get("relay").cloned().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// Kills the relay during a 64 MiB download: the download fails within seconds (no hang);
-/// CONNECT while it is down is a 502 naming the relay; once it is back on the same port a
-/// new download works.
-fn relay_lost(env: &Env, server: &mut WispServer) -> Result<String> {
-    let len = 64 << 20;
-    let out_file = env.work.join("lost.out");
-    let _ = std::fs::remove_file(&out_file);
-    let mut download = env
-        .guest
-        .command(&[
-            "sh",
-            "-c",
-            &format!(
-                "curl -sS --noproxy '*' --max-time 60 -o /dev/null http://{}/blob/{len} > {} 2>&1; echo \"exit $?\" >> {}",
-                env.origin(),
-                out_file.display(),
-                out_file.display()
-            ),
-        ])
-        .spawn()
-        .context("starting the download")?;
-    std::thread::sleep(Duration::from_millis(700));
-    let killed_at = Instant::now();
-    server.kill();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if download.try_wait()?.is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = download.kill();
-            bail!("the download did not end within 15 s of losing the relay");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let ended = killed_at.elapsed();
-    let result = std::fs::read_to_string(&out_file).unwrap_or_default();
-    if result.contains("exit 0") {
-        bail!("the download finished despite the relay being killed (too fast?): {result}");
-    }
-    // While it is down: CONNECT is a 502 whose page names the relay (curl does not show a
-    // refused CONNECT's body, so a small client does).
-    let connect = format!(
-        "import socket\n\
-         s = socket.create_connection(('192.168.127.253', 80), timeout=20)\n\
-         s.sendall(b'CONNECT localhost:{port} HTTP/1.1\\r\\nHost: localhost:{port}\\r\\n\\r\\n')\n\
-         data = b''\n\
-         while True:\n\
-         \x20   chunk = s.recv(4096)\n\
-         \x20   if not chunk:\n\
-         \x20       break\n\
-         \x20   data += chunk\n\
-         print(data.decode('utf-8', 'replace'))\n",
-        port = env.https.addr().port()
-    );
-    let script = env.work.join("connect.py");
-    std::fs::write(&script, connect)?;
-    let page = env.sh(
-        &format!("python3 {}", script.display()),
-        Duration::from_secs(30),
-    )?;
-    let port = server.port();
-    *server = WispServer::start_on(server.kind(), port, None)?;
-    // Back: new connections work once the runner reconnected (backoff is short after a loss).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last;
-    loop {
-        match env.sh(
-            &format!(
-                "curl -sS --fail --noproxy '*' --max-time 10 http://{}/hello",
-                env.origin()
-            ),
-            Duration::from_secs(15),
-        ) {
-            Ok(body) if body.contains("hello from the origin") => break,
-            Ok(body) => last = body,
-            Err(err) => last = format!("{err:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("no working connection 20 s after the relay came back: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let stats = env.stats()?;
-    let losses = counter(&stats, "/relay/losses");
-    if losses == 0 {
-        bail!("the stats count no relay loss: {}", stats["relay"]);
-    }
-    if !page.starts_with("HTTP/1.1 502") {
-        bail!("CONNECT while the relay was down did not give 502: {page:?}");
-    }
-    if !page.contains("relay") || !page.contains("127.0.0.1") {
-        bail!("the 502 does not name the relay: {page:?}");
-    }
-    Ok(format!(
-        "download ended {} ms after the kill ({}); 502 while down; back after restart; {losses} loss(es) counted",
-        ended.as_millis(),
-        result.lines().last().unwrap_or("").trim()
-    ))
 }

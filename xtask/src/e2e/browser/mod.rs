@@ -3,10 +3,13 @@
 //! reaching the page over a TAP-to-WebSocket bridge. The page's `fetch()` goes only to origin
 //! servers on loopback; the checks run in the guest and are judged there.
 //!
-//! Two phases, each with its own guest, bridge and browser process:
+//! Phases, each with its own guest, bridge and browser process:
 //! 1. `e2e.html`: `NetProxy` on the page's main thread, frames over the bridge.
 //! 2. `c2w.html`: the page's main thread plays container2wasm's relay over a SharedArrayBuffer
 //!    with `dist/stack-worker.js` as the proxy worker; the bridge is the VM side.
+//! 3. `e2e.html` behind a bridge that injects faults (with no filter, or `faults`).
+//! 4. `e2e.html` with `config.relay`, once per real Wisp server ([`relay`]; with no filter,
+//!    or alone with `relay[ wisp-js|wisp-python]`).
 //!
 //! The HTTPS origin's certificate comes from a test CA no browser trusts. Rather than hide the
 //! HTTPS origin behind a rewrite to plain HTTP, the browser is made to trust it for this run
@@ -16,6 +19,7 @@
 
 mod checks;
 mod load;
+mod relay;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,11 +59,13 @@ struct Shared {
 /// Entry point: `args` are what follows `--browser` (an optional browser name, then an
 /// optional check filter).
 pub fn run(args: &[String]) -> Result<()> {
+    // The filter may be several words (`relay wisp-js`), quoted or not.
+    let joined = |rest: &[String]| Some(rest.join(" ")).filter(|f| !f.is_empty());
     let (kind, filter) = match args.first().map(String::as_str) {
         Some("chromium" | "chrome" | "firefox" | "firefox-esr") => {
-            (Kind::parse(&args[0])?, args.get(1).cloned())
+            (Kind::parse(&args[0])?, joined(&args[1..]))
         }
-        _ => (Kind::Chromium, args.first().cloned()),
+        _ => (Kind::Chromium, joined(args)),
     };
     if !is_root() {
         bail!("e2e --browser needs root (TAP devices and network namespaces); run it as root");
@@ -120,14 +126,30 @@ pub fn run(args: &[String]) -> Result<()> {
         pages,
     };
 
+    // `relay[ SERVER]` runs the relay phase alone (against one Wisp server if named).
+    let relay_only = filter
+        .as_deref()
+        .and_then(|f| f.strip_prefix("relay"))
+        .map(|rest| rest.trim().to_string());
     let faults_wanted = filter
         .as_deref()
         .is_none_or(|f| "faults".contains(f) || f.starts_with("faults"));
-    let mut r = Report::filtered(filter);
-    netproxy_phase(&shared, &mut r)?;
-    c2w_phase(&shared, &mut r)?;
-    if faults_wanted {
-        faults_phase(&shared, &mut r)?;
+    let mut r = Report::filtered(if relay_only.is_some() {
+        None
+    } else {
+        filter.clone()
+    });
+    if let Some(server) = &relay_only {
+        relay::phase(&shared, &mut r, server)?;
+    } else {
+        netproxy_phase(&shared, &mut r)?;
+        c2w_phase(&shared, &mut r)?;
+        if faults_wanted {
+            faults_phase(&shared, &mut r)?;
+        }
+        if filter.is_none() {
+            relay::phase(&shared, &mut r, "")?;
+        }
     }
     drop(shared);
     r.finish("e2e-browser")
