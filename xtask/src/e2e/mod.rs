@@ -35,9 +35,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if let Some(filter) = args.first().filter(|f| f.starts_with("robust")) {
         return robust::run(Some(filter.clone()));
     }
-    if let Some(filter) = args.first().filter(|f| f.starts_with("relay")) {
+    if args.first().is_some_and(|f| f.starts_with("relay")) {
         let _guard = cleanup::Guard;
-        return relay::run(Some(filter));
+        // `e2e relay wisp-js` comes as two arguments: the server is the second.
+        return relay::run(Some(&args.join(" ")));
     }
     // Cleans up whatever the phases leave registered, however the suite ends.
     let _guard = cleanup::Guard;
