@@ -5,7 +5,8 @@
 //! - [`robust`]: load and failing origins ([`load`] holds the load checks it shares with the
 //!   browser phase);
 //! - [`relay`]: the runner with `--relay` in front of real Wisp servers ([`relay_checks`] holds
-//!   the guest-side checks it shares with the browser's relay phase);
+//!   the guest-side checks it shares with the browser's relay phase, [`relay_clients`] the
+//!   real clients among them: git over ssh, apt, a TCP echo);
 //! - [`browser`]: the browser build in headless Chromium or Firefox (`e2e --browser`).
 //!
 //! The pieces they stand on (guests, origins, browsers, the bridge) are in `crate::harness`.
@@ -16,6 +17,7 @@ mod load;
 mod native;
 mod relay;
 mod relay_checks;
+mod relay_clients;
 mod robust;
 
 use anyhow::{bail, Result};
@@ -37,9 +39,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if let Some(filter) = args.first().filter(|f| f.starts_with("robust")) {
         return robust::run(Some(filter.clone()));
     }
-    if let Some(filter) = args.first().filter(|f| f.starts_with("relay")) {
+    if args.first().is_some_and(|f| f.starts_with("relay")) {
         let _guard = cleanup::Guard;
-        return relay::run(Some(filter));
+        // `e2e relay wisp-js` comes as two arguments: the server is the second.
+        return relay::run(Some(&args.join(" ")));
     }
     // Cleans up whatever the phases leave registered, however the suite ends.
     let _guard = cleanup::Guard;

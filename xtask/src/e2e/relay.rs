@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::relay_checks::{self, RelayEnv, DENIED_NAME, LOOPBACK_NAMES, RELAY_ONLY_NAME};
+use super::relay_clients::ClientServers;
 use crate::harness::guest::{build_runner, Guest, GuestNs, Runner};
 use crate::harness::origins::{Cors, Origin, OriginFiles, UdpEcho};
 use crate::harness::relays::{WispServer, WispServerKind};
@@ -32,6 +33,7 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     let http = Origin::http(&files, Cors::Off)?;
     let https = Origin::https(&files, Cors::Off)?;
     let udp = UdpEcho::start()?;
+    let clients = ClientServers::start(&dir.join("clients"))?;
     let filter = filter.map(|f| f.trim_start_matches("relay").trim().to_string());
     let mut r = Report::filtered(None);
     for kind in [WispServerKind::Python, WispServerKind::Js] {
@@ -85,6 +87,7 @@ pub fn run(filter: Option<&str>) -> Result<()> {
             http: &http,
             https: &https,
             udp: &udp,
+            clients: &clients,
             stats: &read_stats,
             transfer_limit: Duration::from_secs(60),
         };

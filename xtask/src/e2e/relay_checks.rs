@@ -17,6 +17,8 @@ use serde_json::Value;
 use crate::harness::guest::{text, Guest, PROXY};
 use crate::harness::origins::{blob, sha256_hex, Origin, UdpEcho};
 use crate::harness::relays::WispServer;
+
+use super::relay_clients::{self, ClientServers, ECHO_NAME, REPO_NAME, SSH_NAME};
 use crate::report::Report;
 
 /// The name the guest uses for the host's loopback origins (the relay maps it to 127.0.0.1).
@@ -33,13 +35,16 @@ pub const RELAY_ONLY_NAME: &str = "only.test";
 /// A name refused by `deny`, relayed or not.
 pub const DENIED_NAME: &str = "blocked.test";
 /// Every name the relay must map to 127.0.0.1.
-pub const LOOPBACK_NAMES: [&str; 6] = [
+pub const LOOPBACK_NAMES: [&str; 9] = [
     ORIGIN_NAME,
     TLS_NAME,
     UDP_NAME,
     FALLBACK_NAME,
     RELAY_ONLY_NAME,
     DENIED_NAME,
+    SSH_NAME,
+    REPO_NAME,
+    ECHO_NAME,
 ];
 
 /// Reads the proxy's current stats document (`stats()` / `--stats-file`).
@@ -57,6 +62,8 @@ pub struct RelayEnv<'a> {
     pub https: &'a Origin,
     /// The UDP echo server on 127.0.0.1.
     pub udp: &'a UdpEcho,
+    /// sshd with a git repository, the apt repository and the TCP echo server on 127.0.0.1.
+    pub clients: &'a ClientServers,
     /// The proxy's stats, as recent as the front end has them.
     pub stats: StatsSource<'a>,
     /// How long one big transfer may take (the browser is slower than the runner).
@@ -86,6 +93,18 @@ pub fn run(r: &mut Report, label: &str, env: &RelayEnv, server: &mut WispServer)
     r.check(
         &format!("{label}: UDP datagrams both ways through the relay"),
         || udp_round_trip(env),
+    );
+    r.check(
+        &format!("{label}: git clone over ssh (OpenSSH) through the relay"),
+        || relay_clients::git_over_ssh(env.guest, &env.clients.sshd, SSH_NAME),
+    );
+    r.check(
+        &format!("{label}: apt-get update and download through the relay"),
+        || relay_clients::apt_update_and_download(env.guest, &env.clients.apt, REPO_NAME),
+    );
+    r.check(
+        &format!("{label}: 1 MiB TCP echo round trip with a half-close, sha256"),
+        || relay_clients::tcp_echo_round_trip(env.guest, &env.clients.echo, ECHO_NAME, 1 << 20),
     );
     r.check(
         &format!("{label}: a refused destination ends in RST at once"),

@@ -14,6 +14,7 @@ use super::{compact, first_line, need, Phase, Shared};
 use crate::e2e::relay_checks::{
     self, RelayEnv, DENIED_NAME, LOOPBACK_NAMES, ORIGIN_NAME, RELAY_ONLY_NAME,
 };
+use crate::e2e::relay_clients::ClientServers;
 use crate::harness::guest::Guest;
 use crate::harness::origins::UdpEcho;
 use crate::harness::relays::{WispServer, WispServerKind};
@@ -36,11 +37,12 @@ pub(super) fn phase(shared: &Shared, r: &mut Report, server: &str) -> Result<()>
         bail!("e2e --browser relay: unknown Wisp server `{server}` (wisp-python or wisp-js)");
     }
     let udp = UdpEcho::start()?;
+    let clients = ClientServers::start(&shared.dir.join("relay-clients"))?;
     for kind in kinds {
         if !server.is_empty() && server != kind.name() {
             continue;
         }
-        one_server(shared, r, kind, &udp)?;
+        one_server(shared, r, kind, &udp, &clients)?;
     }
     Ok(())
 }
@@ -55,7 +57,13 @@ fn latest_stats(shared: &Shared) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("stats are not JSON: {text}"))
 }
 
-fn one_server(shared: &Shared, r: &mut Report, kind: WispServerKind, udp: &UdpEcho) -> Result<()> {
+fn one_server(
+    shared: &Shared,
+    r: &mut Report,
+    kind: WispServerKind,
+    udp: &UdpEcho,
+    clients: &ClientServers,
+) -> Result<()> {
     let tag = kind.name();
     let mut server = WispServer::start(kind, None).with_context(|| format!("starting {tag}"))?;
     let hosts: serde_json::Map<String, Value> = LOOPBACK_NAMES
@@ -113,6 +121,7 @@ fn one_server(shared: &Shared, r: &mut Report, kind: WispServerKind, udp: &UdpEc
                 http: &shared.http,
                 https: &shared.https,
                 udp,
+                clients,
                 stats: &stats,
                 transfer_limit: TRANSFER_LIMIT,
             };

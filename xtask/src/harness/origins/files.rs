@@ -1,6 +1,6 @@
 //! The files behind the origins: a test CA and the HTTPS origin's certificate (made by
 //! openssl), a pure-Python wheel for the pip index, and a git repository for
-//! `git http-backend`.
+//! `git http-backend` (and its bare clone for sshd, [`make_bare_git_repo`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -169,4 +169,19 @@ pub(super) fn make_git_repo(dir: &Path) -> Result<()> {
     ])?;
     git(&["config", "http.receivepack", "false"])?;
     Ok(())
+}
+
+/// The repository of [`make_git_repo`] (README holding [`GIT_README`]) cloned bare to
+/// `dir/repo.git`, for servers that serve bare repositories (sshd's `git-upload-pack`);
+/// returns the bare repository's path. `dir/repo` holds the work tree it was cloned from.
+pub fn make_bare_git_repo(dir: &Path) -> Result<PathBuf> {
+    make_git_repo(dir)?;
+    let bare = dir.join("repo.git");
+    run(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(dir.join("repo"))
+        .arg(&bare)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null()))?;
+    Ok(bare)
 }

@@ -8,7 +8,9 @@
 //! - [`FaultOrigin`] (`fault.rs`): resets mid-body and requests never answered;
 //! - [`NodeOrigin`] (`node.rs`): the routes of fetch-transport's node tests (slow, endless,
 //!   gzip, hanging bodies);
-//! - [`UdpEcho`] (`udp_echo.rs`): UDP datagrams answered, for the relay's UDP checks.
+//! - [`UdpEcho`] (`udp_echo.rs`): UDP datagrams answered, for the relay's UDP checks;
+//! - [`TcpEcho`] (`tcp_echo.rs`): TCP bytes sent back as they come, for the relay's raw TCP
+//!   round trip.
 //!
 //! All of them stand on one HTTP/1.1 layer (`http1.rs`: accept loop, request heads parsed by
 //! httparse, Content-Length and chunked request bodies); the bodies and the test CA are in
@@ -22,13 +24,15 @@ mod http1;
 mod node;
 mod origin;
 mod routes;
+mod tcp_echo;
 #[cfg(test)]
 mod tests;
 mod udp_echo;
 
 pub use content::{blob, sha256_hex, BlobReader};
 pub use fault::FaultOrigin;
-pub use files::{OriginFiles, GIT_README, WHEEL_PROJECT};
+pub use files::{make_bare_git_repo, OriginFiles, GIT_README, WHEEL_PROJECT};
 pub use node::NodeOrigin;
 pub use origin::{Cors, Origin};
+pub use tcp_echo::TcpEcho;
 pub use udp_echo::UdpEcho;
