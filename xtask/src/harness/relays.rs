@@ -5,23 +5,18 @@
 //! killed however the test ends. They run as separate processes only (wisp-js is LGPL-3.0):
 //! nothing of theirs is linked.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::cleanup::{self, Action};
+use super::daemon::{free_port, Daemon};
 use crate::tools::{ensure_programs, run, workspace_root};
 
 /// The wisp-python release the tests run.
 const WISP_PYTHON: &str = "wisp-python==0.9.0";
 /// The wisp-js release the tests run.
 const WISP_JS: &str = "@mercuryworkshop/wisp-js@0.5.0";
-/// How long a server may take to listen.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which Wisp server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,13 +38,11 @@ impl WispServerKind {
     }
 }
 
-/// A running Wisp server; killed when dropped.
+/// A running Wisp server (a [`Daemon`]); killed when dropped.
 pub struct WispServer {
     kind: WispServerKind,
-    addr: SocketAddr,
-    child: Child,
-    cleanup: Action,
-    log: PathBuf,
+    daemon: Option<Daemon>,
+    port: u16,
 }
 
 impl WispServer {
@@ -75,7 +68,6 @@ impl WispServer {
                 cmd.args(["-m", "wisp.server", "--host", "127.0.0.1", "--port"])
                     .arg(port.to_string())
                     .args(["--allow-loopback", "--allow-private", "--log-level", "info"])
-                    // One process: the tests kill it in one go.
                     .args(["--threads", "1"]);
                 cmd
             }
@@ -99,63 +91,22 @@ impl WispServer {
                 cmd
             }
         };
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        // Its own process group, so killing it takes the workers it forks along.
-        let child = cmd
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", kind.name()))?;
-        let cleanup = cleanup::register(Action::KillGroup(child.id()));
-        let mut server = Self {
+        let daemon = Daemon::start(kind.name(), &mut cmd, port, &log)?;
+        Ok(Self {
             kind,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            child,
-            cleanup,
-            log,
-        };
-        server.wait_listening()?;
-        Ok(server)
+            daemon: Some(daemon),
+            port,
+        })
     }
 
     /// The port it listens on.
     pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    fn wait_listening(&mut self) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited with {status} before listening:\n{}",
-                    self.kind.name(),
-                    self.log_tail()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not listen on {} within {START_TIMEOUT:?}:\n{}",
-                    self.kind.name(),
-                    self.addr,
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.port
     }
 
     /// `ws://127.0.0.1:PORT/` (Wisp servers take connections on paths ending in `/`).
     pub fn url(&self) -> String {
-        format!("ws://{}/", self.addr)
+        format!("ws://127.0.0.1:{}/", self.port)
     }
 
     /// Which server this is.
@@ -163,30 +114,10 @@ impl WispServer {
         self.kind
     }
 
-    /// The last lines of the server's log, for failure messages.
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    /// Kills the server now (a relay lost mid-transfer); `Drop` does nothing more after this.
+    /// Kills the server now (a relay lost mid-transfer; its workers with it).
     pub fn kill(&mut self) {
-        cleanup::run_one(&self.cleanup);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon = None;
     }
-}
-
-impl Drop for WispServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A port of 127.0.0.1 that was free a moment ago.
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The venv's python with wisp-python installed.
