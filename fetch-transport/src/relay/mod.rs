@@ -43,7 +43,7 @@ use std::time::Duration;
 use futures::future::{self, Either};
 
 use crate::timer::Timer;
-use crate::wisp::{self, ClientConfig, CloseReason, StreamType};
+use crate::wisp::{ClientConfig, CloseReason, StreamType};
 
 #[cfg(target_arch = "wasm32")]
 pub use browser_socket::{BrowserDialer, MAX_BUFFERED, MAX_UNREAD, RECHECK};
@@ -59,8 +59,9 @@ use shared::Shared;
 /// Which Wisp version to ask the relay for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WispVersionChoice {
-    /// Offer v2 (the `wisp-v2` subprotocol); if the handshake fails, dial again without it
-    /// and keep v1 for this relay (a v1-only server may refuse the offer).
+    /// Offer v2 (the `wisp-v2` subprotocol); if the WebSocket cannot be opened with the
+    /// offer, dial again without it and keep v1 for this relay (a v1-only server may refuse
+    /// the offer, and a browser refuses a server that does not echo it).
     #[default]
     Auto,
     /// Never offer v2.
@@ -289,9 +290,4 @@ impl Relay {
             }
         }
     }
-}
-
-/// The Wisp client configuration with UDP on or off (a convenience for embedders).
-pub fn client_config(udp: bool) -> Result<ClientConfig, wisp::ClientConfigError> {
-    ClientConfig::builder().udp(udp).build()
 }
