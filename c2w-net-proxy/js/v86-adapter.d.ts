@@ -58,6 +58,17 @@ export class C2wNetworkAdapter {
 
 /** The registers of v86's `Ne2k` (src/ne2k.js) the probe reads. */
 export interface V86Ne2kRegisters {
+  /**
+   * v86's CPU (optional: without it the interrupt check is skipped): `flags[0]` is EFLAGS,
+   * `get_state_pic()` its PIC's state image, `devices.pci` the PCI bus routing `pci_id`'s IRQ.
+   */
+  cpu?: {
+    flags: Int32Array;
+    get_state_pic?(): unknown[];
+    devices?: { pci?: { device_spaces: Record<number, Int32Array>; isa_bridge_space8: Uint8Array } };
+  };
+  /** The NIC's PCI id (device << 3). */
+  pci_id?: number;
   /** Command register; bit 0 set: the NIC is stopped and takes no frame. */
   cr: number;
   /** Interrupt status; bit 0: a received frame the driver has not acknowledged yet. */
@@ -81,7 +92,11 @@ export interface V86Ne2kRegisters {
  * the ring was last seen empty (Linux reads 9 per interrupt), and room for a full-size frame
  * (`wakePages`) stays free unless the frame cannot meet the driver's `ei_receive` half done
  * (the guest is transmitting, or the driver was seen idle and has read nothing since); when
- * unread frames wait with no RX interrupt pending, a frame that fits goes to raise one.
+ * unread frames wait with no RX interrupt pending, a frame that fits goes to raise one. Between
+ * the emulator's slices, a frame that would raise the NIC's interrupt line waits while the
+ * guest's CPU has interrupts off and the NIC's IRQ is enabled on the slave PIC (read from
+ * `device.cpu`, when present): v86's PIC can otherwise leave the cascade IRQ 2 in service for
+ * ever.
  */
 export class Ne2kRing {
   /** The probe for `device` if it has v86's ring registers, else null. */
@@ -95,12 +110,18 @@ export class Ne2kRing {
   readonly wakePages: number;
   /** Set while the guest transmits (the adapter does it around the pacer's re-check). */
   transmitting: boolean;
+  /**
+   * Whether raising the NIC's interrupt line now is safe from v86's cascade latch (the guest
+   * takes interrupts, or the NIC's IRQ cannot reach the master's IRQ 2), or null when v86's CPU
+   * is not reachable and nothing is checked.
+   */
+  readonly raiseIsSafe: (() => boolean) | null;
   /** Hands `frame` to the NIC through `send`, counting it in `notStored` if v86 did not store it. */
   deliver(frame: Uint8Array, send: (frame: Uint8Array) => void): void;
   /** Frames handed over that v86 did not store (its ring was full, or its MAC filter). */
   readonly notStored: number;
-  /** Refusals by reason: no room, `maxUnread` reached, the room kept for a wake-up. */
-  readonly refusals: { full: number; unread: number; kept: number };
+  /** Refusals by reason: no room, `maxUnread` reached, the room kept for a wake-up, the guest's interrupts off. */
+  readonly refusals: { full: number; unread: number; kept: number; interruptsOff: number };
   /**
    * Whether the NIC should take a frame of `length` bytes now. Asked right before the frame
    * would go: a `true` is counted as a frame handed over.
@@ -114,7 +135,7 @@ export class Ne2kRing {
   stats(): {
     wakeups: number;
     refusedWithoutInterrupt: number;
-    refusals: { full: number; unread: number; kept: number };
+    refusals: { full: number; unread: number; kept: number; interruptsOff: number };
     notStored: number;
     registers: Pick<V86Ne2kRegisters, "cr" | "isr" | "imr" | "curpg" | "boundary">;
   };

@@ -190,6 +190,9 @@ const NE2K_REGISTERS = ["cr", "isr", "imr", "pstart", "pstop", "curpg", "boundar
 /** ISR bit 0: a frame was received and the driver has not acknowledged it yet. */
 const ENISR_RX = 0x01;
 
+/** EFLAGS.IF: the guest's CPU takes interrupts. */
+const FLAG_INTERRUPT = 0x200;
+
 /**
  * v86's ne2k receive ring, read from the device's registers, as the pacer's room probe.
  *
@@ -222,6 +225,21 @@ const ENISR_RX = 0x01;
  * - when the ring holds unread frames and no RX interrupt is pending (left behind as above),
  *   a frame that fits goes whatever the count, to raise RX; the room kept guarantees it fits.
  *
+ * And one limit comes from v86's interrupt controller. The ne2k's IRQ (10 or 11) reaches the
+ * CPU through the slave 8259 and the master's IRQ 2, which v86 latches on an edge
+ * (src/rust/cpu/pic.rs). A frame whose RX raises the NIC's line while the guest has interrupts
+ * off (EFLAGS.IF clear) leaves IRQ 2 latched on the master; if the driver then withdraws the
+ * request before interrupts are back on (Linux's `ei_start_xmit` writes IMR 0 right after
+ * `spin_lock_irqsave`), the CPU acknowledges IRQ 2, the slave has nothing to give, v86 returns
+ * no vector and leaves IRQ 2 in service on the master, with no handler to send its EOI: the
+ * NIC's interrupts (and every other of IRQ 2 to 15) never come again, and the guest's NETDEV
+ * WATCHDOG reports its transmit queue timed out. So between slices a frame that would raise
+ * the line (RX enabled in IMR, no interrupt already asserted) waits while the guest's IF is
+ * clear and the NIC's IRQ is enabled on the slave (`raiseIsSafe`); in the guest's own NIC
+ * interrupt handler, where IF is clear most often, Linux has that IRQ masked and the frame goes.
+ * Inside the guest's transmission it may go too: Linux has IMR at 0 there, or the IRQ masked
+ * at the PIC when it transmits from its interrupt handler.
+ *
  * A frame the NIC takes without a ring (it is stopped: `cr` bit 0) or can never take (larger
  * than the ring, or `boundary` 0) is said to have room, so it goes to v86, which handles it as
  * it would without the pacer, instead of holding up the frames behind it.
@@ -240,6 +258,8 @@ export class Ne2kRing {
    */
   constructor(device, { maxUnread = 8, wakePages = Ne2kRing.pages(1514) } = {}) {
     this.device = device;
+    /** Whether raising the NIC's line now is safe (see `raiseIsSafe`), or null: not checked. */
+    this.raiseIsSafe = raiseIsSafe(device);
     this.maxUnread = maxUnread;
     this.wakePages = wakePages;
     /** Set by the adapter while the guest transmits (frames may then use the kept room). */
@@ -252,8 +272,11 @@ export class Ne2kRing {
     this.wakeups = 0;
     /** Refusals while unread frames waited without an RX interrupt (the guest is stuck). */
     this.refusedWithoutInterrupt = 0;
-    /** Refusals by reason: no room at all, `maxUnread` reached, the room kept for a wake-up. */
-    this.refusals = { full: 0, unread: 0, kept: 0 };
+    /**
+     * Refusals by reason: no room at all, `maxUnread` reached, the room kept for a wake-up,
+     * the guest's interrupts off.
+     */
+    this.refusals = { full: 0, unread: 0, kept: 0, interruptsOff: 0 };
     /** Frames handed over that v86 did not store (its ring was full, or its MAC filter). */
     this.notStored = 0;
   }
@@ -267,6 +290,11 @@ export class Ne2kRing {
   room(length) {
     const d = this.device;
     if (d.cr & 1) return true;
+    const raises = (d.imr & ENISR_RX) !== 0 && (d.isr & d.imr) === 0;
+    if (raises && !this.transmitting && this.raiseIsSafe && !this.raiseIsSafe()) {
+      this.refusals.interruptsOff++;
+      return false;
+    }
     const size = d.pstop - d.pstart;
     const needed = Ne2kRing.pages(length);
     if (d.boundary === 0 || needed > size - 2) return true;
@@ -322,4 +350,39 @@ export class Ne2kRing {
       registers: { cr: d.cr, isr: d.isr, imr: d.imr, curpg: d.curpg, boundary: d.boundary },
     };
   }
+}
+
+/**
+ * For v86's ne2k `device`, a function telling whether raising its interrupt line now is safe
+ * from the cascade latch described at `Ne2kRing`, or null when v86's CPU is not reachable
+ * (nothing is checked then). Safe: the guest's CPU takes interrupts (EFLAGS.IF, v86's
+ * `cpu.flags[0]`), so v86 acknowledges the IRQ at once; or the NIC's IRQ cannot reach the
+ * master's IRQ 2: it is a master IRQ (an edge latched there still yields its own vector), or
+ * it is masked on the slave 8259 (`cpu.get_state_pic()`, v86's state-image accessor:
+ * `[5][0]` is the slave's mask, a set bit an enabled IRQ). The NIC's IRQ is routed as v86's
+ * `PCI.raise_irq` routes it (src/pci.js). When IF is clear and the PIC cannot be read, it is
+ * not safe.
+ */
+function raiseIsSafe(device) {
+  const cpu = device.cpu;
+  if (!cpu || !cpu.flags || cpu.flags.length !== 1) return null;
+  return () => {
+    if (cpu.flags[0] & FLAG_INTERRUPT) return true;
+    const irq = v86PciIrq(cpu, device);
+    if (irq === null || typeof cpu.get_state_pic !== "function") return false;
+    if (irq < 8) return true;
+    const slave = cpu.get_state_pic()[5];
+    return Array.isArray(slave) && (slave[0] & (1 << (irq - 8))) === 0;
+  };
+}
+
+/** The ISA IRQ of PCI device `device` as v86's `PCI.raise_irq` computes it, or null. */
+function v86PciIrq(cpu, device) {
+  const pci = cpu.devices && cpu.devices.pci;
+  const space = pci && pci.device_spaces && pci.device_spaces[device.pci_id];
+  if (!space || !pci.isa_bridge_space8 || !Number.isInteger(device.pci_id)) return null;
+  const pin = ((space[0x3c >>> 2] >> 8) & 0xff) - 1;
+  const slot = ((device.pci_id >> 3) - 1) & 0xff;
+  const irq = pci.isa_bridge_space8[0x60 + ((pin + slot) & 3)];
+  return Number.isInteger(irq) && irq < 16 ? irq : null;
 }

@@ -352,7 +352,7 @@ for (const [name, sizeOf] of [
   ring.isr = 0; // acknowledged unseen once more
   check(!probe.room(1514) && probe.stats().refusedWithoutInterrupt === 1, "no room left at all: refused and counted as stuck");
   const stats = probe.stats();
-  check(stats.refusals.full === 2 && stats.refusals.unread === 1 && stats.refusals.kept === 1,
+  check(stats.refusals.full === 2 && stats.refusals.unread === 1 && stats.refusals.kept === 1 && stats.refusals.interruptsOff === 0,
     `refusals counted by reason (${JSON.stringify(stats.refusals)})`);
   check(stats.registers.curpg === ring.curpg && stats.registers.isr === 0 && stats.registers.imr === ring.imr,
     `stats show the registers (${JSON.stringify(stats)})`);
@@ -365,6 +365,69 @@ for (const [name, sizeOf] of [
   const notStored = Ne2kProbe.of(new Ne2kRing());
   notStored.deliver(new Uint8Array(60), () => {});
   check(notStored.stats().notStored === 1, "a frame v86 did not store is counted");
+}
+
+// --- v86's PIC: a frame that would raise the NIC's line waits while the guest's interrupts are
+// off and the NIC's IRQ is enabled on the slave 8259 (else the cascade IRQ 2 can stay in
+// service for ever on the master)
+{
+  // v86's CPU as the probe reads it: EFLAGS, the PIC's state image, the PCI routing of
+  // PCI.raise_irq (device 5, pin INTA -> isa_bridge_space8[0x60]).
+  const slave = [0x15]; // enabled: IRQ 8, 10, 12
+  const space = new Int32Array(64);
+  space[0x3c >>> 2] = (1 << 8) | 10;
+  const bridge = new Uint8Array(256);
+  bridge[0x60] = 10;
+  const cpu = {
+    flags: Int32Array.of(0x202),
+    get_state_pic: () => [0xfb, 0x30, 0, 0, 1, slave],
+    devices: { pci: { device_spaces: { [5 << 3]: space }, isa_bridge_space8: bridge } },
+  };
+  const ring = new Ne2kRing();
+  ring.cpu = cpu;
+  ring.pci_id = 5 << 3;
+  const probe = Ne2kProbe.of(ring);
+  const lineDown = () => {
+    ring.boundary = ring.curpg - 1; // the guest read everything
+    ring.isr = 0; // and acknowledged RX
+  };
+  check(probe.room(1514), "IF set: the frame goes");
+  ring.receive(new Uint8Array(1514));
+  cpu.flags[0] = 0x002;
+  check(probe.room(1514), "IF clear, but RX is already pending (the line is up, no new edge): the frame goes");
+  ring.receive(new Uint8Array(1514));
+  lineDown();
+  check(!probe.room(1514) && probe.stats().refusals.interruptsOff === 1,
+    "IF clear, IRQ 10 enabled on the slave, the frame would raise the line: it waits");
+  slave[0] = 0x11; // IRQ 10 masked: the guest is in its NIC interrupt handler
+  check(probe.room(1514), "IF clear but IRQ 10 masked on the slave: the frame goes");
+  ring.receive(new Uint8Array(1514));
+  lineDown();
+  slave[0] = 0x15;
+  bridge[0x60] = 5;
+  check(probe.room(1514), "IF clear, the NIC on master IRQ 5 (no cascade): the frame goes");
+  ring.receive(new Uint8Array(1514));
+  lineDown();
+  bridge[0x60] = 10;
+  ring.imr = 0;
+  check(probe.room(1514), "RX masked in IMR (Linux transmitting): no edge, the frame goes");
+  ring.receive(new Uint8Array(1514));
+  ring.imr = 0x3f;
+  lineDown();
+  probe.transmitting = true;
+  check(probe.room(1514), "inside the guest's transmission it goes");
+  probe.transmitting = false;
+  ring.receive(new Uint8Array(1514));
+  lineDown();
+  const getState = cpu.get_state_pic;
+  delete cpu.get_state_pic;
+  check(!probe.room(1514) && probe.stats().refusals.interruptsOff === 2, "IF clear and the PIC unreadable: it waits");
+  cpu.get_state_pic = getState;
+  cpu.flags[0] = 0x202;
+  check(probe.room(1514) && probe.stats().refusals.interruptsOff === 2, "IF set again: it goes");
+  check(ring.dropped === 0, "v86 stored every frame the probe let through");
+  const noCpu = Ne2kProbe.of(new Ne2kRing());
+  check(noCpu.raiseIsSafe === null && noCpu.room(1514), "without v86's CPU nothing is checked");
 }
 
 // --- frames that arrive after ei_receive looked at curpg for the last time raise an RX the

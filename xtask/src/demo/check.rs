@@ -260,10 +260,11 @@ fn check_nic(shared: &Shared, site: &Site, nic: &str, driver: &str, r: &mut Repo
         match (nic, pacing["nic"].as_str()) {
             ("ne2k", Some("ne2k")) if pacing["mode"] == "room" => Ok(format!(
                 "ne2k identified and paced by its ring's room: {} frames waited, the room \
-                 refused {} times, re-checks released {} (guest) {} (timer) {} (arrival), \
+                 refused {} times ({}), re-checks released {} (guest) {} (timer) {} (arrival), \
                  {} wake-ups, {} refusals while stuck, {} dropped; v86 did not store {}",
                 pacing["deferred"],
                 pacing["refused"],
+                pacing["refusals"],
                 pacing["releasedByGuest"],
                 pacing["releasedByRecheck"],
                 pacing["releasedByArrival"],
