@@ -1,26 +1,43 @@
-/** How many frames an emulated NIC is handed before the guest catches up. */
+/**
+ * How frames are paced. With a room probe (v86's ne2k) only `recheckMs` and `maxQueuedBytes`
+ * apply; without one (an unknown NIC, or virtio when pacing is forced on) the burst rule does.
+ */
 export interface NicPacingOptions {
-  /** Frames handed over per burst (default 8). */
+  /** Without a probe: frames handed over per burst (default 8). */
   burstFrames: number;
-  /** Bytes handed over per burst, at least one full frame (default 12288). */
+  /** Without a probe: bytes handed over per burst, at least one full frame (default 12288). */
   burstBytes: number;
-  /** A new burst goes this long after the last one if the guest sent nothing (default 10). */
+  /** Without a probe: a new burst goes this long after the last one if the guest sent nothing (default 10). */
   idleReleaseMs: number;
+  /**
+   * With a probe: while frames wait, the room is re-checked this often, at least 1 ms (default
+   * 1; browsers stretch a chain of short timers to 4 ms). It is also re-checked when the guest
+   * transmits and when a new frame arrives. A re-check hands over only what the probe accepts.
+   */
+  recheckMs: number;
   /** Frames waiting beyond this many bytes are dropped and counted (default 8 MiB). */
   maxQueuedBytes: number;
 }
 
 /** What the pacer has done so far. */
 export interface NicPacingStats {
+  /** "room": a probe decides when a frame goes; "burst": the burst rule does. */
+  mode: "room" | "burst";
   /** Frames handed to the NIC. */
   delivered: number;
-  /** Frames that had to wait for the guest. */
+  /** Frames that had to wait. */
   deferred: number;
   /** Frames dropped because `maxQueuedBytes` was reached. */
   dropped: number;
-  /** Bursts released by a guest transmission while frames waited. */
+  /** With a probe: how often it said the NIC had no room for the next frame. */
+  refused: number;
+  /** Guest transmissions that let waiting frames go (a new burst, or room found by a re-check). */
   releasedByGuest: number;
-  /** Bursts released by the idle timer. */
+  /** With a probe: arriving frames whose re-check found room for waiting ones. */
+  releasedByArrival: number;
+  /** With a probe: timer re-checks (every `recheckMs`) that found room for waiting frames. */
+  releasedByRecheck: number;
+  /** Without a probe: bursts released by the idle timer. */
   releasedByTimer: number;
   /** The most bytes that ever waited. */
   maxQueuedBytes: number;
@@ -38,14 +55,23 @@ export function pacingOptions(options?: Partial<NicPacingOptions>): NicPacingOpt
 
 /** Hands frames to an emulated NIC no faster than its receive buffer can take them. */
 export class NicPacer {
+  /**
+   * @param room whether the NIC can take a frame of `length` bytes now, asked right before the
+   *   frame would go (a `true` hands it over). It must answer true for a frame the NIC can
+   *   never take, which the NIC then drops, so that it does not hold up the frames behind it.
+   *   Null or absent: the burst rule.
+   */
   constructor(
     deliver: (frame: Uint8Array) => void,
     options?: Partial<NicPacingOptions>,
     timers?: { setTimeout(fn: () => void, ms: number): unknown; clearTimeout(id: unknown): void; now(): number },
+    room?: ((length: number) => boolean) | null,
   );
-  /** A frame for the NIC: handed over now if the burst allows and nothing waits, else queued. */
+  /** "room" with a probe, "burst" without. */
+  readonly mode: "room" | "burst";
+  /** A frame for the NIC: handed over now if the NIC (or the burst) allows and nothing waits, else queued. */
   push(frame: Uint8Array): void;
-  /** The guest transmitted: a new burst may go. */
+  /** The guest transmitted: a new burst may go, or (with a probe) the room is re-checked. */
   guestActive(): void;
   /** Counters and the current queue. */
   stats(): NicPacingStats;

@@ -229,7 +229,7 @@ function render(s, pacing) {
     ["DNS queries", `${s.dns.queries} (${s.dns.errors} errors)`],
     ["frames", `${s.framesIn} in / ${s.framesOut} out, ${s.drops.total} dropped`],
     ["capturing", s.capturing ? "yes" : "no"],
-    ["NIC pacing", pacing ? `${pacing.nic}: ${pacing.deferred} frames waited, ${pacing.queued} waiting, ${pacing.dropped} dropped` : "off"],
+    ["NIC pacing", pacing ? `${pacing.nic} (${pacing.mode}): ${pacing.deferred} frames waited, ${pacing.queued} waiting, ${pacing.dropped} dropped` : "off"],
     ["wasm memory", fmtBytes(s.wasmMemoryBytes)],
     ["heap in use", `${fmtBytes(s.heapBytes)} (peak ${fmtBytes(s.heapPeakBytes)})`],
   ];

@@ -12,6 +12,8 @@
 //   transmission (the adapter calls `guestActive()` then, synchronously, inside the slice);
 // - the sender is a TCP sender between slices: it emits whatever its window allows at once
 //   (what the stack does when the driver polls), resends lost frames after an RTO.
+// The model's ring keeps v86's register names (cr, isr, pstart, pstop, curpg, boundary), so the
+// adapter's own room probe (`Ne2kRing` in v86-adapter.js) reads it as it reads v86's device.
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { checker } from "./report.mjs";
@@ -21,6 +23,9 @@ if (!dist) throw new Error("usage: node pacer.mjs DIST_DIR");
 const { NicPacer, pacingOptions, NIC_PACING_DEFAULTS } = await import(
   pathToFileURL(path.join(dist, "nic-pacer.js")).href
 );
+
+// The adapter's probe; importing the adapter does not start the wasm module.
+const { Ne2kRing: Ne2kProbe } = await import(pathToFileURL(path.join(dist, "v86-adapter.js")).href);
 
 const { check, finish } = checker("pacer");
 
@@ -60,29 +65,43 @@ class VirtualTimers {
 const PSTART = 0x4c;
 const PSTOP = 0x80;
 
-/** v86's ne2k receive ring, with Linux's initial boundary/curpg. */
+/** v86's ne2k receive ring, with Linux's initial boundary/curpg (the NIC started). */
 class Ne2kRing {
   constructor() {
+    this.cr = 0x22;
+    this.isr = 0; // bit 0: RX
+    this.imr = 0x3f;
+    this.pstart = PSTART;
+    this.pstop = PSTOP;
     this.curpg = PSTART;
     this.boundary = PSTOP - 1;
     this.frames = new Map(); // page -> { frame, next }
-    this.rxPending = false; // ISR's RX bit
     this.dropped = 0;
+    this.overwritten = 0; // frames the NIC wrote over before the guest read them
+  }
+  get rxPending() {
+    return (this.isr & 1) !== 0;
   }
   receive(frame) {
+    if (this.cr & 1) return;
     const total = Math.max(60, frame.length) + 4;
     const needed = 1 + (total >> 8);
+    // boundary == curpg reads as an empty ring
     const available =
-      this.boundary > this.curpg ? this.boundary - this.curpg : PSTOP - this.curpg + this.boundary - PSTART;
-    if (available < needed) {
+      this.boundary > this.curpg ? this.boundary - this.curpg : this.pstop - this.curpg + this.boundary - this.pstart;
+    if (available < needed && this.boundary !== 0) {
       this.dropped++;
       return;
     }
     let next = this.curpg + needed;
-    if (next >= PSTOP) next += PSTART - PSTOP;
+    if (next >= this.pstop) next += this.pstart - this.pstop;
+    // The pages this frame takes lose whatever unread frame started in them.
+    for (let i = 0, page = this.curpg; i < needed; i++, page = page + 1 >= this.pstop ? this.pstart : page + 1) {
+      if (this.frames.delete(page)) this.overwritten++;
+    }
     this.frames.set(this.curpg, { frame, next });
     this.curpg = next;
-    this.rxPending = true;
+    this.isr |= 1;
   }
 }
 
@@ -93,9 +112,17 @@ class Ne2kRing {
  * arrived during a transmission is taken before the softirq goes on.
  */
 class LinuxGuest {
-  constructor(ring, transmit) {
+  /**
+   * `gap`, if given, runs inside every `gapEvery`-th `ei_receive` after its last look at curpg
+   * and before it acknowledges RX: the emulator's slice ended right there and the page's timers
+   * ran (frames that arrive then raise an RX that the acknowledgement clears).
+   */
+  constructor(ring, transmit, { gap = null, gapEvery = 0 } = {}) {
     this.ring = ring;
     this.transmit = transmit;
+    this.gap = gap;
+    this.gapEvery = gapEvery;
+    this.receives = 0;
     this.backlog = [];
     this.unacked = 0;
     this.received = [];
@@ -131,7 +158,8 @@ class LinuxGuest {
       this.backlog.push(slot.frame);
       this.ring.boundary = slot.next - 1 < PSTART ? PSTOP - 1 : slot.next - 1;
     }
-    this.ring.rxPending = false; // ei_receive acknowledges RX whatever is left in the ring
+    if (this.gap && ++this.receives % this.gapEvery === 0) this.gap();
+    this.ring.isr &= ~1; // ei_receive acknowledges RX whatever is left in the ring
   }
   ack() {
     this.unacked = 0;
@@ -142,20 +170,28 @@ class LinuxGuest {
 
 /**
  * A transfer of `count` frames (sizes from `sizeOf`) through `pacing` (false: straight to the
- * NIC) with a sender window of `window` frames. Returns what arrived, what the NIC dropped,
- * and whether it finished.
+ * NIC) with a sender window of `window` frames; `probe`: the pacer asks the adapter's room
+ * probe (else the burst rule); `busy(t)`: whether the guest's CPU is busy elsewhere at virtual
+ * time t (it then neither reads the ring nor transmits). Returns what arrived, what the NIC
+ * dropped or overwrote, and whether it finished.
  */
-function transfer({ count, sizeOf, window, pacing, sliceMs = 1, limitMs = 60_000 }) {
+function transfer({ count, sizeOf, window, pacing, probe = false, limits, busy = () => false, gapEvery = 0, sliceMs = 1, limitMs = 60_000 }) {
   const timers = new VirtualTimers();
   const ring = new Ne2kRing();
   let pacer = null;
   let acked = 0; // frames the guest holds in order (lost frames are resent from there)
   const toNic = (frame) => ring.receive(frame);
+  const gap = () => timers.advance(sliceMs);
   const guest = new LinuxGuest(ring, (inOrder) => {
     acked = Math.max(acked, inOrder);
+    // As the adapter does: the probe knows the guest is transmitting.
+    if (probeOfRing) probeOfRing.transmitting = true;
     if (pacer) pacer.guestActive();
-  });
-  if (pacing !== false) pacer = new NicPacer(toNic, pacing, timers);
+    if (probeOfRing) probeOfRing.transmitting = false;
+  }, { gap: gapEvery ? gap : null, gapEvery });
+  const probeOfRing = probe ? Ne2kProbe.of(ring, limits) : null;
+  const room = probeOfRing ? (length) => probeOfRing.room(length) : null;
+  if (pacing !== false) pacer = new NicPacer(toNic, pacing, timers, room);
   const send = pacer ? (f) => pacer.push(f) : toNic;
   // The sender: frame i carries its index in bytes 0..3.
   let nextToSend = 0;
@@ -176,11 +212,18 @@ function transfer({ count, sizeOf, window, pacing, sliceMs = 1, limitMs = 60_000
       lastProgress = timers.now();
     }
     while (nextToSend < count && nextToSend < acked + window) send(frame(nextToSend++));
-    guest.slice();
+    if (!busy(timers.now())) guest.slice();
     timers.advance(sliceMs);
   }
   if (pacer) pacer.close();
-  return { inOrder: guest.expected, dropped: ring.dropped, ms: timers.now(), stats: pacer ? pacer.stats() : null };
+  return {
+    inOrder: guest.expected,
+    dropped: ring.dropped,
+    overwritten: ring.overwritten,
+    ms: timers.now(),
+    stats: pacer ? pacer.stats() : null,
+    probe: probeOfRing,
+  };
 }
 
 function mixed(i) {
@@ -206,6 +249,276 @@ for (const [name, sizeOf] of [
   check(r.inOrder === 4000, `${name}: all 4000 frames arrived (${r.inOrder}) in ${r.ms} virtual ms`);
   check(r.stats.dropped === 0 && r.stats.queued === 0, `${name}: the pacer's queue is empty at the end`);
   check(r.stats.releasedByGuest > 0, `${name}: the guest's ACKs released bursts (${r.stats.releasedByGuest})`);
+}
+
+// --- with the ne2k's room probe: nothing dropped or overwritten, everything arrives
+for (const [name, sizeOf] of [
+  ["full frames", () => 1514],
+  ["mixed sizes", mixed],
+  ["small frames", () => 66],
+]) {
+  const r = transfer({ count: 4000, sizeOf, window: 44, pacing: {}, probe: true });
+  check(r.stats.mode === "room", `${name}, room probe: the pacer runs in room mode`);
+  check(r.dropped === 0 && r.overwritten === 0, `${name}, room probe: the NIC dropped ${r.dropped}, overwrote ${r.overwritten}`);
+  check(r.inOrder === 4000, `${name}, room probe: all 4000 frames arrived (${r.inOrder}) in ${r.ms} virtual ms`);
+  check(r.stats.dropped === 0 && r.stats.queued === 0 && r.stats.delivered >= 4000, `${name}, room probe: the queue is empty at the end (${JSON.stringify(r.stats)})`);
+  check(r.stats.refused > 0 && r.stats.releasedByGuest + r.stats.releasedByRecheck + r.stats.releasedByArrival > 0,
+    `${name}, room probe: the probe refused (${r.stats.refused}) and re-checks released (guest ${r.stats.releasedByGuest}, timer ${r.stats.releasedByRecheck}, arrival ${r.stats.releasedByArrival})`);
+}
+
+// --- a guest busy elsewhere for longer than idleReleaseMs: the idle timer's guess overflows
+// the ring, the room probe does not
+{
+  const busy = (t) => t % 60 >= 30; // 30 ms of every 60 without reading the ring or transmitting
+  const burst = transfer({ count: 2000, sizeOf: () => 1514, window: 44, pacing: {}, busy });
+  check(burst.dropped > 0, `busy guest, burst rule: the NIC dropped ${burst.dropped} frames the idle timer released into a full ring`);
+  const room = transfer({ count: 2000, sizeOf: () => 1514, window: 44, pacing: {}, probe: true, busy });
+  check(room.dropped === 0 && room.overwritten === 0 && room.inOrder === 2000,
+    `busy guest, room probe: nothing dropped (${room.dropped}) or overwritten (${room.overwritten}), all ${room.inOrder} arrived in ${room.ms} virtual ms (burst rule: ${burst.inOrder} in ${burst.ms})`);
+}
+
+// --- the room probe reads v86's ring as v86's receive() does, one page stricter
+{
+  const ring = new Ne2kRing();
+  const probe = Ne2kProbe.of(ring, { maxUnread: Infinity, wakePages: 0 }); // v86's arithmetic alone
+  const full = 1514; // 6 pages with the 4-byte header
+  check(Ne2kProbe.pages(full) === 6 && Ne2kProbe.pages(10) === 1 && Ne2kProbe.pages(252) === 2 && Ne2kProbe.pages(251) === 1,
+    "pages: 1 + (max(60, n) + 4) >> 8, as v86 counts them");
+  // Linux's empty ring: boundary one page behind curpg, 51 of 52 pages available.
+  check(probe.room(full), "an empty ring has room for a full frame");
+  // Fill with room-approved frames through v86's receive(): it must never wrap to boundary.
+  let taken = 0;
+  while (probe.room(full)) {
+    ring.receive(new Uint8Array(full));
+    taken++;
+    check(ring.curpg !== ring.boundary, `after frame ${taken} curpg ${ring.curpg} != boundary ${ring.boundary}`);
+  }
+  check(taken === 8 && ring.dropped === 0, `8 full frames fit (48 of 51 pages), ${taken} taken, ${ring.dropped} dropped`);
+  // 3 pages left: v86 would take a 3-page frame and leave curpg == boundary (an "empty" ring).
+  const threePages = 763; // 1 + ((763 + 4) >> 8) = 3 pages; 764 bytes take 4
+  check(Ne2kProbe.pages(threePages) === 3 && Ne2kProbe.pages(threePages + 1) === 4, "a 763-byte frame takes 3 pages");
+  check(!probe.room(threePages), "no room for a frame taking all 3 pages v86 counts as available");
+  check(probe.room(2 * 256 - 5), "room for a 2-page frame (one page stays free)");
+  const before = ring.curpg;
+  ring.receive(new Uint8Array(threePages)); // what v86 does if handed that frame anyway
+  check(ring.curpg === ring.boundary && probe.room(full),
+    `v86 takes it and curpg == boundary (${before} -> ${ring.curpg}) reads as empty: the off-by-one the probe avoids`);
+  // Registers that mean "take it, the NIC decides": a stopped NIC, boundary 0, a giant frame.
+  const regs = (r) => ({ cr: 0x22, isr: 0, imr: 0x3f, pstart: 0x4c, pstop: 0x80, ...r });
+  check(Ne2kProbe.of(regs({ cr: 0x21, curpg: 0x50, boundary: 0x4f })).room(full), "a stopped NIC takes (and drops) frames at once");
+  check(Ne2kProbe.of(regs({ curpg: 0x60, boundary: 0 })).room(full), "boundary 0: v86 takes every frame, so does the probe");
+  const nearlyFull = Ne2kProbe.of(regs({ isr: 1, curpg: 0x50, boundary: 0x52 }));
+  check(!nearlyFull.room(full) && nearlyFull.room(60_000), "a frame larger than the ring goes (v86 drops it) instead of holding up the queue");
+  check(Ne2kProbe.of({ name: "ne2k" }) === null && Ne2kProbe.of(null) === null, "no registers, no probe");
+}
+
+// --- the probe's limits for Linux's driver: 8 frames per interrupt, room kept to wake the guest
+{
+  const fill = (ring, probe, length) => {
+    let taken = 0;
+    while (probe.room(length)) {
+      ring.receive(new Uint8Array(length));
+      taken++;
+    }
+    return taken;
+  };
+  // The driver idle (ring empty, no RX pending): its next ei_receive reads all it is handed.
+  const ring = new Ne2kRing();
+  const probe = Ne2kProbe.of(ring);
+  check(fill(ring, probe, 1514) === 8 && ring.curpg === PSTART + 48 && ring.dropped === 0,
+    "from an idle driver, 8 full frames go (48 of 51 pages)");
+  check(!probe.room(60), "no 9th, not even a small one (1 of the 3 pages left would do): Linux reads 9 per interrupt");
+  const small = new Ne2kRing();
+  const smallProbe = Ne2kProbe.of(small);
+  check(fill(small, smallProbe, 66) === 8, "8 small frames go although 44 would fit");
+
+  // ei_receive has read them all but not acknowledged RX yet (the emulator's slice ended
+  // there): what goes now may be left behind, so the room for one more full frame is kept.
+  ring.boundary = ring.curpg - 1;
+  check(fill(ring, probe, 1514) === 7, "inside ei_receive, 7 full frames go and the room for an 8th is kept");
+  const kept = new Ne2kRing();
+  const keptProbe = Ne2kProbe.of(kept);
+  fill(kept, keptProbe, 1514);
+  kept.boundary = kept.curpg - 1;
+  keptProbe.transmitting = true;
+  check(fill(kept, keptProbe, 1514) === 8, "inside the guest's transmission the room is not kept: 8 go");
+  keptProbe.transmitting = false;
+
+  // ei_receive acknowledges RX with the 7 left behind: no interrupt will come for them. A frame
+  // that fits goes, whatever the count, into the kept room, to raise RX.
+  ring.isr = 0;
+  check(probe.room(1514) && probe.stats().wakeups === 1, "frames left behind: the kept room takes a frame that raises RX");
+  ring.receive(new Uint8Array(1514));
+  ring.isr = 0; // acknowledged unseen once more
+  check(!probe.room(1514) && probe.stats().refusedWithoutInterrupt === 1, "no room left at all: refused and counted as stuck");
+  const stats = probe.stats();
+  check(stats.refusals.full === 2 && stats.refusals.unread === 1 && stats.refusals.kept === 1 && stats.refusals.interruptsOff === 0,
+    `refusals counted by reason (${JSON.stringify(stats.refusals)})`);
+  check(stats.registers.curpg === ring.curpg && stats.registers.isr === 0 && stats.registers.imr === ring.imr,
+    `stats show the registers (${JSON.stringify(stats)})`);
+
+  // The guest reads them all and acknowledges: idle again, the count starts over.
+  ring.boundary = ring.curpg - 1;
+  check(fill(ring, probe, 1514) === 8, "idle again: 8 go");
+
+  // v86 stores what the probe lets through; what it does not store is counted.
+  const notStored = Ne2kProbe.of(new Ne2kRing());
+  notStored.deliver(new Uint8Array(60), () => {});
+  check(notStored.stats().notStored === 1, "a frame v86 did not store is counted");
+}
+
+// --- v86's PIC: a frame that would raise the NIC's line waits while the guest's interrupts are
+// off and the NIC's IRQ is enabled on the slave 8259 (else the cascade IRQ 2 can stay in
+// service for ever on the master)
+{
+  // v86's CPU as the probe reads it: EFLAGS, the PIC's state image, the PCI routing of
+  // PCI.raise_irq (device 5, pin INTA -> isa_bridge_space8[0x60]).
+  const slave = [0x15]; // enabled: IRQ 8, 10, 12
+  const space = new Int32Array(64);
+  space[0x3c >>> 2] = (1 << 8) | 10;
+  const bridge = new Uint8Array(256);
+  bridge[0x60] = 10;
+  const cpu = {
+    flags: Int32Array.of(0x202),
+    get_state_pic: () => [0xfb, 0x30, 0, 0, 1, slave],
+    devices: { pci: { device_spaces: { [5 << 3]: space }, isa_bridge_space8: bridge } },
+  };
+  const ring = new Ne2kRing();
+  ring.cpu = cpu;
+  ring.pci_id = 5 << 3;
+  const probe = Ne2kProbe.of(ring);
+  const lineDown = () => {
+    ring.boundary = ring.curpg - 1; // the guest read everything
+    ring.isr = 0; // and acknowledged RX
+  };
+  check(probe.room(1514), "IF set: the frame goes");
+  ring.receive(new Uint8Array(1514));
+  cpu.flags[0] = 0x002;
+  check(probe.room(1514), "IF clear, but RX is already pending (the line is up, no new edge): the frame goes");
+  ring.receive(new Uint8Array(1514));
+  lineDown();
+  check(!probe.room(1514) && probe.stats().refusals.interruptsOff === 1,
+    "IF clear, IRQ 10 enabled on the slave, the frame would raise the line: it waits");
+  slave[0] = 0x11; // IRQ 10 masked: the guest is in its NIC interrupt handler
+  check(probe.room(1514), "IF clear but IRQ 10 masked on the slave: the frame goes");
+  ring.receive(new Uint8Array(1514));
+  lineDown();
+  slave[0] = 0x15;
+  bridge[0x60] = 5;
+  check(probe.room(1514), "IF clear, the NIC on master IRQ 5 (no cascade): the frame goes");
+  ring.receive(new Uint8Array(1514));
+  lineDown();
+  bridge[0x60] = 10;
+  ring.imr = 0;
+  check(probe.room(1514), "RX masked in IMR (Linux transmitting): no edge, the frame goes");
+  ring.receive(new Uint8Array(1514));
+  ring.imr = 0x3f;
+  lineDown();
+  probe.transmitting = true;
+  check(probe.room(1514), "inside the guest's transmission it goes");
+  probe.transmitting = false;
+  ring.receive(new Uint8Array(1514));
+  lineDown();
+  const getState = cpu.get_state_pic;
+  delete cpu.get_state_pic;
+  check(!probe.room(1514) && probe.stats().refusals.interruptsOff === 2, "IF clear and the PIC unreadable: it waits");
+  cpu.get_state_pic = getState;
+  cpu.flags[0] = 0x202;
+  check(probe.room(1514) && probe.stats().refusals.interruptsOff === 2, "IF set again: it goes");
+  check(ring.dropped === 0, "v86 stored every frame the probe let through");
+  const noCpu = Ne2kProbe.of(new Ne2kRing());
+  check(noCpu.raiseIsSafe === null && noCpu.room(1514), "without v86's CPU nothing is checked");
+}
+
+// --- frames that arrive after ei_receive looked at curpg for the last time raise an RX the
+// driver then acknowledges: without the room kept for a wake-up frame the guest never reads again
+{
+  // A wide window keeps frames waiting, so every gap finds some to hand over.
+  const base = { count: 3000, sizeOf: () => 1514, window: 200, pacing: {}, probe: true, gapEvery: 5, limitMs: 30_000 };
+  const kept = transfer(base);
+  check(kept.inOrder === 3000 && kept.dropped === 0 && kept.overwritten === 0,
+    `with the room kept: all ${kept.inOrder} arrived in ${kept.ms} virtual ms, nothing dropped or overwritten`);
+  check(kept.probe.stats().wakeups > 0 && kept.probe.stats().refusedWithoutInterrupt === 0,
+    `frames were handed over to wake the guest (${kept.probe.stats().wakeups}), never refused while it was stuck`);
+  const none = transfer({ ...base, limits: { wakePages: 0 } });
+  check(none.inOrder < 3000 && none.probe.stats().refusedWithoutInterrupt > 0,
+    `without it the guest gets stuck with a full ring: ${none.inOrder}/3000 in 30 s, ${none.probe.stats().refusedWithoutInterrupt} refusals while stuck`);
+}
+
+// --- the pacer against a fake ring: it hands over only what the probe accepts, in order,
+// and loses nothing
+{
+  const timers = new VirtualTimers();
+  const got = [];
+  let free = 0; // frames the fake NIC takes before it is full
+  let asked = 0;
+  const room = () => {
+    asked++;
+    return free > 0;
+  };
+  const pacer = new NicPacer((f) => {
+    free--;
+    got.push(f[0]);
+  }, { maxQueuedBytes: 1_000_000 }, timers, room);
+  for (let i = 0; i < 50; i++) pacer.push(new Uint8Array(1000).fill(i));
+  check(got.length === 0 && pacer.stats().queued === 50 && pacer.stats().deferred === 50, "no room: nothing handed over, all 50 wait");
+  timers.advance(100);
+  pacer.guestActive();
+  check(got.length === 0 && asked > 50, `re-checks (${asked} so far) hand nothing over while the probe says no`);
+  check(pacer.stats().refused === asked, `every refusal is counted (${pacer.stats().refused})`);
+  free = 3;
+  timers.advance(1);
+  check(got.join() === "0,1,2" && pacer.stats().releasedByRecheck === 1, `the timer re-check hands over what fits (${got})`);
+  free = 2;
+  pacer.guestActive();
+  check(got.join() === "0,1,2,3,4" && pacer.stats().releasedByGuest === 1, `a guest transmission re-checks (${got})`);
+  free = 1;
+  pacer.push(new Uint8Array(1000).fill(50));
+  check(got.join() === "0,1,2,3,4,5" && pacer.stats().releasedByArrival === 1, `an arriving frame re-checks, waiting frames first (${got})`);
+  free = Infinity;
+  timers.advance(1);
+  const inOrder = got.every((v, i) => v === i);
+  check(got.length === 51 && inOrder, `as room appears all 51 go, in order, each once (${got.length})`);
+  check(pacer.stats().queued === 0 && pacer.stats().dropped === 0 && pacer.stats().delivered === 51, `nothing lost: ${JSON.stringify(pacer.stats())}`);
+  const pending = timers.pending.size;
+  check(pending === 0, `no re-check timer runs while nothing waits (${pending})`);
+  pacer.push(new Uint8Array([99]));
+  check(got.at(-1) === 99 && pacer.stats().deferred === 51, "with room and nothing waiting, a frame goes at once");
+  pacer.close();
+}
+
+// --- with a probe, the queue bound still drops the newest and counts them
+{
+  const timers = new VirtualTimers();
+  const got = [];
+  let open = false;
+  const pacer = new NicPacer((f) => got.push(f[0]), { maxQueuedBytes: 5000 }, timers, () => open);
+  for (let i = 0; i < 8; i++) pacer.push(new Uint8Array(1000).fill(i));
+  check(pacer.stats().queuedBytes === 5000 && pacer.stats().dropped === 3, `5 of 8 wait, 3 dropped (${JSON.stringify(pacer.stats())})`);
+  open = true;
+  timers.advance(1);
+  check(got.join() === "0,1,2,3,4", `the 5 that waited go in order (${got})`);
+  pacer.close();
+  check(timers.pending.size === 0, "close() leaves no timer");
+}
+
+// --- re-entrant delivery with a probe keeps order and asks before each frame
+{
+  const got = [];
+  let pacer;
+  let free = 2;
+  pacer = new NicPacer((f) => {
+    free--;
+    got.push(f[0]);
+    if (f[0] === 1) pacer.guestActive(); // the emulator runs device code inside a delivery
+    if (f[0] === 3) pacer.push(new Uint8Array([100])); // and the stack answers inside it
+  }, {}, new VirtualTimers(), () => free > 0);
+  for (let i = 0; i < 6; i++) pacer.push(new Uint8Array([i]));
+  check(got.join() === "0,1", `two frames had room (${got})`);
+  free = 10;
+  pacer.guestActive();
+  check(got.join() === "0,1,2,3,4,5,100", `re-entrant calls keep the order (${got})`);
+  pacer.close();
 }
 
 // --- a guest that never transmits still gets everything, one burst per idle interval
@@ -292,6 +605,7 @@ for (const [options, needle] of [
   [{ burstFrames: 0 }, "pacing.burstFrames"],
   [{ burstBytes: 1000 }, "smaller than one full frame"],
   [{ idleReleaseMs: 1.5 }, "pacing.idleReleaseMs"],
+  [{ recheckMs: 0 }, "pacing.recheckMs"],
   [[], "an object or false"],
 ]) {
   let message = "";

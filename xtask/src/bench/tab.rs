@@ -189,10 +189,17 @@ pub fn section_run() -> Result<()> {
                 .and_then(|v| {
                     let p = &v["pacing"];
                     p.is_object().then(|| {
-                        format!(
-                            "{} waited, {} idle releases",
-                            p["deferred"], p["releasedByTimer"]
-                        )
+                        if p["mode"] == "room" {
+                            format!(
+                                "room: {} waited, {} refusals, {} wake-ups",
+                                p["deferred"], p["refused"], p["wakeups"]
+                            )
+                        } else {
+                            format!(
+                                "{} waited, {} idle releases",
+                                p["deferred"], p["releasedByTimer"]
+                            )
+                        }
                     })
                 })
                 .unwrap_or_else(|| "—".to_string());
@@ -212,9 +219,10 @@ pub fn section_run() -> Result<()> {
          headless {browser} on {cpus} × {cpu}, downloading from local origins with curl\n\
          (`-o /dev/null`; MB/s is curl's own `speed_download`, guest-side). Every row is one boot of\n\
          the same page in the same run. *c2w-net-proxy* is `v86-adapter.js` as shipped: it paces\n\
-         the ne2k (at most 8 frames / 12 KiB handed to the NIC until the guest transmits or 10 ms\n\
-         pass) and hands virtio every frame at once; *pacing off* on the ne2k is how it was\n\
-         before the fix, *pacing forced on* on virtio is what pacing would cost there;\n\
+         the ne2k (a frame goes when the NIC's receive ring has room for it, read from its\n\
+         registers) and hands virtio every frame at once; *pacing off* on the ne2k is how it was\n\
+         before the fix, *pacing forced on* on virtio is what pacing (by bursts of 8 frames /\n\
+         12 KiB until the guest transmits or 10 ms pass) would cost there;\n\
          *v86 FetchNetworkAdapter* is v86's own fetch backend on the same page (http only: it does\n\
          not terminate TLS). A transfer that does not finish within {TRANSFER_SECS} s is marked\n\
          stalled with what arrived.\n\n\

@@ -258,9 +258,20 @@ fn check_nic(shared: &Shared, site: &Site, nic: &str, driver: &str, r: &mut Repo
         let v: serde_json::Value = serde_json::from_str(&stats)?;
         let pacing = &v["pacing"];
         match (nic, pacing["nic"].as_str()) {
-            ("ne2k", Some("ne2k")) => Ok(format!(
-                "ne2k identified and paced: {} frames waited, {} dropped",
-                pacing["deferred"], pacing["dropped"]
+            ("ne2k", Some("ne2k")) if pacing["mode"] == "room" => Ok(format!(
+                "ne2k identified and paced by its ring's room: {} frames waited, the room \
+                 refused {} times ({}), re-checks released {} (guest) {} (timer) {} (arrival), \
+                 {} wake-ups, {} refusals while stuck, {} dropped; v86 did not store {}",
+                pacing["deferred"],
+                pacing["refused"],
+                pacing["refusals"],
+                pacing["releasedByGuest"],
+                pacing["releasedByRecheck"],
+                pacing["releasedByArrival"],
+                pacing["wakeups"],
+                pacing["refusedWithoutInterrupt"],
+                pacing["dropped"],
+                pacing["notStored"]
             )),
             ("virtio", None) if pacing.is_null() => {
                 Ok("virtio identified, frames go straight to the NIC".into())
