@@ -6,7 +6,9 @@
 //!   on: once the guest has sent FIN, the answer is carried while it keeps coming
 //!   ([`HALF_CLOSE_LINGER`]).
 //! - UDP other than DHCP and DNS to the gateway (`Stack::bind_udp_elsewhere`): one relay UDP
-//!   stream per (guest port, destination) flow, closed after [`UDP_IDLE`] without traffic.
+//!   stream per (guest port, destination) flow, closed after [`UDP_IDLE`] without traffic. A
+//!   flow the relay refuses or closes, or that `allow`/`deny` refuses, is answered with ICMP
+//!   destination unreachable quoting the guest's datagram (`unreachable_code`).
 //! - The proxy's CONNECT tunnels, end to end ([`RelayTunnels`]): the guest sees the origin's
 //!   own certificate.
 //!
@@ -19,13 +21,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fetch_transport::relay::{Relay, RelayDatagrams};
+use fetch_transport::relay::{Relay, RelayDatagrams, RelayError};
+use fetch_transport::wisp::CloseReason;
 use fetch_transport::DestinationFilter;
 use futures::channel::mpsc;
 use futures::future::{self, Either};
 use futures::StreamExt;
 use http_proxy::{splice, BoxedStream, RawTunnels, TunnelError, HALF_CLOSE_LINGER};
-use net_stack::{Datagram, Stack, TcpListener, TcpStream, UdpEndpoint};
+use net_stack::{Datagram, Stack, TcpListener, TcpStream, UdpEndpoint, Unreachable};
 
 use crate::options::RelayOptions;
 use crate::runtime::Runtime;
@@ -49,6 +52,17 @@ pub enum RoutesError {
     Udp(#[from] net_stack::UdpBindError),
 }
 
+/// Why a destination the guest addressed is not handed to the relay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NotCarried {
+    /// A fake IP our DNS never handed out, or recycled since.
+    #[error("a fake IP that names nothing")]
+    UnknownFakeIp,
+    /// The `allow`/`deny` options refuse it (their reason).
+    #[error("{0}")]
+    Denied(String),
+}
+
 /// The relay, how destinations are named to it, and which are allowed (`allow`/`deny`).
 #[derive(Clone)]
 struct Route {
@@ -63,15 +77,13 @@ impl Route {
     /// stands for (or the IP itself), mapped through `relay.hosts`. `Err` with the reason
     /// for a fake IP that names nothing (never handed out, or recycled) and for a destination
     /// the `allow`/`deny` options refuse (checked on the name the guest asked for).
-    fn host_for(&self, addr: &SocketAddrV4) -> Result<String, String> {
+    fn host_for(&self, addr: &SocketAddrV4) -> Result<String, NotCarried> {
         let asked = match self.stack.fake_ip_name(*addr.ip()) {
             Some(name) => name,
-            None if self.stack.is_fake_ip(*addr.ip()) => {
-                return Err("a fake IP that names nothing".into())
-            }
+            None if self.stack.is_fake_ip(*addr.ip()) => return Err(NotCarried::UnknownFakeIp),
             None => addr.ip().to_string(),
         };
-        check(&self.destinations, &asked)?;
+        check(&self.destinations, &asked).map_err(NotCarried::Denied)?;
         Ok(self.options.target(&asked).to_string())
     }
 }
@@ -156,29 +168,24 @@ type Flows = Rc<RefCell<HashMap<(SocketAddrV4, SocketAddrV4), FlowQueue>>>;
 async fn carry_udp(endpoint: Rc<UdpEndpoint>, route: Route, runtime: Rc<dyn Runtime>) {
     let flows: Flows = Rc::default();
     loop {
-        let Datagram {
-            guest,
-            remote,
-            payload,
-        } = endpoint.recv().await;
-        let key = (guest, remote);
+        let datagram = endpoint.recv().await;
+        let key = (datagram.guest, datagram.remote);
         let mut map = flows.borrow_mut();
         if let Some(queue) = map.get_mut(&key) {
-            if queue.try_send(payload).is_err() {
-                tracing::debug!(%guest, %remote, "relay: UDP flow queue full; datagram dropped");
+            if queue.try_send(datagram.payload).is_err() {
+                tracing::debug!(guest = %key.0, remote = %key.1, "relay: UDP flow queue full; datagram dropped");
             }
             continue;
         }
         if map.len() >= MAX_UDP_FLOWS {
-            tracing::debug!(%guest, %remote, "relay: too many UDP flows; datagram dropped");
+            tracing::debug!(guest = %key.0, remote = %key.1, "relay: too many UDP flows; datagram dropped");
             continue;
         }
-        let (mut queue, datagrams) = mpsc::channel(FLOW_QUEUE);
-        let _ = queue.try_send(payload);
+        let (queue, datagrams) = mpsc::channel(FLOW_QUEUE);
         map.insert(key, queue);
         drop(map);
         runtime.spawn(Box::pin(udp_flow(
-            key,
+            datagram,
             datagrams,
             endpoint.clone(),
             route.clone(),
@@ -188,70 +195,122 @@ async fn carry_udp(endpoint: Rc<UdpEndpoint>, route: Route, runtime: Rc<dyn Runt
     }
 }
 
-/// One UDP flow: opens its relay stream, then moves datagrams both ways until idle.
+/// One UDP flow, opened by the guest's datagram `first`: opens its relay stream, then moves
+/// datagrams both ways until idle. When the flow cannot be carried, or ends because the relay
+/// closed it, the guest learns it from ICMP destination unreachable for its last datagram.
 async fn udp_flow(
-    (guest, remote): (SocketAddrV4, SocketAddrV4),
+    first: Datagram,
     mut from_guest: mpsc::Receiver<Vec<u8>>,
     endpoint: Rc<UdpEndpoint>,
     route: Route,
     flows: Flows,
     runtime: Rc<dyn Runtime>,
 ) {
-    match route.host_for(&remote) {
+    let (guest, remote) = (first.guest, first.remote);
+    let refusal = match route.host_for(&remote) {
         Ok(host) => match route.relay.open_udp(&host, remote.port()).await {
             Ok(flow) => {
-                relay_datagrams(&mut from_guest, &flow, &endpoint, guest, remote, &runtime).await
+                let mut last = first;
+                relay_datagrams(&mut from_guest, &flow, &endpoint, &mut last, &runtime)
+                    .await
+                    .err()
+                    .map(|err| (last, unreachable_code(&err), err.to_string()))
             }
             Err(err) => {
-                tracing::info!(%guest, %remote, %host, error = %err, "relay: cannot open a UDP flow")
+                tracing::info!(%guest, %remote, %host, error = %err, "relay: cannot open a UDP flow");
+                Some((first, unreachable_code(&err), err.to_string()))
             }
         },
-        Err(why) => tracing::info!(%guest, %remote, %why, "relay: UDP not carried"),
-    }
+        Err(why) => {
+            tracing::info!(%guest, %remote, %why, "relay: UDP not carried");
+            let code = match why {
+                NotCarried::UnknownFakeIp => Unreachable::Host,
+                NotCarried::Denied(_) => Unreachable::Prohibited,
+            };
+            Some((first, Some(code), why.to_string()))
+        }
+    };
     flows.borrow_mut().remove(&(guest, remote));
+    if let Some((datagram, Some(code), why)) = refusal {
+        tracing::debug!(%guest, %remote, ?code, %why, "relay: UDP flow refused; ICMP unreachable");
+        if let Err(err) = endpoint.unreachable(&datagram, code) {
+            tracing::debug!(%guest, %remote, error = %err, "relay: ICMP unreachable not sent");
+        }
+    }
 }
 
+/// The ICMP destination unreachable a guest gets for a UDP flow that failed with `err`; none
+/// for a flow the relay closed normally or a datagram it could not take.
+fn unreachable_code(err: &RelayError) -> Option<Unreachable> {
+    Some(match err {
+        RelayError::Refused { reason, .. } => match reason {
+            CloseReason::Voluntary => return None,
+            CloseReason::ConnectionRefused => Unreachable::Port,
+            CloseReason::HostBlocked | CloseReason::Throttled => Unreachable::Prohibited,
+            _ => Unreachable::Host,
+        },
+        RelayError::Timeout { .. } => Unreachable::Host,
+        RelayError::Unavailable { .. } | RelayError::Lost { .. } => Unreachable::Network,
+        RelayError::Unsupported { .. } => Unreachable::Prohibited,
+        RelayError::Send(_) => return None,
+    })
+}
+
+/// Moves datagrams both ways until the flow is idle for [`UDP_IDLE`] (`Ok`) or ends (`Err`);
+/// `last` is kept as the guest's most recent datagram, the one an ICMP error quotes.
 async fn relay_datagrams(
     from_guest: &mut mpsc::Receiver<Vec<u8>>,
     flow: &RelayDatagrams,
     endpoint: &UdpEndpoint,
-    guest: SocketAddrV4,
-    remote: SocketAddrV4,
+    last: &mut Datagram,
     runtime: &Rc<dyn Runtime>,
-) {
-    let mut last = runtime.now();
+) -> Result<(), RelayError> {
+    let (guest, remote) = (last.guest, last.remote);
+    send_datagram(flow, last)?;
+    let mut active = runtime.now();
     let mut idle = runtime.sleep(UDP_IDLE);
     loop {
         let outgoing = from_guest.next();
         let incoming = Box::pin(flow.recv());
         let wake = future::select(future::select(outgoing, incoming), &mut idle).await;
         match wake {
-            Either::Left((Either::Left((Some(datagram), _)), _)) => {
-                last = runtime.now();
-                if let Err(err) = flow.send(&datagram) {
-                    tracing::debug!(%guest, %remote, error = %err, "relay: UDP flow ended");
-                    return;
-                }
+            Either::Left((Either::Left((Some(payload), _)), _)) => {
+                active = runtime.now();
+                last.payload = payload;
+                send_datagram(flow, last)?;
             }
-            Either::Left((Either::Left((None, _)), _)) => return,
+            Either::Left((Either::Left((None, _)), _)) => return Ok(()),
             Either::Left((Either::Right((Ok(datagram), _)), _)) => {
-                last = runtime.now();
+                active = runtime.now();
                 if let Err(err) = endpoint.send(remote, guest, &datagram) {
                     tracing::debug!(%guest, %remote, error = %err, "relay: datagram not delivered");
                 }
             }
             Either::Left((Either::Right((Err(err), _)), _)) => {
                 tracing::debug!(%guest, %remote, error = %err, "relay: UDP flow ended");
-                return;
+                return Err(err);
             }
             Either::Right(((), _)) => {
-                let quiet = Duration::from_micros((runtime.now() - last).total_micros());
+                let quiet = Duration::from_micros((runtime.now() - active).total_micros());
                 if quiet >= UDP_IDLE {
-                    return;
+                    return Ok(());
                 }
                 idle = runtime.sleep(UDP_IDLE - quiet);
             }
         }
+    }
+}
+
+/// Sends the guest's datagram on the flow. One the relay cannot take is dropped (as a
+/// network drops what it cannot carry); an error only when the flow has ended.
+fn send_datagram(flow: &RelayDatagrams, datagram: &Datagram) -> Result<(), RelayError> {
+    match flow.send(&datagram.payload) {
+        Ok(_) => Ok(()),
+        Err(RelayError::Send(err)) => {
+            tracing::debug!(guest = %datagram.guest, remote = %datagram.remote, error = %err, "relay: datagram dropped");
+            Ok(())
+        }
+        Err(err) => Err(err),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Stats {
     pub icmp_echo_replies: u64,
     /// UDP datagrams to closed ports answered with ICMP port unreachable.
     pub udp_port_unreachable: u64,
+    /// UDP flows the relay could not carry (refused, closed, denied, relay down), answered
+    /// with ICMP destination unreachable.
+    pub udp_unreachable: u64,
     /// UDP datagrams from the guest handed to the relay's flows.
     pub udp_datagrams_in: u64,
     /// UDP datagrams from the relay's flows sent to the guest.
@@ -287,6 +290,7 @@ impl Stats {
             arp_replies: s.arp_replies,
             icmp_echo_replies: s.icmp_echo_replies,
             udp_port_unreachable: s.udp_port_unreachable,
+            udp_unreachable: s.udp_unreachable_sent,
             udp_datagrams_in: s.udp_datagrams_in,
             udp_datagrams_out: s.udp_datagrams_out,
             dhcp: DhcpStats {

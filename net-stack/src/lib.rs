@@ -61,4 +61,4 @@ pub use pcap::PcapWriter;
 pub use stack::Stack;
 pub use stats::Stats;
 pub use tcp::{ListenAddr, ListenError, TcpListener, TcpStream};
-pub use udp::{Datagram, UdpBindError, UdpEndpoint, UdpSendError};
+pub use udp::{Datagram, UdpBindError, UdpEndpoint, UdpSendError, Unreachable};

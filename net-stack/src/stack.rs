@@ -11,7 +11,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     DhcpPacket, DhcpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress,
     Icmpv4DstUnreachable, Icmpv4Repr, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr,
-    TcpPacket, UdpPacket, DHCP_SERVER_PORT, ETHERNET_HEADER_LEN,
+    TcpPacket, UdpPacket, DHCP_SERVER_PORT, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
 };
 
 use crate::arp::{self, ArpAction};
@@ -24,7 +24,9 @@ use crate::observer::{Direction, FrameObserver};
 use crate::shared::Shared;
 use crate::stats::{Drop, Stats};
 use crate::tcp::{Destination, ListenAddr, ListenError, TcpHost, TcpListener, TcpParts, TcpTable};
-use crate::udp::{Datagram, UdpBindError, UdpEndpoint, UdpHost, UdpQueue, UdpSendError};
+use crate::udp::{
+    Datagram, UdpBindError, UdpEndpoint, UdpHost, UdpQueue, UdpSendError, Unreachable,
+};
 use crate::wire::emit;
 
 /// Most IP → MAC entries remembered (guests rarely use more than one address).
@@ -263,6 +265,56 @@ impl TcpHost for Inner {
 impl UdpHost for Inner {
     fn udp_queue(&mut self) -> &mut UdpQueue {
         &mut self.udp
+    }
+
+    fn send_udp_unreachable(
+        &mut self,
+        datagram: &Datagram,
+        why: Unreachable,
+    ) -> Result<(), UdpSendError> {
+        let (guest, remote) = (datagram.guest, datagram.remote);
+        if !self.is_elsewhere(*remote.ip()) {
+            return Err(UdpSendError::NotElsewhere(*remote.ip()));
+        }
+        let Some(mac) = self.neighbors.get(guest.ip()).copied() else {
+            self.stats.drop(Drop::NoNeighbor);
+            return Err(UdpSendError::NoNeighbor(*guest.ip()));
+        };
+        if self.outbound.len() >= self.config.max_outbound_frames {
+            self.stats.drop(Drop::OutboundFull);
+            return Err(UdpSendError::OutboundFull);
+        }
+        // The datagram as the guest sent it (its UDP header and checksum rebuilt), quoted up
+        // to the same limit as for our own closed ports.
+        let sent = emit::udp_frame(mac, self.mac, guest, remote, &datagram.payload);
+        let udp = &sent[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..];
+        let header = Ipv4Repr {
+            src_addr: *guest.ip(),
+            dst_addr: *remote.ip(),
+            next_header: IpProtocol::Udp,
+            payload_len: udp.len(),
+            hop_limit: emit::HOP_LIMIT,
+        };
+        let (reason, from) = match why {
+            Unreachable::Network => (Icmpv4DstUnreachable::NetUnreachable, self.config.gateway_ip),
+            Unreachable::Host => (
+                Icmpv4DstUnreachable::HostUnreachable,
+                self.config.gateway_ip,
+            ),
+            Unreachable::Port => (Icmpv4DstUnreachable::PortUnreachable, *remote.ip()),
+            Unreachable::Prohibited => {
+                (Icmpv4DstUnreachable::CommProhibited, self.config.gateway_ip)
+            }
+        };
+        let icmp = Icmpv4Repr::DstUnreachable {
+            reason,
+            header,
+            data: &udp[..udp.len().min(ICMP_QUOTE_MAX)],
+        };
+        let frame = emit::icmp_frame(self.mac, mac, from, *guest.ip(), &icmp);
+        self.send(frame);
+        self.stats.udp_unreachable_sent += 1;
+        Ok(())
     }
 
     fn send_udp(

@@ -36,6 +36,9 @@ pub struct Stats {
     pub icmp_echo_replies: u64,
     /// ICMP port unreachable sent for UDP to a port of ours nobody serves.
     pub udp_port_unreachable: u64,
+    /// ICMP destination unreachable sent for UDP to elsewhere that could not be carried
+    /// (`UdpEndpoint::unreachable`).
+    pub udp_unreachable_sent: u64,
     /// UDP datagrams to elsewhere queued for the `UdpEndpoint`.
     pub udp_datagrams_in: u64,
     /// UDP datagrams the `UdpEndpoint` sent to the guest.

@@ -22,6 +22,20 @@ pub struct Datagram {
     pub payload: Vec<u8>,
 }
 
+/// Why a datagram to elsewhere could not be carried, as the guest learns it: the code of the
+/// ICMP destination unreachable message `UdpEndpoint::unreachable` sends (RFC 792, RFC 1812).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// Code 0, from the gateway: no way to the destination at all (e.g. the relay is down).
+    Network,
+    /// Code 1, from the gateway: the destination host cannot be reached (does not resolve).
+    Host,
+    /// Code 3, from the destination itself: nothing listens on that port.
+    Port,
+    /// Code 13, from the gateway: the destination is blocked by policy.
+    Prohibited,
+}
+
 /// Why `Stack::bind_udp_elsewhere` failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum UdpBindError {
@@ -127,6 +141,12 @@ impl UdpQueue {
 pub(crate) trait UdpHost {
     /// The queue of datagrams for the endpoint.
     fn udp_queue(&mut self) -> &mut UdpQueue;
+    /// Queues ICMP destination unreachable towards the guest for `datagram`, which it sent.
+    fn send_udp_unreachable(
+        &mut self,
+        datagram: &Datagram,
+        why: Unreachable,
+    ) -> Result<(), UdpSendError>;
     /// Builds the frame of a datagram from `remote` to `guest` and queues it towards the guest.
     fn send_udp(
         &mut self,
@@ -192,6 +212,20 @@ impl UdpEndpoint {
             .inner
             .borrow_mut()
             .send_udp(remote, guest, payload)?;
+        self.shared.request_poll();
+        Ok(())
+    }
+
+    /// Tells the guest that `datagram`, which it sent, could not be carried: ICMP destination
+    /// unreachable with the code for `why`, quoting the datagram, so a connected socket fails
+    /// at once (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH) instead of waiting for an answer.
+    /// Counted in `Stats::udp_unreachable_sent`. No rate limit: the caller sends one per
+    /// refused flow.
+    pub fn unreachable(&self, datagram: &Datagram, why: Unreachable) -> Result<(), UdpSendError> {
+        self.shared
+            .inner
+            .borrow_mut()
+            .send_udp_unreachable(datagram, why)?;
         self.shared.request_poll();
         Ok(())
     }

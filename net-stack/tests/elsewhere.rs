@@ -16,7 +16,7 @@ use common::*;
 use futures::task::ArcWake;
 use net_stack::{
     Config, Datagram, Instant, ListenAddr, ListenError, Stack, TcpListener, TcpStream,
-    UdpBindError, UdpSendError,
+    UdpBindError, UdpSendError, Unreachable,
 };
 use smoltcp::wire::{
     Icmpv4Packet, IpProtocol, Ipv4Address, Ipv4Packet, TcpControl, TcpRepr, TcpSeqNumber,
@@ -711,4 +711,81 @@ fn the_endpoint_reader_is_woken_by_poll() {
     stack.poll(T);
     let datagram = futures::executor::block_on(endpoint.recv());
     assert_eq!(datagram.guest, SocketAddrV4::new(GUEST_IP, 5353));
+}
+
+#[test]
+fn refused_datagrams_get_icmp_unreachable_quoting_what_the_guest_sent() {
+    let (stack, rec) = stack_with(Config::default());
+    with_dump(&rec, "elsewhere_udp_unreachable", || {
+        let endpoint = stack.bind_udp_elsewhere().unwrap();
+        let cases = [
+            (Unreachable::Port, REMOTE, 3u8),
+            (Unreachable::Host, GW_IP, 1),
+            (Unreachable::Network, GW_IP, 0),
+            (Unreachable::Prohibited, GW_IP, 13),
+        ];
+        for (n, (why, from, code)) in cases.into_iter().enumerate() {
+            let payload = vec![n as u8; 700];
+            let sent = udp_frame((GUEST_IP, 40000 + n as u16), (REMOTE, 9), GW_MAC, &payload);
+            assert!(exchange(&stack, &sent, T).is_empty());
+            let datagram = endpoint.try_recv().unwrap();
+            endpoint.unreachable(&datagram, why).unwrap();
+            let frame = stack.pop_frame().unwrap();
+            // To the guest's MAC from ours; from the destination itself for a closed port,
+            // from the gateway otherwise.
+            assert_eq!(frame[..12], [GUEST_MAC, GW_MAC].concat());
+            let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+            assert!(ip.verify_checksum());
+            assert_eq!((ip.src_addr(), ip.dst_addr()), (from, GUEST_IP));
+            assert_eq!(ip.next_header(), IpProtocol::Icmp);
+            assert!(
+                frame.len() - 14 <= 576,
+                "an ICMP error stays within 576 bytes"
+            );
+            let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+            assert!(icmp.verify_checksum());
+            let icmp = icmp.into_inner();
+            let header = &icmp[..8];
+            assert_eq!(
+                (header[0], header[1]),
+                (3, code),
+                "destination unreachable, {why:?}"
+            );
+            assert_eq!(header[4..], [0, 0, 0, 0], "unused, and no next-hop MTU");
+            // The quote: the guest's IP header (its addresses, protocol and length) and the
+            // start of its UDP datagram byte for byte, checksum included.
+            // Truncated: its total length says more than is quoted, so it is read unchecked.
+            let quoted = Ipv4Packet::new_unchecked(&icmp[8..]);
+            assert!(quoted.verify_checksum());
+            let original = Ipv4Packet::new_checked(&sent[14..]).unwrap();
+            assert_eq!(
+                (quoted.src_addr(), quoted.dst_addr(), quoted.next_header()),
+                (GUEST_IP, REMOTE, IpProtocol::Udp)
+            );
+            assert_eq!(quoted.total_len(), original.total_len());
+            let quote = &icmp[8 + 20..];
+            assert_eq!(quote.len(), 576 - 20 - 8 - 20);
+            assert_eq!(quote, &original.payload()[..quote.len()]);
+        }
+        // A guest never seen and an address that is not elsewhere are refused.
+        let stranger = Datagram {
+            guest: SocketAddrV4::new(Ipv4Address::new(192, 168, 127, 77), 1),
+            remote: SocketAddrV4::new(REMOTE, 9),
+            payload: b"x".to_vec(),
+        };
+        assert_eq!(
+            endpoint.unreachable(&stranger, Unreachable::Port),
+            Err(UdpSendError::NoNeighbor(stranger.guest.ip().to_owned()))
+        );
+        let ours = Datagram {
+            guest: SocketAddrV4::new(GUEST_IP, 1),
+            remote: SocketAddrV4::new(GW_IP, 53),
+            payload: b"x".to_vec(),
+        };
+        assert_eq!(
+            endpoint.unreachable(&ours, Unreachable::Port),
+            Err(UdpSendError::NotElsewhere(GW_IP))
+        );
+        assert_eq!(stack.stats().udp_unreachable_sent, 4);
+    });
 }

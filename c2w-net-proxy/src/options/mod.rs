@@ -140,7 +140,8 @@ pub struct RelayOptions {
     pub udp: Option<bool>,
     /// Plain `http://` requests through the proxy: `fallback` (fetch first, the relay when
     /// the browser refuses; the default), `always` (the relay only) or `never` (fetch only).
-    #[serde(default)]
+    /// Also accepted as `mode`.
+    #[serde(default, alias = "mode")]
     #[cfg_attr(
         target_arch = "wasm32",
         tsify(optional, type = "\"fallback\" | \"always\" | \"never\"")
@@ -156,8 +157,9 @@ pub struct RelayOptions {
     #[cfg_attr(target_arch = "wasm32", tsify(optional))]
     pub fetch_only: Option<Vec<String>>,
     /// Destinations the relay must reach under another name or address, e.g.
-    /// `{"db.test": "127.0.0.1"}` for a server on the relay host's loopback.
-    #[serde(default)]
+    /// `{"db.test": "127.0.0.1"}` for a server on the relay host's loopback. Also accepted
+    /// as `map`.
+    #[serde(default, alias = "map")]
     #[cfg_attr(target_arch = "wasm32", tsify(optional))]
     pub hosts: Option<BTreeMap<String, String>>,
 }
@@ -984,6 +986,14 @@ mod tests {
         assert_eq!(relay.http, Some(RelayHttpMode::Always));
         assert_eq!(relay.target("db.TEST"), "127.0.0.1");
         assert_eq!(relay.target("other.test"), "other.test");
+        // The names of the first sketch (`mode`, `map`) are read too.
+        let sketch = parse(
+            r#"{"relay": {"url": "ws://x/", "mode": "never", "map": {"a.test": "10.0.0.1"}}}"#,
+        )
+        .unwrap();
+        let sketch = sketch.relay.as_ref().unwrap();
+        assert_eq!(sketch.http, Some(RelayHttpMode::Never));
+        assert_eq!(sketch.target("a.test"), "10.0.0.1");
         let shown = format!("{options:?}");
         assert!(
             !shown.contains("hunter2") && shown.contains("<set>"),

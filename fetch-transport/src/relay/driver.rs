@@ -23,6 +23,10 @@ use super::WispVersionChoice;
 const RECEIVE_BUDGET: usize = 64;
 /// How long a clean close of the WebSocket may take when the relay is no longer needed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// While the backoff runs, a connection the relay had to refuse brings the next attempt
+/// forward to this long after the last one: a relay that comes back is used at the next
+/// connection, not after up to `backoff_max`, and attempts stay at most one a second.
+const REDIAL_ON_DEMAND: Duration = Duration::from_secs(1);
 
 /// Why a connection ended.
 enum End {
@@ -58,7 +62,11 @@ impl RelayDriver {
         let mut backoff: Option<Duration> = None;
         loop {
             if let Some(delay) = backoff {
-                if self.unless_unused(self.timer.sleep(delay)).await.is_none() {
+                if self
+                    .unless_unused(self.wait_to_redial(delay))
+                    .await
+                    .is_none()
+                {
                     return;
                 }
             }
@@ -121,6 +129,31 @@ impl RelayDriver {
                 Some(backoff.map_or(min, |b| (b * 2).min(max)))
             };
         }
+    }
+
+    /// Waits `delay`, or less when a connection is refused meanwhile because the relay is
+    /// down ([`REDIAL_ON_DEMAND`] after the last attempt at the earliest).
+    async fn wait_to_redial(&self, delay: Duration) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.borrow_mut().redial_wanted = false;
+        }
+        let backoff = self.timer.sleep(delay);
+        let demand = async {
+            if delay <= REDIAL_ON_DEMAND {
+                return future::pending().await;
+            }
+            self.timer.sleep(REDIAL_ON_DEMAND).await;
+            poll_fn(|cx| match self.shared.upgrade() {
+                Some(shared) if shared.borrow().redial_wanted => Poll::Ready(()),
+                Some(shared) => {
+                    shared.borrow_mut().driver = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                None => Poll::Ready(()),
+            })
+            .await
+        };
+        future::select(backoff, pin!(demand)).await;
     }
 
     /// Runs `work` unless every handle goes first (then `None`): waiting between attempts or

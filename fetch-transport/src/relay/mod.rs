@@ -43,7 +43,7 @@ use std::time::Duration;
 use futures::future::{self, Either};
 
 use crate::timer::Timer;
-use crate::wisp::{ClientConfig, CloseReason, StreamType};
+use crate::wisp::{ClientConfig, CloseReason, SendError, StreamType};
 
 #[cfg(target_arch = "wasm32")]
 pub use browser_socket::{BrowserDialer, MAX_BUFFERED, MAX_UNREAD, RECHECK};
@@ -163,7 +163,7 @@ pub enum RelayError {
         /// Its port.
         port: u16,
         /// The relay's close reason.
-        reason: String,
+        reason: CloseReason,
     },
     /// The relay connection was lost while the stream was open.
     #[error("the relay connection was lost: {reason}")]
@@ -192,29 +192,9 @@ pub enum RelayError {
         /// Why.
         reason: String,
     },
-}
-
-/// A readable form of a Wisp close reason, for errors and logs.
-pub(crate) fn describe(reason: CloseReason) -> String {
-    let text = match reason {
-        CloseReason::Unspecified => "closed (unspecified)",
-        CloseReason::Voluntary => "closed",
-        CloseReason::NetworkError => "network error",
-        CloseReason::IncompatibleExtensions => "incompatible extensions",
-        CloseReason::InvalidInfo => "invalid destination",
-        CloseReason::UnreachableHost => "host unreachable",
-        CloseReason::ConnectTimeout => "connection timed out",
-        CloseReason::ConnectionRefused => "connection refused",
-        CloseReason::TransferTimeout => "transfer timed out",
-        CloseReason::HostBlocked => "destination blocked by the relay",
-        CloseReason::Throttled => "throttled by the relay",
-        CloseReason::ClientError => "client error",
-        CloseReason::AuthBadPassword => "wrong username or password",
-        CloseReason::AuthBadSignature => "bad signature",
-        CloseReason::AuthMissingCredentials => "credentials required",
-        CloseReason::Unknown(_) => "closed",
-    };
-    format!("{text} (0x{:02x})", u8::from(reason))
+    /// A datagram could not be sent on a UDP flow (empty, or larger than the relay takes).
+    #[error("cannot send on the relay flow: {0}")]
+    Send(#[from] SendError),
 }
 
 /// A handle to the relay: opens streams and flows, reports state. Cheap to clone; the driver

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::wisp::{Client, CloseReason, Event, OpenError, StreamId, StreamType, WispVersion};
 
-use super::{describe, RelayConfig, RelayError};
+use super::{RelayConfig, RelayError};
 
 /// Where the connection to the relay is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +122,9 @@ pub struct Shared {
     pub waiting: Vec<Waker>,
     /// Whether the v1 fallback was needed for this relay (Auto).
     pub v1_only: bool,
+    /// An open was refused because the relay is down: the driver redials sooner than its
+    /// backoff says (see `RelayDriver::run`).
+    pub redial_wanted: bool,
     pub stats: RelayStats,
 }
 
@@ -144,6 +147,7 @@ impl Shared {
             driver: None,
             waiting: Vec::new(),
             v1_only: false,
+            redial_wanted: false,
             stats: RelayStats {
                 state: RelayState::Connecting,
                 version: None,
@@ -397,7 +401,7 @@ impl Future for Opening {
                     Ended::Server(reason) => RelayError::Refused {
                         host: this.host.clone(),
                         port: this.port,
-                        reason: describe(reason),
+                        reason,
                     },
                     Ended::Lost(reason) => RelayError::Lost { reason },
                 }));
@@ -412,6 +416,8 @@ impl Future for Opening {
         match sh.state {
             RelayState::Down => {
                 this.done = true;
+                sh.redial_wanted = true;
+                sh.wake_driver();
                 return Poll::Ready(Err(sh.unavailable()));
             }
             RelayState::Connecting => {

@@ -11,22 +11,19 @@ use futures::io::{AsyncRead, AsyncWrite};
 
 use crate::wisp::{CloseReason, SendError};
 
-use super::describe;
 use super::shared::{Ended, Shared, SlotId};
+use super::RelayError;
 
 /// The error a stream's reader or writer sees when the stream did not end normally.
 fn ended_error(ended: &Ended, host: &str, port: u16) -> io::Error {
     match ended {
         Ended::Server(CloseReason::ConnectionRefused) => io::Error::new(
             io::ErrorKind::ConnectionRefused,
-            format!(
-                "relay: {host}:{port}: {}",
-                describe(CloseReason::ConnectionRefused)
-            ),
+            format!("relay: {host}:{port}: {}", CloseReason::ConnectionRefused),
         ),
         Ended::Server(reason) => io::Error::new(
             io::ErrorKind::ConnectionReset,
-            format!("relay: {host}:{port}: {}", describe(*reason)),
+            format!("relay: {host}:{port}: {reason}"),
         ),
         Ended::Lost(reason) => io::Error::new(
             io::ErrorKind::ConnectionAborted,
@@ -194,17 +191,19 @@ impl RelayDatagrams {
         Self { shared, id }
     }
 
-    /// Sends one datagram; `Ok(false)` when it was dropped for want of queue space.
-    pub fn send(&self, datagram: &[u8]) -> io::Result<bool> {
+    /// Sends one datagram; `Ok(false)` when it was dropped for want of queue space. An error
+    /// once the flow ended ([`RelayError::Refused`] with the relay's reason, or
+    /// [`RelayError::Lost`]) or for a datagram the relay cannot take ([`RelayError::Send`]).
+    pub fn send(&self, datagram: &[u8]) -> Result<bool, RelayError> {
         let mut sh = self.shared.borrow_mut();
         let Some(slot) = sh.slot(self.id) else {
-            return Err(io::ErrorKind::ConnectionAborted.into());
+            return Err(gone());
         };
         if let Some(ended) = &slot.ended {
-            return Err(ended_error(ended, &slot.host, slot.port));
+            return Err(flow_ended(ended, &slot.host, slot.port));
         }
         let Some(client) = sh.client.as_mut() else {
-            return Err(io::ErrorKind::ConnectionAborted.into());
+            return Err(gone());
         };
         match client.send(self.id.id, datagram) {
             Ok(0) => Ok(false),
@@ -213,30 +212,52 @@ impl RelayDatagrams {
                 sh.wake_driver();
                 Ok(true)
             }
-            Err(err) => Err(io::Error::new(io::ErrorKind::InvalidInput, err)),
+            Err(err) => Err(err.into()),
         }
     }
 
-    /// The next datagram from the destination; an error once the flow ended.
-    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<io::Result<Vec<u8>>> {
+    /// The next datagram from the destination; once the flow ended, why (as for
+    /// [`send`](Self::send)).
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Vec<u8>, RelayError>> {
         let mut sh = self.shared.borrow_mut();
         let Some(slot) = sh.slot(self.id) else {
-            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+            return Poll::Ready(Err(gone()));
         };
         if let Some(datagram) = slot.rx.pop_front() {
             slot.rx_bytes -= datagram.len();
             return Poll::Ready(Ok(datagram));
         }
         if let Some(ended) = &slot.ended {
-            return Poll::Ready(Err(ended_error(ended, &slot.host, slot.port)));
+            return Poll::Ready(Err(flow_ended(ended, &slot.host, slot.port)));
         }
         slot.read_waker = Some(cx.waker().clone());
         Poll::Pending
     }
 
     /// The next datagram (see [`poll_recv`](Self::poll_recv)).
-    pub async fn recv(&self) -> io::Result<Vec<u8>> {
+    pub async fn recv(&self) -> Result<Vec<u8>, RelayError> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+}
+
+/// Why a flow ended, as a [`RelayError`]: the server's CLOSE keeps its reason.
+fn flow_ended(ended: &Ended, host: &str, port: u16) -> RelayError {
+    match ended {
+        Ended::Server(reason) => RelayError::Refused {
+            host: host.to_string(),
+            port,
+            reason: *reason,
+        },
+        Ended::Lost(reason) => RelayError::Lost {
+            reason: reason.clone(),
+        },
+    }
+}
+
+/// A flow whose relay connection is gone (its slot released with the connection).
+fn gone() -> RelayError {
+    RelayError::Lost {
+        reason: "the relay connection that carried this flow is gone".into(),
     }
 }
 

@@ -23,7 +23,7 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::task::{ArcWake, LocalSpawnExt};
 
 use super::*;
-use crate::wisp::{CloseReason, Packet, Payload, WispVersion, V2_SUBPROTOCOL};
+use crate::wisp::{CloseReason, Packet, Payload, SendError, WispVersion, V2_SUBPROTOCOL};
 
 const URL: &str = "ws://relay.test/";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -832,6 +832,50 @@ fn backoff_doubles_up_to_the_max_and_resets_after_a_connection() {
 }
 
 #[test]
+fn a_connection_refused_while_down_brings_the_next_dial_forward() {
+    let long = Duration::from_secs(30);
+    let (relay, mut net) = start(config().backoff(long, long));
+    net.dialer.fail("connection refused");
+    net.run();
+    assert_eq!(net.dialer.dials(), 1);
+    // Nobody asks: the backoff runs its course.
+    net.advance(Duration::from_secs(5));
+    assert_eq!(net.dialer.dials(), 1);
+    // A connection while down fails at once, and the relay is tried again right away (at
+    // least a second after the last attempt, which has long passed).
+    let err = net.ready(relay.connect_tcp("example.com", 80)).unwrap_err();
+    assert!(matches!(err, RelayError::Unavailable { .. }), "{err:?}");
+    let server = net.dialer.accept();
+    net.run();
+    assert_eq!(net.dialer.dials(), 2);
+    server.send(cont(0, 8));
+    net.run();
+    assert_eq!(relay.stats().state, RelayState::Up);
+    drop(server);
+    net.run();
+    assert_eq!(relay.stats().state, RelayState::Down);
+
+    // Down again: a refused connection right after the loss waits out the one-second floor.
+    net.dialer.fail("connection refused");
+    net.advance(long);
+    assert_eq!(net.dialer.dials(), 3);
+    let err = net.ready(relay.connect_tcp("example.com", 80)).unwrap_err();
+    assert!(matches!(err, RelayError::Unavailable { .. }), "{err:?}");
+    net.advance(Duration::from_millis(999));
+    assert_eq!(
+        net.dialer.dials(),
+        3,
+        "not sooner than a second after the last attempt"
+    );
+    net.dialer.fail("connection refused");
+    net.advance(MS);
+    assert_eq!(net.dialer.dials(), 4);
+    // Asked once, redialed once: the next waits for its backoff again.
+    net.advance(Duration::from_secs(10));
+    assert_eq!(net.dialer.dials(), 4);
+}
+
+#[test]
 fn protocol_errors_are_counted_across_reconnects() {
     let (relay, mut net, server) = up_v1(config(), 8);
     server.send(vec![0xff, 0, 0, 0]); // not a packet
@@ -1077,7 +1121,7 @@ fn v2_open_confirmation_refusal_and_timeout() {
         RelayError::Refused {
             host: "blocked.test".into(),
             port: 25,
-            reason: "destination blocked by the relay (0x48)".into()
+            reason: CloseReason::HostBlocked
         }
     );
     drop(open);
@@ -1144,6 +1188,32 @@ fn udp_datagrams_both_ways_and_overflow_dropped() {
     drop(flow);
     net.run();
     server.expect(&[0x04, 1, 0, 0, 0, 0x02]);
+}
+
+#[test]
+fn udp_flow_closed_by_the_server_keeps_its_reason() {
+    let (relay, mut net, server) = up_v1(config(), 0);
+    let flow = net.ready(relay.open_udp("10.0.0.1", 9)).unwrap();
+    server.expect(&[&[0x01, 1, 0, 0, 0, 0x02, 9, 0][..], b"10.0.0.1"].concat());
+    assert!(matches!(
+        flow.send(&[]),
+        Err(RelayError::Send(SendError::EmptyDatagram))
+    ));
+    let mut recv = net.op(flow.recv());
+    assert!(net.poll(&mut recv).is_pending());
+    server.send(close(1, 0x44));
+    let refused = RelayError::Refused {
+        host: "10.0.0.1".into(),
+        port: 9,
+        reason: CloseReason::ConnectionRefused,
+    };
+    assert_eq!(done(net.poll(&mut recv)).unwrap_err(), refused);
+    drop(recv);
+    assert_eq!(flow.send(b"late").unwrap_err(), refused);
+    assert_eq!(
+        refused.to_string(),
+        "the relay could not reach 10.0.0.1:9: connection refused (0x44)"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

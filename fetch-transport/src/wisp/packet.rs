@@ -224,6 +224,31 @@ pub enum CloseReason {
     Unknown(u8),
 }
 
+impl fmt::Display for CloseReason {
+    /// A readable form for errors and logs, with the byte: "connection refused (0x44)".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Self::Unspecified => "closed (unspecified)",
+            Self::Voluntary => "closed",
+            Self::NetworkError => "network error",
+            Self::IncompatibleExtensions => "incompatible extensions",
+            Self::InvalidInfo => "invalid destination",
+            Self::UnreachableHost => "host unreachable",
+            Self::ConnectTimeout => "connection timed out",
+            Self::ConnectionRefused => "connection refused",
+            Self::TransferTimeout => "transfer timed out",
+            Self::HostBlocked => "destination blocked by the relay",
+            Self::Throttled => "throttled by the relay",
+            Self::ClientError => "client error",
+            Self::AuthBadPassword => "wrong username or password",
+            Self::AuthBadSignature => "bad signature",
+            Self::AuthMissingCredentials => "credentials required",
+            Self::Unknown(_) => "closed",
+        };
+        write!(f, "{text} (0x{:02x})", u8::from(*self))
+    }
+}
+
 impl From<u8> for CloseReason {
     fn from(byte: u8) -> Self {
         match byte {
