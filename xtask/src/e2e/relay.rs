@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::relay_checks::{self, RelayEnv, DENIED_NAME, LOOPBACK_NAMES, RELAY_ONLY_NAME};
 use super::relay_clients::ClientServers;
+use crate::harness::daemon::free_port;
 use crate::harness::guest::{build_runner, Guest, GuestNs, Runner};
 use crate::harness::origins::{Cors, Origin, OriginFiles, UdpEcho};
 use crate::harness::relays::{WispServer, WispServerKind};
@@ -43,12 +44,12 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         {
             continue;
         }
-        let mut server =
-            WispServer::start(kind, None).with_context(|| format!("starting {}", kind.name()))?;
+        // The runner starts before its relay: the first checks see it unreachable.
+        let port = free_port()?;
         let tag = kind.name();
         let stats = dir.join(format!("{tag}-stats.json"));
         let proxy_ca = dir.join(format!("{tag}-proxy-ca.pem"));
-        let mut args: Vec<String> = vec!["--relay".into(), server.url()];
+        let mut args: Vec<String> = vec!["--relay".into(), WispServer::url_on(port)];
         for name in LOOPBACK_NAMES {
             args.push("--relay-host".into());
             args.push(format!("{name}=127.0.0.1"));
@@ -91,7 +92,10 @@ pub fn run(filter: Option<&str>) -> Result<()> {
             stats: &read_stats,
             transfer_limit: Duration::from_secs(60),
         };
-        relay_checks::run(&mut r, &format!("relay ({tag})"), &env, &mut server);
+        let label = format!("relay ({tag})");
+        let mut server = relay_checks::start_late(&mut r, &label, &env, kind, port)
+            .with_context(|| format!("starting {tag}"))?;
+        relay_checks::run(&mut r, &label, &env, &mut server);
         r.check(&format!("runner ({tag}): still running"), || {
             if runner.is_running() {
                 Ok("alive".into())

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::harness::guest::{text, Guest, PROXY};
 use crate::harness::origins::{blob, sha256_hex, Origin, UdpEcho};
-use crate::harness::relays::WispServer;
+use crate::harness::relays::{WispServer, WispServerKind};
 
 use super::relay_clients::{self, ClientServers, ECHO_NAME, REPO_NAME, SSH_NAME};
 use crate::report::Report;
@@ -47,6 +47,12 @@ pub const LOOPBACK_NAMES: [&str; 9] = [
     ECHO_NAME,
 ];
 
+/// How many streams the parallel check opens at once.
+const PARALLEL: usize = 32;
+/// How long a relay that appears may take to be used: the backoff is cut short by the next
+/// connection (`REDIAL_ON_DEMAND`, 1 s), so a few seconds; a slow machine gets more.
+const COME_UP_LIMIT: Duration = Duration::from_secs(40);
+
 /// Reads the proxy's current stats document (`stats()` / `--stats-file`).
 pub type StatsSource<'a> = &'a dyn Fn() -> Result<Value>;
 
@@ -75,8 +81,12 @@ pub struct RelayEnv<'a> {
 /// restarted (last: it kills `server` and starts it again on the same port).
 pub fn run(r: &mut Report, label: &str, env: &RelayEnv, server: &mut WispServer) {
     r.check(
-        &format!("{label}: 16 MiB over raw TCP to {ORIGIN_NAME}:PORT, sha256"),
-        || raw_download(env, 16 << 20),
+        &format!("{label}: 64 MiB over raw TCP to {ORIGIN_NAME}:PORT, sha256"),
+        || raw_download(env, 64 << 20),
+    );
+    r.check(
+        &format!("{label}: {PARALLEL} parallel streams of 1 MiB, each sha256"),
+        || parallel_streams(env, PARALLEL, 1 << 20),
     );
     r.check(
         &format!("{label}: 8 MiB upload over raw TCP, sha256 at the origin"),
@@ -111,6 +121,10 @@ pub fn run(r: &mut Report, label: &str, env: &RelayEnv, server: &mut WispServer)
         || refused(env),
     );
     r.check(
+        &format!("{label}: UDP that cannot be carried gets ICMP unreachable at once"),
+        || udp_unreachable(env),
+    );
+    r.check(
         &format!("{label}: plain HTTP the transport cannot carry falls back to the relay"),
         || http_fallback(env),
     );
@@ -129,6 +143,28 @@ pub fn run(r: &mut Report, label: &str, env: &RelayEnv, server: &mut WispServer)
         &format!("{label}: relay lost mid-download fails fast; back after restart"),
         || relay_lost(env, server),
     );
+}
+
+/// The proxy was started with the relay's URL before any server listens there: connections
+/// fail fast and say why; once `kind` starts on `port`, the relay comes up without a restart
+/// of the proxy. Returns the running server for [`run`].
+pub fn start_late(
+    r: &mut Report,
+    label: &str,
+    env: &RelayEnv,
+    kind: WispServerKind,
+    port: u16,
+) -> Result<WispServer> {
+    r.check(
+        &format!("{label}: relay unreachable at start: RST at once, CONNECT 502 names it"),
+        || unreachable_at_start(env, port),
+    );
+    let server = WispServer::start_on(kind, port, None)?;
+    r.check(
+        &format!("{label}: the relay is used once its server is up"),
+        || comes_up(env),
+    );
+    Ok(server)
 }
 
 impl RelayEnv<'_> {
@@ -353,6 +389,212 @@ fn udp_round_trip(env: &RelayEnv) -> Result<String> {
     Ok(format!("5 round trips; the server answered {answered}"))
 }
 
+/// `count` downloads at once over raw TCP, each its own relay stream, each checked.
+fn parallel_streams(env: &RelayEnv, count: usize, len: usize) -> Result<String> {
+    let before = streams_opened(env)?;
+    let dir = env.work().join("parallel");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let started = Instant::now();
+    env.guest.sh(
+        &format!(
+            "for i in $(seq 1 {count}); do \
+               curl -sS --fail --noproxy '*' --max-time {} -o {dir}/$i http://{}/blob/{len} & \
+             done; fail=0; for job in $(jobs -p); do wait $job || fail=1; done; exit $fail",
+            env.transfer_limit.as_secs(),
+            env.origin(),
+            dir = dir.display()
+        ),
+        env.transfer_limit + Duration::from_secs(30),
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    let want = sha256_hex(&blob(len));
+    for i in 1..=count {
+        let got = sha256_hex(&std::fs::read(dir.join(i.to_string()))?);
+        if got != want {
+            bail!("download {i}: sha256 {got}, want {want}");
+        }
+    }
+    let opened = streams_opened(env)? - before;
+    if opened < count as u64 {
+        bail!("the relay opened {opened} streams for {count} downloads");
+    }
+    Ok(format!(
+        "{count} × {} KiB sha256 ok in {secs:.1} s ({:.1} MB/s together), {opened} streams",
+        len >> 10,
+        (count * len) as f64 / secs / 1e6
+    ))
+}
+
+/// A connected UDP socket in the guest learns at once that its datagrams cannot be carried:
+/// to a destination `deny` refuses (ICMP administratively prohibited: EHOSTUNREACH), and to a
+/// relay-mapped name whose port has no server (whatever the relay says when its own socket
+/// is refused; a relay that says nothing leaves the guest to its timeout, reported).
+fn udp_unreachable(env: &RelayEnv) -> Result<String> {
+    let before = counter(&(env.stats)()?, "/udpUnreachable");
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let script = format!(
+        "import errno, socket, time\n\
+         def probe(host, port, wait):\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   s.connect((host, port))\n\
+         \x20   s.settimeout(wait)\n\
+         \x20   started = time.time()\n\
+         \x20   s.send(b'anyone?')\n\
+         \x20   try:\n\
+         \x20       s.recv(100)\n\
+         \x20       return 'answered'\n\
+         \x20   except socket.timeout:\n\
+         \x20       return 'timeout'\n\
+         \x20   except OSError as e:\n\
+         \x20       return '%s %d' % (errno.errorcode.get(e.errno, e.errno), (time.time() - started) * 1000)\n\
+         print(probe('{DENIED_NAME}', {udp}, 8))\n\
+         print(probe('{UDP_NAME}', {closed}, 3))\n",
+        udp = env.udp.port()
+    );
+    let path = env.work().join("udp-unreachable.py");
+    std::fs::write(&path, script)?;
+    let got = env.guest.sh(
+        &format!("python3 {}", path.display()),
+        Duration::from_secs(40),
+    )?;
+    let mut lines = got.lines();
+    let denied = lines.next().unwrap_or("").to_string();
+    let closed_port = lines.next().unwrap_or("").to_string();
+    let fast = |line: &str, want: &str| {
+        line.split_once(' ')
+            .filter(|(code, _)| *code == want)
+            .and_then(|(_, ms)| ms.parse::<u64>().ok())
+            .is_some_and(|ms| ms < 3000)
+    };
+    if !fast(&denied, "EHOSTUNREACH") {
+        bail!("UDP to a denied destination: {denied:?}, want EHOSTUNREACH within 3 s");
+    }
+    let after = counter(&(env.stats)()?, "/udpUnreachable");
+    if after <= before {
+        bail!("udpUnreachable did not count it ({before} -> {after})");
+    }
+    Ok(format!(
+        "denied: {denied} ms; closed port through the relay: {closed_port}; udpUnreachable +{}",
+        after - before
+    ))
+}
+
+/// Before the relay's server exists: raw TCP ends in RST within seconds, CONNECT is a 502
+/// naming the relay, and the stats say the relay is not up.
+fn unreachable_at_start(env: &RelayEnv, port: u16) -> Result<String> {
+    let started = Instant::now();
+    let out = env.guest.ns.output_within(
+        &[
+            "curl",
+            "-sS",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "10",
+            &format!("http://{}/hello", env.origin()),
+        ],
+        Duration::from_secs(15),
+    )?;
+    let elapsed = started.elapsed();
+    let code = out.status.code();
+    if out.status.success() || !matches!(code, Some(7 | 52 | 56)) {
+        bail!("expected a reset, got exit {code:?}: {}", text(&out));
+    }
+    if elapsed > Duration::from_secs(5) {
+        bail!("the reset took {elapsed:?}");
+    }
+    let page = connect_page(env)?;
+    if !page.starts_with("HTTP/1.1 502") || !page.contains(&format!("127.0.0.1:{port}")) {
+        bail!("CONNECT without a relay: {page:?}");
+    }
+    let stats = (env.stats)()?;
+    let state = stats.pointer("/relay/state").and_then(Value::as_str);
+    if state == Some("up") {
+        bail!("the stats say the relay is up");
+    }
+    Ok(format!(
+        "curl exit {} after {} ms; CONNECT 502 names the relay; relay {}, {} failed attempt(s)",
+        code.unwrap_or(-1),
+        elapsed.as_millis(),
+        state.unwrap_or("?"),
+        counter(&stats, "/relay/connectFailures")
+    ))
+}
+
+/// After the server started: a connection works within [`COME_UP_LIMIT`] (the first ones may
+/// still be refused while the proxy redials), and the stats say the relay is up.
+fn comes_up(env: &RelayEnv) -> Result<String> {
+    let started = Instant::now();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let got = env.guest.sh(
+            &format!(
+                "curl -sS --noproxy '*' --max-time 10 http://{}/hello 2>&1; true",
+                env.origin()
+            ),
+            Duration::from_secs(15),
+        )?;
+        if got.contains("hello from the origin") {
+            break;
+        }
+        if started.elapsed() > COME_UP_LIMIT {
+            bail!(
+                "no connection through the relay {COME_UP_LIMIT:?} after its server started: {got}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let took = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = (env.stats)()?;
+        if stats.pointer("/relay/state").and_then(Value::as_str) == Some("up") {
+            return Ok(format!(
+                "answered after {} ms ({tries} tries), Wisp v{}, {} connect(s), {} failed attempt(s)",
+                took.as_millis(),
+                counter(&stats, "/relay/version"),
+                counter(&stats, "/relay/connects"),
+                counter(&stats, "/relay/connectFailures")
+            ));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "a connection worked but the stats do not say up: {}",
+                stats["relay"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// What the proxy answers a CONNECT to the HTTPS origin, read to the end (curl does not show
+/// a refused CONNECT's body).
+fn connect_page(env: &RelayEnv) -> Result<String> {
+    let connect = format!(
+        "import socket\n\
+         s = socket.create_connection(('192.168.127.253', 80), timeout=20)\n\
+         s.sendall(b'CONNECT localhost:{port} HTTP/1.1\\r\\nHost: localhost:{port}\\r\\n\\r\\n')\n\
+         data = b''\n\
+         while True:\n\
+         \x20   chunk = s.recv(4096)\n\
+         \x20   if not chunk:\n\
+         \x20       break\n\
+         \x20   data += chunk\n\
+         print(data.decode('utf-8', 'replace'))\n",
+        port = env.https.addr().port()
+    );
+    let script = env.work().join("connect.py");
+    std::fs::write(&script, connect)?;
+    env.guest.sh(
+        &format!("python3 {}", script.display()),
+        Duration::from_secs(30),
+    )
+}
+
 fn refused(env: &RelayEnv) -> Result<String> {
     // A port of 127.0.0.1 that nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -461,27 +703,8 @@ fn relay_lost(env: &RelayEnv, server: &mut WispServer) -> Result<String> {
     if result.contains("exit 0") {
         bail!("the download finished despite the relay being killed (too fast?): {result}");
     }
-    // While it is down: CONNECT is a 502 whose page names the relay (curl does not show a
-    // refused CONNECT's body, so a small client does).
-    let connect = format!(
-        "import socket\n\
-         s = socket.create_connection(('192.168.127.253', 80), timeout=20)\n\
-         s.sendall(b'CONNECT localhost:{port} HTTP/1.1\\r\\nHost: localhost:{port}\\r\\n\\r\\n')\n\
-         data = b''\n\
-         while True:\n\
-         \x20   chunk = s.recv(4096)\n\
-         \x20   if not chunk:\n\
-         \x20       break\n\
-         \x20   data += chunk\n\
-         print(data.decode('utf-8', 'replace'))\n",
-        port = env.https.addr().port()
-    );
-    let script = env.work().join("connect.py");
-    std::fs::write(&script, connect)?;
-    let page = env.guest.sh(
-        &format!("python3 {}", script.display()),
-        Duration::from_secs(30),
-    )?;
+    // While it is down: CONNECT is a 502 whose page names the relay.
+    let page = connect_page(env)?;
     let port = server.port();
     *server = WispServer::start_on(server.kind(), port, None)?;
     // Back: new connections work once the proxy reconnected (backoff is short after a loss).

@@ -106,7 +106,12 @@ impl WispServer {
 
     /// `ws://127.0.0.1:PORT/` (Wisp servers take connections on paths ending in `/`).
     pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/", self.port)
+        Self::url_on(self.port)
+    }
+
+    /// The URL a server started on `port` will have (for a proxy started before its relay).
+    pub fn url_on(port: u16) -> String {
+        format!("ws://127.0.0.1:{port}/")
     }
 
     /// Which server this is.

@@ -15,6 +15,7 @@ use crate::e2e::relay_checks::{
     self, RelayEnv, DENIED_NAME, LOOPBACK_NAMES, ORIGIN_NAME, RELAY_ONLY_NAME,
 };
 use crate::e2e::relay_clients::ClientServers;
+use crate::harness::daemon::free_port;
 use crate::harness::guest::Guest;
 use crate::harness::origins::UdpEcho;
 use crate::harness::relays::{WispServer, WispServerKind};
@@ -65,13 +66,14 @@ fn one_server(
     clients: &ClientServers,
 ) -> Result<()> {
     let tag = kind.name();
-    let mut server = WispServer::start(kind, None).with_context(|| format!("starting {tag}"))?;
+    // The page starts before its relay: the first checks see it unreachable.
+    let port = free_port()?;
     let hosts: serde_json::Map<String, Value> = LOOPBACK_NAMES
         .iter()
         .map(|name| (name.to_string(), Value::from("127.0.0.1")))
         .collect();
     let relay = serde_json::json!({
-        "url": server.url(),
+        "url": WispServer::url_on(port),
         "hosts": hosts,
         "relayOnly": [RELAY_ONLY_NAME],
     });
@@ -105,13 +107,7 @@ fn one_server(
         need(&ready)?;
         g.dhcp()
     });
-    r.check(
-        &format!("{label}: the page's WebSocket is up to the relay (stats relay.state)"),
-        || {
-            need(&ready)?;
-            relay_up(shared)
-        },
-    );
+    let mut server = None;
     match &ready {
         Ok(_) => {
             let stats = || latest_stats(shared);
@@ -125,7 +121,10 @@ fn one_server(
                 stats: &stats,
                 transfer_limit: TRANSFER_LIMIT,
             };
-            relay_checks::run(r, &label, &env, &mut server);
+            let started = relay_checks::start_late(r, &label, &env, kind, port)
+                .with_context(|| format!("starting {tag}"))?;
+            let server = server.insert(started);
+            relay_checks::run(r, &label, &env, server);
             r.check(
                 &format!(
                     "{label}: a guest that stops reading: unread relay data stops at {} MiB, \
@@ -162,37 +161,6 @@ fn one_server(
     drop(phase);
     drop(server);
     Ok(())
-}
-
-/// Waits until the page's stats say the relay is up; reports its version.
-fn relay_up(shared: &Shared) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = latest_stats(shared);
-        if let Ok(stats) = &stats {
-            if stats.pointer("/relay/state").and_then(Value::as_str) == Some("up") {
-                let num = |p: &str| stats.pointer(p).and_then(Value::as_u64).unwrap_or(0);
-                let last = stats
-                    .pointer("/relay/lastError")
-                    .and_then(Value::as_str)
-                    .map(|e| format!("; last error: {e}"))
-                    .unwrap_or_default();
-                return Ok(format!(
-                    "up, Wisp v{}, {} connect(s), {} failed attempt(s){last}",
-                    num("/relay/version"),
-                    num("/relay/connects"),
-                    num("/relay/connectFailures")
-                ));
-            }
-        }
-        if Instant::now() > deadline {
-            let relay = stats
-                .map(|s| s.get("relay").cloned().unwrap_or_default().to_string())
-                .unwrap_or_else(|e| format!("{e:#}"));
-            bail!("the relay is not up after 30 s: {relay}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// A guest opens a 1 GiB download through the relay and does not read it (a 4 KiB receive
