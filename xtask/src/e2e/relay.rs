@@ -87,6 +87,7 @@ pub fn run(filter: Option<&str>) -> Result<()> {
             test_ca: files.ca_cert.clone(),
             http: &http,
             https: &https,
+            nocors: None,
             udp: &udp,
             clients: &clients,
             stats: &read_stats,

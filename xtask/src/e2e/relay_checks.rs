@@ -66,6 +66,10 @@ pub struct RelayEnv<'a> {
     pub http: &'a Origin,
     /// The HTTPS origin on 127.0.0.1 (a certificate for `localhost` from `test_ca`).
     pub https: &'a Origin,
+    /// In the browser: a plain HTTP origin that sends no CORS headers, so the browser refuses
+    /// `fetch()`'s answer and the proxy must fall back to the relay. `None` natively (the
+    /// runner's transport has no CORS).
+    pub nocors: Option<&'a Origin>,
     /// The UDP echo server on 127.0.0.1.
     pub udp: &'a UdpEcho,
     /// sshd with a git repository, the apt repository and the TCP echo server on 127.0.0.1.
@@ -128,6 +132,12 @@ pub fn run(r: &mut Report, label: &str, env: &RelayEnv, server: &mut WispServer)
         &format!("{label}: plain HTTP the transport cannot carry falls back to the relay"),
         || http_fallback(env),
     );
+    if let Some(nocors) = env.nocors {
+        r.check(
+            &format!("{label}: plain HTTP the browser refuses (no CORS) falls back to the relay"),
+            || cors_fallback(env, nocors),
+        );
+    }
     r.check(
         &format!("{label}: relayOnly sends plain HTTP through the relay only"),
         || http_relay_only(env),
@@ -209,6 +219,36 @@ fn http_fallback(env: &RelayEnv) -> Result<String> {
         bail!("the relay opened no stream: the answer did not come through it");
     }
     Ok(format!("answered through the relay ({opened} stream)"))
+}
+
+/// Through the proxy to an origin without CORS headers: `fetch()` reaches it but the browser
+/// refuses the answer; the request is replayed through the relay, whose answer says so.
+fn cors_fallback(env: &RelayEnv, nocors: &Origin) -> Result<String> {
+    let before = streams_opened(env)?;
+    let len = 1 << 20;
+    let got = env.guest.sh(
+        &format!(
+            "curl -sS -D - -o {out} --fail -x {PROXY} --max-time 60 {}/blob/{len} && sha256sum {out}",
+            nocors.base_url(),
+            out = env.work().join("nocors.out").display()
+        ),
+        Duration::from_secs(70),
+    )?;
+    let want = sha256_hex(&blob(len));
+    if !got.contains(&want) {
+        bail!("sha256 wrong or missing: {got:?}, want {want}");
+    }
+    if !got.to_ascii_lowercase().contains("x-c2w-via: relay") {
+        bail!("no x-c2w-via: relay header: {got:?}");
+    }
+    let opened = streams_opened(env)? - before;
+    if opened == 0 {
+        bail!("the relay opened no stream");
+    }
+    Ok(format!(
+        "1 MiB from {} sha256 ok, x-c2w-via: relay ({opened} stream)",
+        nocors.base_url()
+    ))
 }
 
 fn http_relay_only(env: &RelayEnv) -> Result<String> {

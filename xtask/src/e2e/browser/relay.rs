@@ -116,6 +116,7 @@ fn one_server(
                 test_ca: shared.files.ca_cert.clone(),
                 http: &shared.http,
                 https: &shared.https,
+                nocors: Some(&shared.nocors),
                 udp,
                 clients,
                 stats: &stats,
