@@ -1,8 +1,9 @@
 //! What goes through the Wisp relay when one is configured, decided here and nowhere below:
-//! - TCP to every destination the stack does not serve itself (`Stack::listen_elsewhere`:
+//! - TCP to every destination the stack does not serve itself (`Stack::ask_elsewhere`:
 //!   any port of a fake IP, any address outside the guest network), spliced to a relay stream;
-//!   a fake IP becomes the name it stands for, so the relay resolves it. A destination the
-//!   relay cannot reach ends the guest's connection with RST. Wisp cannot pass a half-close
+//!   a fake IP becomes the name it stands for, so the relay resolves it. The guest's SYN is
+//!   answered once the relay stream is open; a destination the relay cannot reach (or that
+//!   `allow`/`deny` refuses) gets RST to its SYN: a refused connection. Wisp cannot pass a half-close
 //!   on: once the guest has sent FIN, the answer is carried while it keeps coming
 //!   ([`HALF_CLOSE_LINGER`]).
 //! - UDP other than DHCP and DNS to the gateway (`Stack::bind_udp_elsewhere`): one relay UDP
@@ -28,7 +29,7 @@ use futures::channel::mpsc;
 use futures::future::{self, Either};
 use futures::StreamExt;
 use http_proxy::{splice, BoxedStream, RawTunnels, TunnelError, HALF_CLOSE_LINGER};
-use net_stack::{Datagram, Stack, TcpListener, TcpStream, UdpEndpoint, Unreachable};
+use net_stack::{ConnectionRequest, Datagram, Stack, TcpListener, UdpEndpoint, Unreachable};
 
 use crate::options::RelayOptions;
 use crate::runtime::Runtime;
@@ -109,7 +110,7 @@ pub fn start(
         options,
         destinations: Rc::new(destinations),
     };
-    let listener = stack.listen_elsewhere()?;
+    let listener = stack.ask_elsewhere()?;
     runtime.spawn(Box::pin(accept_tcp(
         listener,
         route.clone(),
@@ -124,29 +125,35 @@ pub fn start(
 
 async fn accept_tcp(listener: TcpListener, route: Route, runtime: Rc<dyn Runtime>) {
     loop {
-        let stream = listener.accept().await;
-        runtime.spawn(Box::pin(carry_tcp(stream, route.clone(), runtime.timer())));
+        let request = listener.request().await;
+        runtime.spawn(Box::pin(carry_tcp(request, route.clone(), runtime.timer())));
     }
 }
 
-/// Carries one guest connection through the relay; RST when the relay cannot.
-async fn carry_tcp(mut stream: TcpStream, route: Route, timer: Rc<dyn Timer>) {
-    let dst = stream.local_addr();
+/// Carries one guest connection through the relay. The guest's SYN is answered only once the
+/// relay stream is open: a destination the relay cannot reach is refused (RST to the SYN),
+/// as it would be directly.
+async fn carry_tcp(request: ConnectionRequest, route: Route, timer: Rc<dyn Timer>) {
+    let dst = request.local_addr();
     let host = match route.host_for(&dst) {
         Ok(host) => host,
         Err(why) => {
-            tracing::info!(%dst, %why, "relay: not carried; reset");
-            stream.abort();
+            tracing::info!(%dst, %why, "relay: not carried; refused");
+            request.refuse();
             return;
         }
     };
     let mut remote = match route.relay.connect_tcp(&host, dst.port()).await {
         Ok(remote) => remote,
         Err(err) => {
-            tracing::info!(%dst, %host, error = %err, "relay: cannot open; reset");
-            stream.abort();
+            tracing::info!(%dst, %host, error = %err, "relay: cannot open; refused");
+            request.refuse();
             return;
         }
+    };
+    let Some(mut stream) = request.accept().await else {
+        tracing::debug!(%dst, %host, "relay: the guest did not complete the handshake");
+        return;
     };
     match splice(&mut stream, &mut remote, timer.as_ref(), HALF_CLOSE_LINGER).await {
         Ok((sent, received)) => {

@@ -23,7 +23,9 @@ use crate::icmp::{self, IcmpAction};
 use crate::observer::{Direction, FrameObserver};
 use crate::shared::Shared;
 use crate::stats::{Drop, Stats};
-use crate::tcp::{Destination, ListenAddr, ListenError, TcpHost, TcpListener, TcpParts, TcpTable};
+use crate::tcp::{
+    Destination, ListenAddr, ListenError, SynVerdict, TcpHost, TcpListener, TcpParts, TcpTable,
+};
 use crate::udp::{
     Datagram, UdpBindError, UdpEndpoint, UdpHost, UdpQueue, UdpSendError, Unreachable,
 };
@@ -206,7 +208,19 @@ impl Stack {
     /// that cannot be relayed. At most one catch-all listener exists at a time
     /// (`ListenError::InUse`); dropping it restores RST for these SYNs.
     pub fn listen_elsewhere(&self) -> Result<TcpListener, ListenError> {
-        let id = self.shared.inner.borrow_mut().tcp.listen_elsewhere()?;
+        let id = self.shared.inner.borrow_mut().tcp.listen_elsewhere(false)?;
+        Ok(TcpListener::new(self.shared.clone(), id, 0))
+    }
+
+    /// Like `listen_elsewhere`, but each SYN is held and handed out by
+    /// `TcpListener::request` as a `ConnectionRequest` before it is answered: the embedder
+    /// opens the other side first and then accepts (SYN-ACK) or refuses (RST), so the guest
+    /// sees an unreachable destination as a refused connection, as it would directly.
+    /// Retransmissions of a held SYN are dropped; held SYNs count towards `listen_backlog`.
+    /// `TcpListener::accept` never returns for this listener. It is the one catch-all
+    /// listener (`ListenError::InUse` beside `listen_elsewhere`'s).
+    pub fn ask_elsewhere(&self) -> Result<TcpListener, ListenError> {
+        let id = self.shared.inner.borrow_mut().tcp.listen_elsewhere(true)?;
         Ok(TcpListener::new(self.shared.clone(), id, 0))
     }
 
@@ -259,6 +273,22 @@ impl TcpHost for Inner {
             sockets: &mut self.sockets,
             now: self.now,
         }
+    }
+
+    fn replay_syn(&mut self, packet: &[u8]) {
+        // The packet passed every check when it arrived; it is replayed at the last poll's
+        // time, like a stream's writes between polls.
+        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+            return;
+        };
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let header = usize::from(ip.header_len());
+        let total = usize::from(ip.total_len()).min(packet.len());
+        let Some(body) = packet.get(header..total) else {
+            return;
+        };
+        let now = self.now;
+        let _ = self.process_tcp(src, dst, body, packet, now);
     }
 }
 
@@ -659,13 +689,17 @@ impl Inner {
                 stats,
                 ..
             } = self;
-            tcp.on_syn(
+            let verdict = tcp.on_syn(
                 sockets,
                 SocketAddrV4::new(src, segment.src_port()),
                 SocketAddrV4::new(dst, segment.dst_port()),
                 class,
+                ip_bytes,
                 stats,
             );
+            if verdict == SynVerdict::Held {
+                return Ok(());
+            }
         }
         self.device.tx_room = self
             .config

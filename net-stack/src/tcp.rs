@@ -7,6 +7,11 @@
 //! for elsewhere (`Stack::listen_elsewhere`). Sockets then move from the listener's handshaking
 //! set to its accept queue once established, become `TcpStream`s on `accept`, and are removed
 //! from the `SocketSet` once their stream is dropped (or aborted) and they closed.
+//!
+//! A catch-all listener may instead ask first (`Stack::ask_elsewhere`): a SYN it matches is
+//! held, not shown to smoltcp, and handed out as a `ConnectionRequest`. Retransmissions of a
+//! held SYN are dropped. Accepting replays the held SYN through smoltcp (the SYN-ACK goes out
+//! then); refusing replays it with no socket for it, so smoltcp answers RST.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -73,6 +78,9 @@ pub(crate) struct Destination {
 pub(crate) trait TcpHost {
     /// The TCP part of the state.
     fn tcp(&mut self) -> TcpParts<'_>;
+    /// Processes a held SYN's IPv4 packet again, as if it had just arrived, once its request
+    /// was decided (the answer, SYN-ACK or RST, is queued towards the guest).
+    fn replay_syn(&mut self, packet: &[u8]);
 }
 
 /// The TCP part of the stack's state, borrowed.
@@ -92,8 +100,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 struct ListenerState {
     scope: Scope,
+    /// Hands SYNs out as `ConnectionRequest`s before answering them.
+    asks: bool,
     handshaking: Vec<SocketHandle>,
     ready: VecDeque<SocketHandle>,
+    /// SYNs held for this listener, in arrival order, not yet handed out.
+    requests: VecDeque<SynKey>,
+    /// Established connections of accepted requests, waiting for their `Handshake`.
+    answered: HashMap<SynKey, SocketHandle>,
     waker: Option<Waker>,
 }
 
@@ -105,6 +119,23 @@ struct Conn {
     listener: Option<u64>,
     /// Set once no `TcpStream` (and no listener) refers to the socket any more.
     orphaned_at: Option<Instant>,
+    /// Made for an accepted `ConnectionRequest`: once established it waits in its listener's
+    /// `answered` map for the request's `Handshake`, not in the accept queue.
+    requested: bool,
+    /// The `Handshake` waiting for this connection to be established or to fail.
+    handshake_waker: Option<Waker>,
+}
+
+/// A held SYN: (the guest's address, the address it dialled).
+type SynKey = (SocketAddrV4, SocketAddrV4);
+
+/// A SYN held for a `ConnectionRequest` until it is accepted or refused.
+#[derive(Debug)]
+struct HeldSyn {
+    listener: u64,
+    /// The SYN's IPv4 packet, replayed once decided.
+    packet: Vec<u8>,
+    decision: Option<bool>,
 }
 
 /// Listeners and connections of the stack.
@@ -114,6 +145,7 @@ pub(crate) struct TcpTable {
     listeners: HashMap<u64, ListenerState>,
     next_listener: u64,
     conns: HashMap<SocketHandle, Conn>,
+    held: HashMap<SynKey, HeldSyn>,
 }
 
 /// What the stack decided for an incoming SYN (for tests and counters).
@@ -127,6 +159,9 @@ pub(crate) enum SynVerdict {
     NoListener,
     /// A limit was reached: no socket, smoltcp answers RST.
     Limit,
+    /// Held for a `ConnectionRequest` (or a retransmission of a held SYN): smoltcp does not
+    /// see it now.
+    Held,
 }
 
 impl TcpTable {
@@ -136,6 +171,7 @@ impl TcpTable {
             listeners: HashMap::new(),
             next_listener: 1,
             conns: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -149,15 +185,16 @@ impl TcpTable {
         if port == 0 {
             return Err(ListenError::PortZero);
         }
-        self.add_listener(Scope::Port(addr, port))
+        self.add_listener(Scope::Port(addr, port), false)
     }
 
-    /// Registers the catch-all listener for elsewhere (at most one).
-    pub(crate) fn listen_elsewhere(&mut self) -> Result<u64, ListenError> {
-        self.add_listener(Scope::Elsewhere)
+    /// Registers the catch-all listener for elsewhere (at most one); `asks`: it hands SYNs out
+    /// as requests before answering them.
+    pub(crate) fn listen_elsewhere(&mut self, asks: bool) -> Result<u64, ListenError> {
+        self.add_listener(Scope::Elsewhere, asks)
     }
 
-    fn add_listener(&mut self, scope: Scope) -> Result<u64, ListenError> {
+    fn add_listener(&mut self, scope: Scope, asks: bool) -> Result<u64, ListenError> {
         if self.listeners.values().any(|l| l.scope == scope) {
             return Err(ListenError::InUse);
         }
@@ -167,8 +204,11 @@ impl TcpTable {
             id,
             ListenerState {
                 scope,
+                asks,
                 handshaking: Vec::new(),
                 ready: VecDeque::new(),
+                requests: VecDeque::new(),
+                answered: HashMap::new(),
                 waker: None,
             },
         );
@@ -195,14 +235,15 @@ impl TcpTable {
             .map(|(_, id)| id)
     }
 
-    /// Inspects a SYN (without ACK) before smoltcp sees it and creates a socket for it when a
-    /// listener matches.
+    /// Inspects a SYN (without ACK) before smoltcp sees it: creates a socket for it when a
+    /// listener matches, or holds it (`packet`, its IPv4 packet) for a listener that asks.
     pub(crate) fn on_syn(
         &mut self,
         sockets: &mut SocketSet<'static>,
         src: SocketAddrV4,
         dst: SocketAddrV4,
         class: Destination,
+        packet: &[u8],
         stats: &mut Stats,
     ) -> SynVerdict {
         if self
@@ -212,6 +253,19 @@ impl TcpTable {
         {
             return SynVerdict::Existing;
         }
+        let key = (src, dst);
+        let decided = match self.held.get(&key).map(|h| h.decision) {
+            Some(None) => return SynVerdict::Held,
+            Some(Some(accept)) => {
+                self.held.remove(&key);
+                if !accept {
+                    stats.tcp_refused += 1;
+                    return SynVerdict::NoListener;
+                }
+                true
+            }
+            None => false,
+        };
         let matching = self
             .listener_for(dst, class)
             .and_then(|id| Some((id, self.listeners.get_mut(&id)?)));
@@ -219,12 +273,29 @@ impl TcpTable {
             stats.tcp_refused += 1;
             return SynVerdict::NoListener;
         };
+        let waiting = listener.handshaking.len() + listener.ready.len() + listener.answered.len();
+        let held = self.held.values().filter(|h| h.listener == id).count();
         if self.conns.len() >= self.config.max_connections
-            || listener.handshaking.len() + listener.ready.len() >= self.config.listen_backlog
+            || waiting + held >= self.config.listen_backlog + usize::from(decided)
         {
             stats.tcp_refused += 1;
             stats.tcp_refused_limit += 1;
             return SynVerdict::Limit;
+        }
+        if listener.asks && !decided {
+            self.held.insert(
+                key,
+                HeldSyn {
+                    listener: id,
+                    packet: packet.to_vec(),
+                    decision: None,
+                },
+            );
+            listener.requests.push_back(key);
+            if let Some(waker) = listener.waker.take() {
+                waker.wake();
+            }
+            return SynVerdict::Held;
         }
         let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; safe_rx_capacity(self.config.rx_buffer)]),
@@ -249,6 +320,8 @@ impl TcpTable {
                 remote: src,
                 listener: Some(id),
                 orphaned_at: None,
+                requested: decided,
+                handshake_waker: None,
             },
         );
         SynVerdict::Created
@@ -271,6 +344,12 @@ impl TcpTable {
                     State::SynReceived => true,
                     // The SYN never reached it, or the guest reset the handshake.
                     State::Listen | State::Closed | State::TimeWait => {
+                        if let Some(waker) = conns
+                            .get_mut(&handle)
+                            .and_then(|c| c.handshake_waker.take())
+                        {
+                            waker.wake();
+                        }
                         forget.push(handle);
                         false
                     }
@@ -289,10 +368,20 @@ impl TcpTable {
                             conn.local = SocketAddrV4::new(l, local.port);
                             conn.remote = SocketAddrV4::new(r, remote.port);
                         }
-                        listener.ready.push_back(handle);
                         stats.tcp_accepted += 1;
-                        if let Some(waker) = listener.waker.take() {
-                            waker.wake();
+                        match conns.get_mut(&handle) {
+                            Some(conn) if conn.requested => {
+                                listener.answered.insert((conn.remote, conn.local), handle);
+                                if let Some(waker) = conn.handshake_waker.take() {
+                                    waker.wake();
+                                }
+                            }
+                            _ => {
+                                listener.ready.push_back(handle);
+                                if let Some(waker) = listener.waker.take() {
+                                    waker.wake();
+                                }
+                            }
                         }
                         false
                     }
@@ -373,16 +462,79 @@ impl TcpTable {
         }
     }
 
-    /// Drops a listener: its handshakes and unaccepted connections are reset.
+    /// Next held SYN of a listener that asks, or registers the waker.
+    fn poll_request(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<SynKey> {
+        let Some(listener) = self.listeners.get_mut(&id) else {
+            return Poll::Pending;
+        };
+        while let Some(key) = listener.requests.pop_front() {
+            if self.held.contains_key(&key) {
+                return Poll::Ready(key);
+            }
+        }
+        listener.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Decides a held SYN; returns its packet to replay (`None` if it is no longer held: the
+    /// listener went away).
+    fn decide(&mut self, key: SynKey, accept: bool) -> Option<Vec<u8>> {
+        let held = self.held.get_mut(&key)?;
+        held.decision = Some(accept);
+        Some(held.packet.clone())
+    }
+
+    /// The connection of an accepted request once established: `Ready(Some)` with its handle
+    /// (handed over: no longer the listener's), `Ready(None)` if the handshake failed or was
+    /// never started, else registers the waker.
+    fn poll_handshake(&mut self, key: SynKey, cx: &mut Context<'_>) -> Poll<Option<SocketHandle>> {
+        let answered = self
+            .listeners
+            .values_mut()
+            .find_map(|l| l.answered.remove(&key));
+        if let Some(handle) = answered {
+            if let Some(conn) = self.conns.get_mut(&handle) {
+                conn.listener = None;
+                conn.requested = false;
+            }
+            return Poll::Ready(Some(handle));
+        }
+        let (remote, local) = key;
+        match self
+            .conns
+            .values_mut()
+            .find(|c| c.requested && c.local == local && c.remote == remote)
+        {
+            Some(conn) => {
+                conn.handshake_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// Drops a listener: its handshakes and unaccepted connections are reset, its held SYNs
+    /// forgotten (their retransmissions get RST).
     fn close_listener(&mut self, id: u64, sockets: &mut SocketSet<'static>, now: Instant) {
         let Some(listener) = self.listeners.remove(&id) else {
             return;
         };
-        for handle in listener.handshaking.into_iter().chain(listener.ready) {
+        self.held.retain(|_, held| held.listener != id);
+        let answered = listener.answered.into_values();
+        for handle in listener
+            .handshaking
+            .into_iter()
+            .chain(listener.ready)
+            .chain(answered)
+        {
             sockets.get_mut::<tcp::Socket>(handle).abort();
             if let Some(conn) = self.conns.get_mut(&handle) {
                 conn.listener = None;
                 conn.orphaned_at = Some(now);
+                conn.requested = false;
+                if let Some(waker) = conn.handshake_waker.take() {
+                    waker.wake();
+                }
             }
         }
     }
@@ -432,6 +584,27 @@ impl TcpListener {
         futures::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
 
+    /// The next connection the guest asks for, for a listener made by `Stack::ask_elsewhere`
+    /// (never Ready for others); the guest's SYN is held until the request is decided.
+    pub fn poll_request(&self, cx: &mut Context<'_>) -> Poll<ConnectionRequest> {
+        let mut inner = self.shared.inner.borrow_mut();
+        inner
+            .tcp()
+            .table
+            .poll_request(self.id, cx)
+            .map(|(remote, local)| ConnectionRequest {
+                shared: self.shared.clone(),
+                local,
+                peer: remote,
+                decided: false,
+            })
+    }
+
+    /// Waits for the next connection request (see [`poll_request`](Self::poll_request)).
+    pub async fn request(&self) -> ConnectionRequest {
+        futures::future::poll_fn(|cx| self.poll_request(cx)).await
+    }
+
     /// The port this listener accepts on; 0 for the catch-all listener, which takes every port
     /// (each stream's `local_addr` says which one the guest dialled).
     pub fn local_port(&self) -> u16 {
@@ -459,6 +632,86 @@ impl Drop for TcpListener {
             drop(inner);
             self.shared.request_poll();
         }
+    }
+}
+
+/// A connection the guest asked for (its SYN, held) that is not answered yet: from a listener
+/// made by `Stack::ask_elsewhere`. Accept it once the destination is known to be reachable,
+/// refuse it otherwise: the guest then sees a refused connection (RST to its SYN), not one
+/// that opened and reset. Dropping it undecided refuses it.
+pub struct ConnectionRequest {
+    shared: Rc<SharedTcp>,
+    local: SocketAddrV4,
+    peer: SocketAddrV4,
+    decided: bool,
+}
+
+impl ConnectionRequest {
+    /// The address and port the guest dialled.
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    /// The guest's address and port.
+    pub fn peer_addr(&self) -> SocketAddrV4 {
+        self.peer
+    }
+
+    /// Answers the SYN (SYN-ACK) and waits for the handshake: the stream once the guest
+    /// completed it, `None` if it did not (reset, timed out, or the listener was dropped).
+    pub async fn accept(mut self) -> Option<TcpStream> {
+        self.decide(true);
+        let key = (self.peer, self.local);
+        let handle = futures::future::poll_fn(|cx| {
+            self.shared
+                .inner
+                .borrow_mut()
+                .tcp()
+                .table
+                .poll_handshake(key, cx)
+        })
+        .await?;
+        Some(TcpStream {
+            shared: self.shared.clone(),
+            handle,
+            local: self.local,
+            peer: self.peer,
+            write_closed: false,
+        })
+    }
+
+    /// Refuses the connection: the guest's SYN is answered with RST.
+    pub fn refuse(mut self) {
+        self.decide(false);
+    }
+
+    fn decide(&mut self, accept: bool) {
+        if std::mem::replace(&mut self.decided, true) {
+            return;
+        }
+        let Ok(mut inner) = self.shared.inner.try_borrow_mut() else {
+            return;
+        };
+        if let Some(packet) = inner.tcp().table.decide((self.peer, self.local), accept) {
+            inner.replay_syn(&packet);
+        }
+        drop(inner);
+        self.shared.request_poll();
+    }
+}
+
+impl Drop for ConnectionRequest {
+    fn drop(&mut self) {
+        self.decide(false);
+    }
+}
+
+impl std::fmt::Debug for ConnectionRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionRequest")
+            .field("local", &self.local)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 

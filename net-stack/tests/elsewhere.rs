@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 use common::*;
 use futures::task::ArcWake;
 use net_stack::{
-    Config, Datagram, Instant, ListenAddr, ListenError, Stack, TcpListener, TcpStream,
-    UdpBindError, UdpSendError, Unreachable,
+    Config, ConnectionRequest, Datagram, Instant, ListenAddr, ListenError, Stack, TcpListener,
+    TcpStream, UdpBindError, UdpSendError, Unreachable,
 };
 use smoltcp::wire::{
     Icmpv4Packet, IpProtocol, Ipv4Address, Ipv4Packet, TcpControl, TcpRepr, TcpSeqNumber,
@@ -787,5 +787,159 @@ fn refused_datagrams_get_icmp_unreachable_quoting_what_the_guest_sent() {
             Err(UdpSendError::NotElsewhere(GW_IP))
         );
         assert_eq!(stack.stats().udp_unreachable_sent, 4);
+    });
+}
+
+/// Polls a future once with a no-op waker.
+fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    std::pin::Pin::new(future).poll(&mut cx)
+}
+
+fn request_now(listener: &TcpListener) -> Option<ConnectionRequest> {
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    match listener.poll_request(&mut cx) {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => None,
+    }
+}
+
+#[test]
+fn an_asking_listener_holds_the_syn_until_accepted_then_answers_it_byte_exact() {
+    let (stack, rec) = stack_with(Config::default());
+    with_dump(&rec, "elsewhere_ask_accept", || {
+        let listener = stack.ask_elsewhere().unwrap();
+        assert_eq!(stack.listen_elsewhere().err(), Some(ListenError::InUse));
+        let syn = tcp_frame(REMOTE, 40000, 22, TcpControl::Syn, 1000, None);
+        // Held: nothing goes back, and the retransmission is dropped, not a second request.
+        assert!(exchange(&stack, &syn, T).is_empty());
+        assert!(exchange(&stack, &syn, T).is_empty());
+        let request = request_now(&listener).expect("a request");
+        assert!(request_now(&listener).is_none(), "one request per SYN");
+        assert!(
+            accept_now(&listener).is_none(),
+            "nothing to accept without a decision"
+        );
+        assert_eq!(request.local_addr(), SocketAddrV4::new(REMOTE, 22));
+        assert_eq!(request.peer_addr(), SocketAddrV4::new(GUEST_IP, 40000));
+
+        // Accepting answers the held SYN: the same SYN-ACK as without asking.
+        let mut accepting = Box::pin(request.accept());
+        assert!(poll_once(&mut accepting).is_pending());
+        // The SYN-ACK leaves with the poll that accepting asked for.
+        stack.poll(T);
+        let out: Vec<_> = std::iter::from_fn(|| stack.pop_frame()).collect();
+        assert_eq!(out.len(), 1);
+        let isn = segment(&out[0]).seq_number;
+        assert_eq!(
+            out[0],
+            tcp_to_guest_frame(REMOTE, &syn_ack(22, 40000, isn, 1000))
+        );
+        // A retransmitted SYN now belongs to the socket, not to a new request.
+        exchange(&stack, &syn, T);
+        assert!(request_now(&listener).is_none());
+        assert!(poll_once(&mut accepting).is_pending());
+        let ack = tcp_frame(
+            REMOTE,
+            40000,
+            22,
+            TcpControl::None,
+            1001,
+            Some(isn.wrapping_add(1)),
+        );
+        assert!(exchange(&stack, &ack, T).is_empty());
+        let Poll::Ready(Some(mut stream)) = poll_once(&mut accepting) else {
+            panic!("the handshake completed");
+        };
+        assert!(
+            accept_now(&listener).is_none(),
+            "the stream went to the request"
+        );
+        assert_eq!(stream.local_addr(), SocketAddrV4::new(REMOTE, 22));
+        let data = tcp_data_frame(
+            REMOTE,
+            40000,
+            22,
+            TcpControl::Psh,
+            1001,
+            Some(isn.wrapping_add(1)),
+            b"hi",
+        );
+        assert!(exchange(&stack, &data, T).is_empty());
+        assert_eq!(read_available(&mut stream), b"hi");
+        assert_eq!(stack.stats().tcp_accepted, 1);
+    });
+}
+
+#[test]
+fn a_refused_or_dropped_request_answers_the_syn_with_rst() {
+    let (stack, rec) = stack_with(Config::default());
+    with_dump(&rec, "elsewhere_ask_refuse", || {
+        let listener = stack.ask_elsewhere().unwrap();
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        for (port, refuse) in [(40001u16, true), (40002, false)] {
+            let syn = tcp_frame(REMOTE, port, 443, TcpControl::Syn, 7, None);
+            assert!(exchange(&stack, &syn, T).is_empty());
+            let request = request_now(&listener).unwrap();
+            while stack.poll_wake(&mut cx).is_ready() {}
+            if refuse {
+                request.refuse();
+            } else {
+                drop(request);
+            }
+            assert!(
+                stack.poll_wake(&mut cx).is_ready(),
+                "deciding asks for a poll"
+            );
+            // The RST a closed port sends: ACK of the SYN, no window.
+            let rst = tcp_reply_frame(REMOTE, 443, port, TcpControl::Rst, 0, Some(8));
+            assert_eq!(stack.pop_frame(), Some(rst.clone()));
+            assert_eq!(stack.pop_frame(), None);
+            // Decided: a retransmission is a new request.
+            assert!(exchange(&stack, &syn, T).is_empty());
+            request_now(&listener).unwrap().refuse();
+            assert_eq!(stack.pop_frame(), Some(rst));
+        }
+        assert_eq!(stack.stats().tcp_refused, 4);
+        assert_eq!(stack.stats().tcp_accepted, 0);
+    });
+}
+
+#[test]
+fn held_syns_count_towards_the_backlog_and_go_with_the_listener() {
+    let mut config = Config::default();
+    config.tcp.listen_backlog = 2;
+    let (stack, rec) = stack_with(config);
+    with_dump(&rec, "elsewhere_ask_backlog", || {
+        let listener = stack.ask_elsewhere().unwrap();
+        for port in [40010u16, 40011] {
+            let syn = tcp_frame(REMOTE, port, 80, TcpControl::Syn, 1, None);
+            assert!(exchange(&stack, &syn, T).is_empty());
+        }
+        // The third is over the backlog: RST at once.
+        let third = tcp_frame(REMOTE, 40012, 80, TcpControl::Syn, 1, None);
+        let out = exchange(&stack, &third, T);
+        let rst = tcp_reply_frame(REMOTE, 80, 40012, TcpControl::Rst, 0, Some(2));
+        assert_eq!(out, vec![rst]);
+        assert_eq!(stack.stats().tcp_refused_limit, 1);
+        let first = request_now(&listener).unwrap();
+        let mut accepting = Box::pin(first.accept());
+        assert!(poll_once(&mut accepting).is_pending());
+        stack.poll(T);
+        assert_eq!(stack.pop_frame().map(|f| segment(&f).syn), Some(true));
+        let second = request_now(&listener).unwrap();
+        // The listener goes: the accepted handshake ends (None), the held SYN is forgotten
+        // and its retransmission gets RST; the undecided request's drop sends nothing more.
+        drop(listener);
+        stack.poll(T);
+        assert!(matches!(poll_once(&mut accepting), Poll::Ready(None)));
+        let out: Vec<_> = std::iter::from_fn(|| stack.pop_frame()).collect();
+        assert!(out.iter().all(|f| segment(f).rst), "{out:?}");
+        drop(second);
+        assert_eq!(stack.pop_frame(), None);
+        let again = tcp_frame(REMOTE, 40011, 80, TcpControl::Syn, 1, None);
+        let out = exchange(&stack, &again, T);
+        let rst = tcp_reply_frame(REMOTE, 80, 40011, TcpControl::Rst, 0, Some(2));
+        assert_eq!(out, vec![rst]);
     });
 }

@@ -11,13 +11,17 @@
 //!
 //! Flow control and memory: towards the relay, a stream's writes take only what the server's
 //! CONTINUE credit allows (a slow relay stops the writer, so the guest's TCP window closes).
-//! From the relay, each stream buffers at most [`RelayConfig::stream_buffer`] bytes; while any
-//! stream is over it the driver stops reading the WebSocket (Wisp gives clients no credit of
-//! their own, so this pushes back on the server through the WebSocket's transport, for all
-//! streams at once). UDP flows drop what does not fit, counted, as a datagram network would.
-//! The browser's `WebSocket` reads the network regardless, so there the pause only stops
-//! processing: unread messages wait in the socket, bounded by `MAX_UNREAD` (see
-//! `browser_socket`).
+//! From the relay, streams buffer what their readers have not taken; while one stream holds
+//! [`RelayConfig::stream_buffer`] bytes or all of them together [`RelayConfig::receive_budget`],
+//! the driver stops reading the WebSocket (Wisp gives clients no credit of their own, so this
+//! pushes back on the server through the WebSocket's transport, for all streams at once).
+//! Natively the limits are generous (8 MiB per stream, 64 MiB in all), so one slow reader
+//! does not stall every other stream as soon as it falls a little behind. UDP
+//! flows drop what does not fit, counted, as a datagram network would. The browser's
+//! `WebSocket` reads the network regardless, so there the pause only stops processing:
+//! unread messages wait in the socket, bounded by `MAX_UNREAD` (see `browser_socket`), and the
+//! module's own buffers stay small (256 KiB per stream, 4 MiB in all), since a WebAssembly
+//! memory never shrinks.
 //!
 //! Wisp has no half-close: shutting down a [`RelayStream`]'s write side only stops writing;
 //! the stream is closed towards the relay when it is dropped, or by the server.
@@ -81,8 +85,23 @@ pub struct RelayConfig {
     backoff_min: Duration,
     backoff_max: Duration,
     stream_buffer: usize,
+    receive_budget: usize,
     datagram_queue: usize,
 }
+
+/// Default [`RelayConfig::stream_buffer`]: small in the browser (the socket keeps the rest in
+/// JavaScript memory), generous natively.
+const STREAM_BUFFER: usize = if cfg!(target_arch = "wasm32") {
+    256 << 10
+} else {
+    8 << 20
+};
+/// Default [`RelayConfig::receive_budget`].
+const RECEIVE_BUDGET: usize = if cfg!(target_arch = "wasm32") {
+    4 << 20
+} else {
+    64 << 20
+};
 
 impl RelayConfig {
     /// A relay at `url` (`ws://` or `wss://`, a path ending in `/`), Wisp v2 if offered, no
@@ -95,7 +114,8 @@ impl RelayConfig {
             connect_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
-            stream_buffer: 256 * 1024,
+            stream_buffer: STREAM_BUFFER,
+            receive_budget: RECEIVE_BUDGET,
             datagram_queue: 64,
         }
     }
@@ -130,9 +150,17 @@ impl RelayConfig {
         self
     }
 
-    /// Bytes from the relay buffered per stream before the driver stops reading.
+    /// Bytes from the relay one stream may hold unread before the driver stops reading
+    /// (8 MiB natively, 256 KiB in the browser).
     pub fn stream_buffer(mut self, bytes: usize) -> Self {
         self.stream_buffer = bytes.max(1);
+        self
+    }
+
+    /// Bytes from the relay all streams together may hold unread before the driver stops
+    /// reading (64 MiB natively, 4 MiB in the browser).
+    pub fn receive_budget(mut self, bytes: usize) -> Self {
+        self.receive_budget = bytes.max(1);
         self
     }
 

@@ -125,6 +125,8 @@ pub struct Shared {
     /// An open was refused because the relay is down: the driver redials sooner than its
     /// backoff says (see `RelayDriver::run`).
     pub redial_wanted: bool,
+    /// The driver stopped reading because of `receive_paused`.
+    pub receive_stopped: bool,
     pub stats: RelayStats,
 }
 
@@ -148,6 +150,7 @@ impl Shared {
             waiting: Vec::new(),
             v1_only: false,
             redial_wanted: false,
+            receive_stopped: false,
             stats: RelayStats {
                 state: RelayState::Connecting,
                 version: None,
@@ -192,12 +195,29 @@ impl Shared {
         self.slots.get_mut(&id.id)
     }
 
-    /// True while some stream holds more than its buffer: the driver stops reading.
-    pub fn receive_paused(&self) -> bool {
+    /// True while a stream holds its `stream_buffer`, or all streams together the
+    /// `receive_budget`: the driver stops reading. Remembered in `receive_stopped`, so
+    /// readers know to wake the driver once they freed enough.
+    pub fn receive_paused(&mut self) -> bool {
         let limit = self.config.stream_buffer;
-        self.slots
-            .values()
-            .any(|s| s.kind == Some(StreamType::Tcp) && s.rx_bytes >= limit)
+        let mut total = 0;
+        let mut paused = false;
+        for slot in self.slots.values() {
+            if slot.kind == Some(StreamType::Tcp) {
+                total += slot.rx_bytes;
+                paused |= slot.rx_bytes >= limit;
+            }
+        }
+        paused |= total >= self.config.receive_budget;
+        self.receive_stopped = paused;
+        paused
+    }
+
+    /// A reader took bytes: wakes the driver if it stopped reading and may go on now.
+    pub fn bytes_taken(&mut self) {
+        if self.receive_stopped && !self.receive_paused() {
+            self.wake_driver();
+        }
     }
 
     /// The connection is up: opens may go.

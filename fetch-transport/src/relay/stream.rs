@@ -76,7 +76,6 @@ impl AsyncRead for RelayStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let mut sh = this.shared.borrow_mut();
-        let limit = sh.config.stream_buffer;
         let Some(slot) = sh.slot(this.id) else {
             return Poll::Ready(Err(this.lost()));
         };
@@ -91,11 +90,8 @@ impl AsyncRead for RelayStream {
                 slot.rx.pop_front();
                 slot.rx_offset = 0;
             }
-            let was_full = slot.rx_bytes >= limit;
             slot.rx_bytes -= n;
-            if was_full && slot.rx_bytes < limit {
-                sh.wake_driver();
-            }
+            sh.bytes_taken();
             return Poll::Ready(Ok(n));
         }
         match &slot.ended {

@@ -939,6 +939,33 @@ fn a_full_stream_buffer_stops_reading_the_socket() {
 }
 
 #[test]
+fn streams_together_over_the_budget_stop_reading_until_one_reader_frees_enough() {
+    let config = config().stream_buffer(1 << 20).receive_budget(1000);
+    let (relay, mut net, server) = up_v1(config, 8);
+    let mut first = net.ready(relay.connect_tcp("example.com", 80)).unwrap();
+    server.expect(&connect_example_com_80(1));
+    let _second = net.ready(relay.connect_tcp("example.com", 80)).unwrap();
+    server.expect(&connect_example_com_80(2));
+    // 300 bytes each, alternating: neither stream is near its own limit, but after four
+    // packets (1200 >= 1000 bytes together) the driver stops.
+    for _ in 0..5 {
+        server.send(data(1, &[1; 300]));
+        server.send(data(2, &[2; 300]));
+    }
+    net.run();
+    assert_eq!(relay.stats().bytes_from_relay, 1200);
+    assert_eq!(server.unread(), 6);
+    // Reading 300 of the first stream's bytes: 900 together, below the budget again.
+    assert_eq!(read_some(&mut net, &mut first).unwrap(), [1; 300]);
+    assert_eq!(
+        relay.stats().bytes_from_relay,
+        1500,
+        "one more packet, then over again"
+    );
+    assert_eq!(server.unread(), 5);
+}
+
+#[test]
 fn a_burst_is_read_in_slices_without_losing_the_rest() {
     // More messages than the driver handles per wake-up: it comes back for the rest.
     let (relay, mut net, server) = up_v1(config(), 8);

@@ -88,10 +88,13 @@ pub fn run(r: &mut Report, label: &str, env: &RelayEnv, server: &mut WispServer)
         &format!("{label}: 64 MiB over raw TCP to {ORIGIN_NAME}:PORT, sha256"),
         || raw_download(env, 64 << 20),
     );
-    r.check(
-        &format!("{label}: {PARALLEL} parallel streams of 1 MiB, each sha256"),
-        || parallel_streams(env, PARALLEL, 1 << 20),
-    );
+    let parallel = format!("{label}: {PARALLEL} parallel streams of 1 MiB, each sha256");
+    match server.kind().stalls_concurrent_streams() {
+        Some(why) => r.skip(&parallel, why),
+        None => {
+            r.check(&parallel, || parallel_streams(env, PARALLEL, 1 << 20));
+        }
+    }
     r.check(
         &format!("{label}: 8 MiB upload over raw TCP, sha256 at the origin"),
         || raw_upload(env, 8 << 20),
@@ -121,7 +124,7 @@ pub fn run(r: &mut Report, label: &str, env: &RelayEnv, server: &mut WispServer)
         || relay_clients::tcp_echo_round_trip(env.guest, &env.clients.echo, ECHO_NAME, 1 << 20),
     );
     r.check(
-        &format!("{label}: a refused destination ends in RST at once"),
+        &format!("{label}: a destination the relay cannot reach is refused at once"),
         || refused(env),
     );
     r.check(
@@ -166,7 +169,7 @@ pub fn start_late(
     port: u16,
 ) -> Result<WispServer> {
     r.check(
-        &format!("{label}: relay unreachable at start: RST at once, CONNECT 502 names it"),
+        &format!("{label}: relay unreachable at start: refused at once, CONNECT 502 names it"),
         || unreachable_at_start(env, port),
     );
     let server = WispServer::start_on(kind, port, None)?;
@@ -438,9 +441,10 @@ fn parallel_streams(env: &RelayEnv, count: usize, len: usize) -> Result<String> 
     let started = Instant::now();
     env.guest.sh(
         &format!(
-            "for i in $(seq 1 {count}); do \
+            "pids=; for i in $(seq 1 {count}); do \
                curl -sS --fail --noproxy '*' --max-time {} -o {dir}/$i http://{}/blob/{len} & \
-             done; fail=0; for job in $(jobs -p); do wait $job || fail=1; done; exit $fail",
+               pids=\"$pids $!\"; \
+             done; fail=0; for p in $pids; do wait $p || fail=1; done; exit $fail",
             env.transfer_limit.as_secs(),
             env.origin(),
             dir = dir.display()
@@ -540,8 +544,11 @@ fn unreachable_at_start(env: &RelayEnv, port: u16) -> Result<String> {
     )?;
     let elapsed = started.elapsed();
     let code = out.status.code();
-    if out.status.success() || !matches!(code, Some(7 | 52 | 56)) {
-        bail!("expected a reset, got exit {code:?}: {}", text(&out));
+    if code != Some(7) {
+        bail!(
+            "expected a refused connection (exit 7), got exit {code:?}: {}",
+            text(&out)
+        );
     }
     if elapsed > Duration::from_secs(5) {
         bail!("the reset took {elapsed:?}");
@@ -657,11 +664,15 @@ fn refused(env: &RelayEnv) -> Result<String> {
     if out.status.success() {
         bail!("curl succeeded: {}", text(&out));
     }
-    // 7: could not connect; 52: empty reply; 56: failure receiving (a reset).
+    // 7: could not connect; 52: empty reply; 56: failure receiving (a reset). The SYN is
+    // answered once the relay opened the stream, which is when a relay that confirms opens
+    // (Wisp v2's extension) has connected: then 7. A relay that does not confirm (v1, and
+    // both servers here) makes the open immediate, so the refusal is a reset after connect,
+    // unless its CLOSE wins the race with the guest's handshake.
     let code = out.status.code();
     if !matches!(code, Some(7 | 52 | 56)) {
         bail!(
-            "expected a reset or refusal, got exit {code:?}: {}",
+            "expected a refusal or a reset, got exit {code:?}: {}",
             text(&out)
         );
     }

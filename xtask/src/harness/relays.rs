@@ -36,6 +36,24 @@ impl WispServerKind {
             Self::Js => "wisp-js",
         }
     }
+
+    /// Why this server cannot carry several busy streams at once, if it cannot.
+    ///
+    /// wisp-python 0.9.0 sends with websockets' legacy API, whose flow control copies an old
+    /// asyncio helper that allows one waiting writer (`_drain_helper`: `assert waiter is None`).
+    /// Once a client reads a little slower than the server writes (any real client, at
+    /// times), two stream tasks wait for the socket at once; the second dies on that
+    /// assertion and its stream stalls, never closed. Reproduced without this project: a
+    /// plain Python Wisp client reading 8 streams with short pauses stalls them for good.
+    pub fn stalls_concurrent_streams(self) -> Option<&'static str> {
+        match self {
+            Self::Python => Some(
+                "wisp-python 0.9.0 stalls streams when two wait for its WebSocket at once \
+                 (websockets' legacy flow control takes one waiter); see WispServerKind",
+            ),
+            Self::Js => None,
+        }
+    }
 }
 
 /// A running Wisp server (a [`Daemon`]); killed when dropped.
