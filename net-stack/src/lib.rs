@@ -60,5 +60,7 @@ pub use observer::{Direction, FrameObserver};
 pub use pcap::PcapWriter;
 pub use stack::Stack;
 pub use stats::Stats;
-pub use tcp::{ConnectionRequest, ListenAddr, ListenError, TcpListener, TcpStream};
+pub use tcp::{
+    ConnectError, Connecting, ConnectionRequest, ListenAddr, ListenError, TcpListener, TcpStream,
+};
 pub use udp::{Datagram, UdpBindError, UdpEndpoint, UdpSendError, Unreachable};

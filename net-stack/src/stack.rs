@@ -24,7 +24,8 @@ use crate::observer::{Direction, FrameObserver};
 use crate::shared::Shared;
 use crate::stats::{Drop, Stats};
 use crate::tcp::{
-    Destination, ListenAddr, ListenError, SynVerdict, TcpHost, TcpListener, TcpParts, TcpTable,
+    new_socket, ConnectError, Connecting, Destination, ListenAddr, ListenError, SynVerdict,
+    TcpHost, TcpListener, TcpParts, TcpTable,
 };
 use crate::udp::{
     Datagram, UdpBindError, UdpEndpoint, UdpHost, UdpQueue, UdpSendError, Unreachable,
@@ -258,6 +259,74 @@ impl Stack {
     /// Installs (or removes) the observer that sees every frame both ways.
     pub fn set_frame_observer(&self, observer: Option<Box<dyn FrameObserver>>) {
         self.shared.inner.borrow_mut().observer = observer;
+    }
+
+    /// Opens a TCP connection into the guest, from the gateway's address and a port of the
+    /// dynamic range, to `guest` (an address of the guest network the stack has seen frames
+    /// from, usually its lease). The SYN leaves with the next `Stack::poll`; the returned
+    /// future resolves to a `TcpStream` (same buffers, backpressure and limits as accepted
+    /// connections) once the guest answers, to `ConnectError::Refused` on RST, and to
+    /// `ConnectError::TimedOut` when the guest stays silent for `timeout` (SYNs are
+    /// retransmitted meanwhile).
+    pub fn connect(
+        &self,
+        guest: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<Connecting, ConnectError> {
+        let mut inner = self.shared.inner.borrow_mut();
+        if guest.port() == 0 {
+            return Err(ConnectError::PortZero);
+        }
+        let ip = *guest.ip();
+        let mask = crate::config::mask(inner.config.prefix_len);
+        let gateway = inner.config.gateway_ip;
+        let in_network = u32::from(ip) & mask == u32::from(gateway) & mask;
+        let host_part = u32::from(ip) & !mask;
+        if !in_network || inner.is_ours(ip) || host_part == 0 || host_part == !mask {
+            return Err(ConnectError::NotGuest(ip));
+        }
+        if !inner.neighbors.contains_key(&ip) {
+            return Err(ConnectError::UnknownGuest(ip));
+        }
+        let local = inner.tcp.dial_port(gateway, guest)?;
+        let mut socket = new_socket(&inner.config.tcp);
+        socket.set_timeout(Some(timeout));
+        let Inner {
+            iface,
+            sockets,
+            tcp,
+            ..
+        } = &mut *inner;
+        socket
+            .connect(
+                iface.context(),
+                (IpAddress::Ipv4(ip), guest.port()),
+                (IpAddress::Ipv4(gateway), local.port()),
+            )
+            .map_err(|_| ConnectError::NoPort(guest))?;
+        let handle = sockets.add(socket);
+        tcp.add_dialing(handle, local, guest, timeout);
+        drop(inner);
+        self.shared.request_poll();
+        Ok(Connecting::new(self.shared.clone(), handle, local, guest))
+    }
+
+    /// Whether something in the guest listens on `guest`'s port: `Ok(true)` when it answers
+    /// a SYN with SYN-ACK (the connection is then reset), `Ok(false)` on RST, an error when
+    /// it stays silent for `timeout` or cannot be asked.
+    pub async fn probe(
+        &self,
+        guest: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<bool, ConnectError> {
+        match self.connect(guest, timeout)?.await {
+            Ok(stream) => {
+                stream.abort();
+                Ok(true)
+            }
+            Err(ConnectError::Refused(_)) => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     /// Current DHCP leases.
@@ -677,6 +746,12 @@ impl Inner {
         let segment = TcpPacket::new_checked(body).map_err(|_| Drop::Malformed)?;
         if !segment.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst)) {
             return Err(Drop::Malformed);
+        }
+        if segment.rst() {
+            self.tcp.on_rst(
+                SocketAddrV4::new(src, segment.src_port()),
+                SocketAddrV4::new(dst, segment.dst_port()),
+            );
         }
         if segment.syn() && !segment.ack() && !segment.rst() {
             let class = Destination {

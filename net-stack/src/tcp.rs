@@ -29,6 +29,33 @@ use crate::config::TcpConfig;
 use crate::shared::Shared;
 use crate::stats::Stats;
 
+/// Why `Stack::connect` opened no connection into the guest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// Port 0 cannot be connected to.
+    #[error("port 0 cannot be connected to")]
+    PortZero,
+    /// The address is not one the guest can have: outside the guest network, or ours.
+    #[error("{0} is not an address of the guest network")]
+    NotGuest(Ipv4Addr),
+    /// No frame has come from this address yet, so its MAC is unknown (no lease, or the guest
+    /// never used it).
+    #[error("no guest has used {0} yet")]
+    UnknownGuest(Ipv4Addr),
+    /// `TcpConfig::max_connections` connections are open.
+    #[error("the limit of {0} TCP connections is reached")]
+    Limit(usize),
+    /// Every local port towards this guest address and port is in use.
+    #[error("no local port is free towards {0}")]
+    NoPort(SocketAddrV4),
+    /// The guest answered the SYN with RST: nothing listens there.
+    #[error("{0} refused the connection (nothing listens there)")]
+    Refused(SocketAddrV4),
+    /// The guest did not answer within the timeout.
+    #[error("{0} did not answer within {1}")]
+    TimedOut(SocketAddrV4, Duration),
+}
+
 /// Where a listener accepts connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenAddr {
@@ -124,6 +151,18 @@ struct Conn {
     requested: bool,
     /// The `Handshake` waiting for this connection to be established or to fail.
     handshake_waker: Option<Waker>,
+    /// Opened by the stack towards the guest (`Stack::connect`) and not established yet.
+    dialing: Option<Dialing>,
+}
+
+/// A connection the stack opens towards the guest, until its handshake ends.
+#[derive(Debug)]
+struct Dialing {
+    /// How long the guest may take to answer.
+    timeout: Duration,
+    /// The guest answered the SYN with RST.
+    refused: bool,
+    waker: Option<Waker>,
 }
 
 /// A held SYN: (the guest's address, the address it dialled).
@@ -146,7 +185,12 @@ pub(crate) struct TcpTable {
     next_listener: u64,
     conns: HashMap<SocketHandle, Conn>,
     held: HashMap<SynKey, HeldSyn>,
+    /// The next local port to try for connections towards the guest.
+    next_port: u16,
 }
+
+/// Local ports of connections the stack opens towards the guest (IANA's dynamic range).
+const DIAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 /// What the stack decided for an incoming SYN (for tests and counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +216,7 @@ impl TcpTable {
             next_listener: 1,
             conns: HashMap::new(),
             held: HashMap::new(),
+            next_port: *DIAL_PORTS.start(),
         }
     }
 
@@ -297,12 +342,7 @@ impl TcpTable {
             }
             return SynVerdict::Held;
         }
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; safe_rx_capacity(self.config.rx_buffer)]),
-            tcp::SocketBuffer::new(vec![0u8; self.config.tx_buffer]),
-        );
-        // Small writes of a proxy (headers, TLS records) should leave at once.
-        socket.set_nagle_enabled(false);
+        let mut socket = new_socket(&self.config);
         socket.set_timeout(Some(HANDSHAKE_TIMEOUT));
         let endpoint = IpListenEndpoint {
             addr: Some(IpAddress::Ipv4(*dst.ip())),
@@ -322,6 +362,7 @@ impl TcpTable {
                 orphaned_at: None,
                 requested: decided,
                 handshake_waker: None,
+                dialing: None,
             },
         );
         SynVerdict::Created
@@ -393,6 +434,16 @@ impl TcpTable {
             sockets.remove(handle);
         }
         for (&handle, conn) in self.conns.iter_mut() {
+            if let Some(dialing) = conn.dialing.as_mut() {
+                let state = sockets.get::<tcp::Socket>(handle).state();
+                if !matches!(state, State::SynSent | State::SynReceived) {
+                    if let Some(waker) = dialing.waker.take() {
+                        waker.wake();
+                    }
+                }
+            }
+        }
+        for (&handle, conn) in self.conns.iter_mut() {
             let Some(since) = conn.orphaned_at else {
                 continue;
             };
@@ -458,6 +509,113 @@ impl TcpTable {
             None => {
                 listener.waker = Some(cx.waker().clone());
                 Poll::Pending
+            }
+        }
+    }
+
+    /// Checks the limits and picks a free local port for a connection from `local_ip` to
+    /// `remote`.
+    pub(crate) fn dial_port(
+        &mut self,
+        local_ip: Ipv4Addr,
+        remote: SocketAddrV4,
+    ) -> Result<SocketAddrV4, ConnectError> {
+        if self.conns.len() >= self.config.max_connections {
+            return Err(ConnectError::Limit(self.config.max_connections));
+        }
+        let span = usize::from(DIAL_PORTS.end() - DIAL_PORTS.start()) + 1;
+        for _ in 0..span {
+            let port = self.next_port;
+            self.next_port = if port == *DIAL_PORTS.end() {
+                *DIAL_PORTS.start()
+            } else {
+                port + 1
+            };
+            let local = SocketAddrV4::new(local_ip, port);
+            if !self
+                .conns
+                .values()
+                .any(|c| c.local == local && c.remote == remote)
+            {
+                return Ok(local);
+            }
+        }
+        Err(ConnectError::NoPort(remote))
+    }
+
+    /// A socket created by `Stack::connect` for `local` → `remote` (its SYN queued).
+    pub(crate) fn add_dialing(
+        &mut self,
+        handle: SocketHandle,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        timeout: Duration,
+    ) {
+        self.conns.insert(
+            handle,
+            Conn {
+                local,
+                remote,
+                listener: None,
+                orphaned_at: None,
+                requested: false,
+                handshake_waker: None,
+                dialing: Some(Dialing {
+                    timeout,
+                    refused: false,
+                    waker: None,
+                }),
+            },
+        );
+    }
+
+    /// A RST from the guest: if it answers a connection the stack is opening, the guest
+    /// refused it (smoltcp only closes the socket, which a timeout does too).
+    pub(crate) fn on_rst(&mut self, src: SocketAddrV4, dst: SocketAddrV4) {
+        if let Some(dialing) = self
+            .conns
+            .values_mut()
+            .find(|c| c.local == dst && c.remote == src)
+            .and_then(|c| c.dialing.as_mut())
+        {
+            dialing.refused = true;
+        }
+    }
+
+    /// A connection the stack opens: `Ready(Ok)` once established (handed to its stream),
+    /// an error once it failed (its socket is freed), else registers the waker.
+    fn poll_dial(
+        &mut self,
+        handle: SocketHandle,
+        sockets: &mut SocketSet<'static>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ConnectError>> {
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return Poll::Ready(Err(ConnectError::Limit(self.config.max_connections)));
+        };
+        let Some(dialing) = conn.dialing.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let socket = sockets.get_mut::<tcp::Socket>(handle);
+        match socket.state() {
+            State::SynSent | State::SynReceived => {
+                dialing.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            State::Closed | State::TimeWait | State::Listen => {
+                let error = if dialing.refused {
+                    ConnectError::Refused(conn.remote)
+                } else {
+                    ConnectError::TimedOut(conn.remote, dialing.timeout)
+                };
+                self.conns.remove(&handle);
+                sockets.remove(handle);
+                Poll::Ready(Err(error))
+            }
+            _ => {
+                socket.set_timeout(None);
+                conn.dialing = None;
+                Poll::Ready(Ok(()))
             }
         }
     }
@@ -635,6 +793,86 @@ impl Drop for TcpListener {
     }
 }
 
+/// A connection the stack is opening towards the guest (`Stack::connect`): resolves to the
+/// stream once the guest answered with SYN-ACK, or to why not (RST: `Refused`; silence:
+/// `TimedOut`). Dropping it before then resets the attempt.
+pub struct Connecting {
+    shared: Rc<SharedTcp>,
+    handle: Option<SocketHandle>,
+    local: SocketAddrV4,
+    peer: SocketAddrV4,
+}
+
+impl Connecting {
+    pub(crate) fn new(
+        shared: Rc<SharedTcp>,
+        handle: SocketHandle,
+        local: SocketAddrV4,
+        peer: SocketAddrV4,
+    ) -> Self {
+        Self {
+            shared,
+            handle: Some(handle),
+            local,
+            peer,
+        }
+    }
+}
+
+impl std::future::Future for Connecting {
+    type Output = Result<TcpStream, ConnectError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(handle) = self.handle else {
+            return Poll::Pending;
+        };
+        let result = {
+            let mut inner = self.shared.inner.borrow_mut();
+            let TcpParts { table, sockets, .. } = inner.tcp();
+            std::task::ready!(table.poll_dial(handle, sockets, cx))
+        };
+        self.handle = None;
+        Poll::Ready(result.map(|()| TcpStream {
+            shared: self.shared.clone(),
+            handle,
+            local: self.local,
+            peer: self.peer,
+            write_closed: false,
+        }))
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        let Some(handle) = self.handle else {
+            return;
+        };
+        if let Ok(mut inner) = self.shared.inner.try_borrow_mut() {
+            let TcpParts {
+                table,
+                sockets,
+                now,
+            } = inner.tcp();
+            sockets.get_mut::<tcp::Socket>(handle).abort();
+            if let Some(conn) = table.conns.get_mut(&handle) {
+                conn.dialing = None;
+                conn.orphaned_at = Some(now);
+            }
+            drop(inner);
+            self.shared.request_poll();
+        }
+    }
+}
+
+impl std::fmt::Debug for Connecting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connecting")
+            .field("local", &self.local)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A connection the guest asked for (its SYN, held) that is not answered yet: from a listener
 /// made by `Stack::ask_elsewhere`. Accept it once the destination is known to be reachable,
 /// refuse it otherwise: the guest then sees a refused connection (RST to its SYN), not one
@@ -713,6 +951,17 @@ impl std::fmt::Debug for ConnectionRequest {
             .field("peer", &self.peer)
             .finish_non_exhaustive()
     }
+}
+
+/// A smoltcp socket with the configured buffers, for an accepted or a dialled connection.
+pub(crate) fn new_socket(config: &TcpConfig) -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0u8; safe_rx_capacity(config.rx_buffer)]),
+        tcp::SocketBuffer::new(vec![0u8; config.tx_buffer]),
+    );
+    // Small writes of a proxy (headers, TLS records) should leave at once.
+    socket.set_nagle_enabled(false);
+    socket
 }
 
 /// The receive buffer size to give smoltcp for a requested `size`: the nearest one whose
