@@ -262,8 +262,8 @@ impl Stack {
     }
 
     /// Opens a TCP connection into the guest, from the gateway's address and a port of the
-    /// dynamic range, to `guest` (an address of the guest network the stack has seen frames
-    /// from, usually its lease). The SYN leaves with the next `Stack::poll`; the returned
+    /// dynamic range, to `guest` (an address of the guest network that holds a DHCP lease or
+    /// that the stack has seen frames from). The SYN leaves with the next `Stack::poll`; the returned
     /// future resolves to a `TcpStream` (same buffers, backpressure and limits as accepted
     /// connections) once the guest answers, to `ConnectError::Refused` on RST, and to
     /// `ConnectError::TimedOut` when the guest stays silent for `timeout` (SYNs are
@@ -286,7 +286,13 @@ impl Stack {
             return Err(ConnectError::NotGuest(ip));
         }
         if !inner.neighbors.contains_key(&ip) {
-            return Err(ConnectError::UnknownGuest(ip));
+            // A guest that took its lease and has said nothing since is reached at the MAC
+            // it took the lease with.
+            let leased = inner.dhcp.leases().into_iter().find(|l| l.ip == ip);
+            let Some(lease) = leased else {
+                return Err(ConnectError::UnknownGuest(ip));
+            };
+            inner.learn(ip, EthernetAddress(lease.mac));
         }
         let local = inner.tcp.dial_port(gateway, guest)?;
         let mut socket = new_socket(&inner.config.tcp);

@@ -135,6 +135,12 @@ pub struct Args {
     /// (repeatable), e.g. `db.test=127.0.0.1` for a server on the relay host's loopback.
     #[arg(long, value_name = "NAME=TARGET", requires = "relay")]
     pub relay_host: Vec<String>,
+
+    /// Forward a host port into the guest: `[HOST:]PORT=GUEST_PORT` (repeatable; HOST is
+    /// 127.0.0.1 unless given). Connections go to the guest's DHCP address; with no guest
+    /// yet, or nothing listening on GUEST_PORT, they are reset.
+    #[arg(long, value_name = "[HOST:]PORT=GUEST_PORT")]
+    pub forward: Vec<super::Forward>,
 }
 
 /// Where the runner gets its guest from.

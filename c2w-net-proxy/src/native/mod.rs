@@ -2,6 +2,7 @@
 //! a QEMU `-netdev stream`/`socket` connection, with reqwest as the transport.
 
 mod cli;
+mod forward;
 mod limits;
 mod link;
 mod runtime;
@@ -20,6 +21,7 @@ use net_stack::PcapWriter;
 use tracing_subscriber::EnvFilter;
 
 pub use cli::{Args, ListenTarget};
+pub use forward::{Forward, ForwardParseError};
 pub use limits::LimitArgs;
 pub use link::{ByteStream, StreamLink, TapLink};
 /// The fault layer `--fault` puts in the frame path (re-exported for test harnesses).
@@ -149,8 +151,10 @@ pub async fn run(args: Args) -> Result<(), RunnerError> {
 
     let target = args.listen();
     let faults = fault_source(&args);
+    let dyn_runtime: Rc<dyn Runtime> = runtime.clone();
     let result = tokio::select! {
         result = serve::serve(stack, &runtime, &target, &faults) => result,
+        result = forward::serve(stack, &dyn_runtime, &args.forward) => result,
         () = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())

@@ -13,6 +13,7 @@
 
 pub mod browser;
 mod faults;
+mod forward;
 mod load;
 mod native;
 mod relay;
@@ -27,8 +28,8 @@ use crate::tools::is_root;
 
 /// Runs the end-to-end suite: the native phase, then the fault and robustness phases.
 /// `args` may hold one filter: only checks whose name contains it run (DHCP always does), and
-/// the other phases are skipped; `faults[ PROFILE]`, `robust[: CHECK]` or `relay[ SERVER]`
-/// runs only that phase.
+/// the other phases are skipped; `faults[ PROFILE]`, `robust[: CHECK]`, `relay[ SERVER]` or
+/// `forward[: CHECK]` runs only that phase.
 pub fn run(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("e2e needs root (TAP devices and network namespaces); run it as root");
@@ -38,6 +39,14 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if let Some(filter) = args.first().filter(|f| f.starts_with("robust")) {
         return robust::run(Some(filter.clone()));
+    }
+    if let Some(filter) = args.first().filter(|f| f.starts_with("forward")) {
+        let _guard = cleanup::Guard;
+        let check = filter
+            .trim_start_matches("forward")
+            .trim_start_matches(':')
+            .trim();
+        return forward::run((!check.is_empty()).then(|| check.to_string()));
     }
     if args.first().is_some_and(|f| f.starts_with("relay")) {
         let _guard = cleanup::Guard;
@@ -65,5 +74,11 @@ pub fn run(args: &[String]) -> Result<()> {
     } else {
         Ok(())
     };
-    result.and(faults).and(robust).and(relay)
+    // The forward phase (host ports into the guest; own runner and guest) too.
+    let forward = if args.is_empty() {
+        forward::run(None)
+    } else {
+        Ok(())
+    };
+    result.and(faults).and(robust).and(relay).and(forward)
 }
