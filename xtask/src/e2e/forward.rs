@@ -4,7 +4,7 @@
 //! small client on the host use them through the forwards. Before the guest has a lease, and
 //! to a port nothing listens on, forwarded connections are reset at once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -281,7 +281,7 @@ fn concurrent(base: &str, count: usize) -> Result<String> {
     ))
 }
 
-fn upload(file: &PathBuf, base: &str, len: usize) -> Result<String> {
+fn upload(file: &Path, base: &str, len: usize) -> Result<String> {
     let started = Instant::now();
     let out = std::process::Command::new("curl")
         .args(["-sS", "--fail", "--max-time", "120", "--data-binary"])
