@@ -123,14 +123,27 @@ impl Results {
 
     /// A figure failed to be measured: noted, and the run goes on.
     fn failed(&mut self, path: &str, what: &str, err: anyhow::Error) {
-        let line = format!("{path}: {what} failed: {}", first_line(&format!("{err:#}")));
-        eprintln!("xtask bench: {line}");
+        let all = format!("{err:#}");
+        let line = format!("{path}: {what} failed: {}", first_line(&all));
+        // The whole error on the terminal (curl's complaint is after the command line); the
+        // first line in the document.
+        eprintln!(
+            "xtask bench: {path}: {what} failed: {}",
+            all.chars().take(4000).collect::<String>()
+        );
         self.notes.push(line);
     }
 }
 
+/// An error in one line for the document: its first line and, when there are more, its last
+/// (a failed script's first line is its command; what went wrong comes last).
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").chars().take(300).collect()
+    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first: String = lines.next().unwrap_or("").chars().take(200).collect();
+    match lines.next_back() {
+        Some(last) => format!("{first} … {}", last.chars().take(200).collect::<String>()),
+        None => first,
+    }
 }
 
 fn size_label(size: u64) -> String {
