@@ -4,7 +4,7 @@
 //! (c) v86's own `FetchNetworkAdapter`, and (d) both through a Wisp relay (our adapter with
 //! `relay`, v86's `WispNetworkAdapter`, one wisp-js server), with each of v86's NICs (virtio,
 //! ne2k), in one run; `--only` picks rows.
-//! Reported: guest-side MB/s (curl's own `speed_download`, body to /dev/null), whether the
+//! Reported: guest-side MB/s (bytes over curl's `time_total`, body to /dev/null), whether the
 //! transfer finished, NIC watchdog messages, and the pacer's counters.
 
 use std::time::Duration;
@@ -392,7 +392,7 @@ pub fn section_run(only: &[String]) -> Result<()> {
         "{HEADING}\n\n\
          `cargo xtask bench tab`, {date}: the demo's v86 guest (Debian i386 kernel, busybox + curl) in\n\
          headless {browser} on {cpus} × {cpu}, downloading from local origins with curl\n\
-         (`-o /dev/null`; MB/s is curl's own `speed_download`, guest-side). Every row is one boot of\n\
+         (`-o /dev/null`; MB/s is bytes over curl's `time_total`, guest-side). Every row is one boot of\n\
          the same page in the same run. *c2w-net-proxy* is `v86-adapter.js` as shipped: it paces\n\
          the ne2k (a frame goes when the NIC's receive ring has room for it, read from its\n\
          registers) and hands virtio every frame at once; *pacing off* on the ne2k is how it was\n\
