@@ -8,6 +8,12 @@
 //                                  (default: the adapter decides; nic-pacer.js; for comparison)
 //   backend=v86                    v86's own FetchNetworkAdapter instead of c2w-net-proxy (for
 //                                  `cargo xtask bench tab`; the side panel stays empty)
+//   relay=ws://HOST:PORT/          a Wisp server (ws:// or wss://; wisp:// and wisps:// are taken
+//                                  too). With c2w-net-proxy: `relay.url`, raw TCP, UDP and CONNECT
+//                                  tunnels go through it. With backend=v86: v86's own
+//                                  WispNetworkAdapter on it (`net_device.relay_url` as wisp://)
+//                                  instead of its FetchNetworkAdapter
+//   relay-hosts=NAME=IP,...        names the relay connects to elsewhere (`relay.hosts`; ours only)
 //   report=1                       post the console text and stats to the serving xtask
 //   run=<script>                   type these lines into the guest's shell once it is ready
 
@@ -78,6 +84,10 @@ async function main() {
   const allow = params.get("allow");
   const net = params.get("net") || config.net || "virtio";
   const ours = params.get("backend") !== "v86";
+  // The Wisp server, as our proxy takes it (ws://, wss://) and as v86 takes it (wisp://, wisps://).
+  const relay = params.get("relay");
+  const relayWs = relay && relay.replace(/^wisp(s?):\/\//, "ws$1://");
+  const relayWisp = relay && relay.replace(/^ws(s?):\/\//, "wisp$1://");
 
   const term = new Terminal({ rows: 30, cols: 100, convertEol: false, scrollback: 5000 });
   term.open(document.getElementById("terminal"));
@@ -91,7 +101,7 @@ async function main() {
     bzimage: { url: "guest/bzImage" },
     initrd: { url: "guest/initrd.img" },
     cmdline: config.cmdline,
-    net_device: ours ? { type: net } : { type: net, relay_url: "fetch" },
+    net_device: ours ? { type: net } : { type: net, relay_url: relay ? relayWisp : "fetch" },
     disable_keyboard: true,
     disable_mouse: true,
     disable_speaker: true,
@@ -103,6 +113,11 @@ async function main() {
   if (allow) proxyConfig.allow = allow.split(",").filter(Boolean);
   if (params.get("pacing") === "off") proxyConfig.pacing = false;
   if (params.get("pacing") === "on") proxyConfig.pacing = {};
+  if (relay) {
+    proxyConfig.relay = { url: relayWs };
+    const hosts = (params.get("relay-hosts") || "").split(",").filter(Boolean);
+    if (hosts.length) proxyConfig.relay.hosts = Object.fromEntries(hosts.map((h) => h.split("=", 2)));
+  }
   let adapter = null;
   let proxy = null;
   let caPem = null;

@@ -4,7 +4,7 @@
 //!
 //! Sections: `ca` (mitm-ca natively and as wasm, [`ca`]), `net` (the guest's traffic on every
 //! path side by side with the direct path, [`net`]), `size` (the shipped package, [`size`]),
-//! `tab` (the demo's v86 guest through our adapter and v86's own, [`tab`]).
+//! `tab` (the demo's v86 guest through our adapter and v86's own, fetch and Wisp, [`tab`]).
 
 mod ca;
 mod net;
@@ -26,15 +26,20 @@ use crate::harness::browser::page_server::PageServer;
 use crate::tools;
 
 const USAGE: &str =
-    "usage: cargo xtask bench [ca] [size] [tab] [net [--quick] [--only PATH]...] [--no-wasm]
+    "usage: cargo xtask bench [ca] [size] [tab [--only ROWS]...] [net [--quick] [--only PATH]...] [--no-wasm]
 
   ca      mitm-ca natively and as wasm under node
   size    dist/ raw and gzipped
-  tab     the demo's v86 guest in Chromium: our adapter (paced and not) and v86's
-          FetchNetworkAdapter, on the virtio and ne2k NICs
+  tab     the demo's v86 guest in Chromium: our adapter (paced and not, fetch and Wisp relay)
+          and v86's FetchNetworkAdapter and WispNetworkAdapter, on the virtio and ne2k NICs
+          --only ROWS   relay (the relay rows and the fetch rows they compare with), fetch,
+                        pacing, virtio, ne2k (repeatable; groups and NICs combine; rows
+                        this run does not measure are kept in the doc as they were)
   net     the guest's traffic on every path next to the direct path (needs root)
           --quick       small sizes, for checking the harness
-          --only PATH   native, relay, browser, c2w, v86, mtu, reference (repeatable; default all)
+          --only PATH   native, relay (the runner with --relay), browser, browser-relay
+                        (NetProxy in Chromium with a Wisp relay, and browser to compare
+                        with), c2w, v86, mtu, reference (repeatable; default all)
 With no section named, every section runs.";
 
 /// Runs the benchmarks named in `args` (all when none is named).
@@ -70,7 +75,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "ca" => ca::section(wasm)?,
             "net" => net::section(&plan)?,
             "size" => size::section()?,
-            "tab" => tab::section_run()?,
+            "tab" => tab::section_run(&plan.only)?,
             _ => unreachable!("sections are parsed above"),
         }
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::routes::{self, Direct, Origins, Page, FRESH_SUFFIX};
+use super::routes::{self, Direct, Origins, Page, RelayShape, FRESH_SUFFIX};
 use super::workload::{self, mb_per_s, median, Route, Scheme};
 use super::{peer, reference};
 use super::{publish, Machine};
@@ -40,7 +40,8 @@ pub struct Plan {
     pub concurrent_size: u64,
     /// Idle period for the CPU measurement.
     pub idle: Duration,
-    /// Which paths to run (`native`, `relay`, `browser`, `c2w`, `mtu`, `v86`); all when empty.
+    /// Which paths to run (`native`, `relay`, `browser`, `browser-relay`, `c2w`, `mtu`, `v86`,
+    /// `reference`); all when empty.
     pub only: Vec<String>,
 }
 
@@ -122,14 +123,27 @@ impl Results {
 
     /// A figure failed to be measured: noted, and the run goes on.
     fn failed(&mut self, path: &str, what: &str, err: anyhow::Error) {
-        let line = format!("{path}: {what} failed: {}", first_line(&format!("{err:#}")));
-        eprintln!("xtask bench: {line}");
+        let all = format!("{err:#}");
+        let line = format!("{path}: {what} failed: {}", first_line(&all));
+        // The whole error on the terminal (curl's complaint is after the command line); the
+        // first line in the document.
+        eprintln!(
+            "xtask bench: {path}: {what} failed: {}",
+            all.chars().take(4000).collect::<String>()
+        );
         self.notes.push(line);
     }
 }
 
+/// An error in one line for the document: its first line and, when there are more, its last
+/// (a failed script's first line is its command; what went wrong comes last).
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").chars().take(300).collect()
+    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first: String = lines.next().unwrap_or("").chars().take(200).collect();
+    match lines.next_back() {
+        Some(last) => format!("{first} … {}", last.chars().take(200).collect::<String>()),
+        None => first,
+    }
 }
 
 fn size_label(size: u64) -> String {
@@ -416,12 +430,23 @@ pub(super) fn section(plan: &Plan) -> Result<()> {
             Err(e) => results.failed("v86", "setup", e),
         }
     }
-    if plan.runs("browser") || plan.runs("c2w") || plan.runs("reference") {
+    let browser_relay = plan.runs("browser-relay");
+    if plan.runs("browser") || browser_relay || plan.runs("c2w") || plan.runs("reference") {
         let pages = browser_pages(&root, &dir, &origins)?;
-        if plan.runs("browser") {
+        // The browser relay paths are read against the fetch path of the same run.
+        if plan.runs("browser") || browser_relay {
             match routes::browser(&origins, &pages, &dir, "browser", Page::NetProxy) {
                 Ok(route) => measure(&route, plan, &mut results, Subset::Full),
                 Err(e) => results.failed("browser", "setup", e),
+            }
+        }
+        if browser_relay {
+            for (kind, shape) in BROWSER_RELAYS {
+                let name = routes::browser_relay_name(kind, shape);
+                match routes::browser_relay(&origins, &pages, &dir, kind, shape) {
+                    Ok(route) => measure(&route, plan, &mut results, Subset::Full),
+                    Err(e) => results.failed(&name, "setup", e),
+                }
             }
         }
         if plan.runs("browser") {
@@ -455,6 +480,14 @@ pub(super) fn section(plan: &Plan) -> Result<()> {
     let md = markdown(&results, plan);
     publish(HEADING, &md, entries(&results))
 }
+
+/// The browser relay paths: raw relay streams through each Wisp server, and wisp-js behind the
+/// proxy (plain HTTP relayed instead of fetched, HTTPS as `CONNECT` tunnels).
+const BROWSER_RELAYS: [(WispServerKind, RelayShape); 3] = [
+    (WispServerKind::Js, RelayShape::Raw),
+    (WispServerKind::Python, RelayShape::Raw),
+    (WispServerKind::Js, RelayShape::Proxy),
+];
 
 /// The large MTU the `mtu` variant offers by DHCP (the largest Linux accepts on a TAP, less
 /// the Ethernet header, as in QEMU's and gVisor's jumbo setups).
@@ -593,7 +626,15 @@ fn markdown(results: &Results, plan: &Plan) -> String {
          (`FetchNetworkAdapter`, npm v86 {}) in node over the same bridge, plain HTTP only \
          (it has no TLS interception) and no uploads (it re-copies the body per segment); \
          **native-mtu{LARGE_MTU}** the runner offering MTU {LARGE_MTU} by DHCP; \
-         **chromium-blank** headless Chromium on an empty page (idle CPU baseline).\n",
+         **chromium-blank** headless Chromium on an empty page (idle CPU baseline); \
+         **relay-js** / **relay-python** the runner with `--relay` in front of wisp-js / \
+         wisp-python on loopback, the guest's curl going straight to the origin (no proxy: \
+         every connection is a relay stream, HTTPS end to end with the origin's own \
+         certificate); **browser-relay-js** / **browser-relay-python** the same guest behind \
+         `NetProxy` in Chromium with `config.relay` (the page's own WebSocket to the Wisp \
+         server); **browser-proxy-relay-js** `NetProxy` with `relay.http = \"always\"` and \
+         the guest's curl through the proxy: plain HTTP re-issued over a relay stream instead \
+         of `fetch()`, HTTPS as a `CONNECT` tunnel through the relay.\n",
         crate::demo::V86_VERSION
     ));
     let refs: Vec<&Metric> = results
@@ -662,6 +703,7 @@ fn targets(results: &Results, plan: &Plan) -> Vec<String> {
             );
         }
     }
+    relay_goals(results, big, plan.upload, &mut check);
     if let Some(v) = results.get("requests/http/keepalive", "native") {
         let d = results
             .get("requests/http/keepalive", "direct")
@@ -724,6 +766,43 @@ fn targets(results: &Results, plan: &Plan) -> Vec<String> {
         }
     }
     out
+}
+
+/// Issue #18's goal for the browser relay paths, against the fetch path (`browser`) of the same
+/// run: at least as fast for the largest download, faster for uploads, over http and https.
+fn relay_goals(
+    results: &Results,
+    big: u64,
+    upload: u64,
+    check: &mut impl FnMut(String, bool, String),
+) {
+    for (kind, shape) in BROWSER_RELAYS {
+        let path = routes::browser_relay_name(kind, shape);
+        for scheme in Scheme::BOTH {
+            let s = scheme.as_str();
+            // Downloads at least as fast, uploads faster.
+            let pairs = [
+                (format!("download/{s}/{big}"), "download", "≥"),
+                (format!("upload/{s}/{upload}"), "upload", ">"),
+            ];
+            for (key, what, op) in pairs {
+                let (Some(v), Some(fetch)) =
+                    (results.get(&key, &path), results.get(&key, "browser"))
+                else {
+                    continue;
+                };
+                let ok = if op == ">" { v > fetch } else { v >= fetch };
+                check(
+                    format!(
+                        "{path} {what} {op} the fetch path's (browser; {} over {s})",
+                        size_label(if what == "upload" { upload } else { big })
+                    ),
+                    ok,
+                    format!("{v:.1} against {fetch:.1} MB/s, {:.2}×", v / fetch),
+                );
+            }
+        }
+    }
 }
 
 /// results.json entries: `net/<path>/<metric>` with the direct value as reference.

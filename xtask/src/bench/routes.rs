@@ -269,6 +269,19 @@ pub fn browser<'a>(
     name: &str,
     page: Page,
 ) -> Result<GuestRoute<'a>> {
+    browser_with(origins, pages, dir, name, page, "")
+}
+
+/// Like [`browser`], with `extra` (`key=value&`..., each ending in `&`) added to the page's
+/// query (`relay=<JSON>` for `e2e.html`).
+fn browser_with<'a>(
+    origins: &'a Origins,
+    pages: &PageServer,
+    dir: &Path,
+    name: &str,
+    page: Page,
+    extra: &str,
+) -> Result<GuestRoute<'a>> {
     let id = std::process::id();
     let tap = format!("c2wb{}{}", name.len(), id % 1_000_000);
     let bridge = Bridge::start(&tap)?;
@@ -282,7 +295,7 @@ pub fn browser<'a>(
             "net=browser&proxy-allow=loopback&proxy-timeout-ms=120000&proxy-log=warn&".to_string(),
         ),
     };
-    let url = format!("{}/{file}?{query}ws={}", pages.base, bridge.port);
+    let url = format!("{}/{file}?{query}{extra}ws={}", pages.base, bridge.port);
     let spec = LaunchSpec {
         dir: &dir.join(format!("{name}-chromium")),
         origin_cert: &origins.server_cert,
@@ -322,13 +335,28 @@ pub fn browser<'a>(
 /// The name under which relay routes reach the origins (the relay maps it to 127.0.0.1).
 const RELAY_ORIGIN: &str = "origin.test";
 
-/// A guest behind the native runner with `--relay`: its curl goes to the origins without the
-/// proxy, so every connection is a relay stream, and HTTPS is end to end (the guest trusts
-/// the origin's test CA; `localhost` is connected through a name the relay maps).
+/// How a relay route's guest reaches the origins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayShape {
+    /// Straight to the origin, without the proxy: every connection is a raw relay stream.
+    Raw,
+    /// Through the proxy at 192.168.127.253:80, with `relay.http = "always"`: plain HTTP is
+    /// re-issued by the proxy over a relay stream instead of `fetch()`, HTTPS is a `CONNECT`
+    /// tunnel the proxy opens through the relay (end to end, no interception).
+    Proxy,
+}
+
+/// A guest behind the native runner with `--relay`, or behind `NetProxy` in Chromium with
+/// `config.relay`. [`RelayShape::Raw`]: its curl goes to the origins without the proxy, so
+/// every connection is a relay stream, and HTTPS is end to end (the guest trusts the origin's
+/// test CA; `localhost` is connected through a name the relay maps). [`RelayShape::Proxy`]:
+/// its curl uses the proxy, which relays plain HTTP and `CONNECT` tunnels.
 pub struct RelayRoute<'a> {
-    /// The guest and the runner.
+    /// The guest and its serving side (the runner or the browser).
     pub inner: GuestRoute<'a>,
-    /// The Wisp server (dropped after the runner and the guest).
+    /// How the guest's curl reaches the origins.
+    shape: RelayShape,
+    /// The Wisp server (dropped after the serving side and the guest).
     _server: WispServer,
 }
 
@@ -342,17 +370,28 @@ impl Route for RelayRoute<'_> {
     }
 
     fn curl(&self) -> String {
-        format!(
-            "curl -sS --noproxy '*' --cacert {} --connect-to localhost::{RELAY_ORIGIN}:",
-            self.inner.origins.ca.display()
-        )
+        let ca = self.inner.origins.ca.display();
+        match self.shape {
+            RelayShape::Raw => {
+                format!(
+                    "curl -sS --noproxy '*' --cacert {ca} --connect-to localhost::{RELAY_ORIGIN}:"
+                )
+            }
+            RelayShape::Proxy => format!("curl -sS -x {PROXY} --cacert {ca}"),
+        }
     }
 
     fn base(&self, scheme: Scheme) -> Option<String> {
         let origins = self.inner.origins;
-        Some(match scheme {
-            Scheme::Http => format!("http://{RELAY_ORIGIN}:{}", origins.http.addr().port()),
-            Scheme::Https => format!("https://localhost:{}", origins.https.addr().port()),
+        Some(match (self.shape, scheme) {
+            (RelayShape::Raw, Scheme::Http) => {
+                format!("http://{RELAY_ORIGIN}:{}", origins.http.addr().port())
+            }
+            (RelayShape::Raw, Scheme::Https) => {
+                format!("https://localhost:{}", origins.https.addr().port())
+            }
+            (RelayShape::Proxy, Scheme::Http) => origins.http.base_url(),
+            (RelayShape::Proxy, Scheme::Https) => origins.https.base_url(),
         })
     }
 
@@ -369,6 +408,11 @@ impl Route for RelayRoute<'_> {
     }
 }
 
+/// The short name of a Wisp server kind in path names (`js`, `python`).
+fn short(kind: WispServerKind) -> &'static str {
+    kind.name().trim_start_matches("wisp-")
+}
+
 /// Starts a Wisp server of `kind`, the native runner relaying through it, and a guest.
 pub fn relay<'a>(
     origins: &'a Origins,
@@ -377,7 +421,7 @@ pub fn relay<'a>(
     kind: WispServerKind,
 ) -> Result<RelayRoute<'a>> {
     let server = WispServer::start(kind, None)?;
-    let name = format!("relay-{}", kind.name().trim_start_matches("wisp-"));
+    let name = format!("relay-{}", short(kind));
     let extra = [
         "--relay".to_string(),
         server.url(),
@@ -390,6 +434,44 @@ pub fn relay<'a>(
     let inner = native(origins, binary, dir, &name, &extra)?;
     Ok(RelayRoute {
         inner,
+        shape: RelayShape::Raw,
+        _server: server,
+    })
+}
+
+/// The name of the browser relay route of `kind` and `shape`: `browser-relay-js` (raw
+/// streams), `browser-proxy-relay-js` (through the proxy).
+pub fn browser_relay_name(kind: WispServerKind, shape: RelayShape) -> String {
+    match shape {
+        RelayShape::Raw => format!("browser-relay-{}", short(kind)),
+        RelayShape::Proxy => format!("browser-proxy-relay-{}", short(kind)),
+    }
+}
+
+/// Starts a Wisp server of `kind`, `e2e.html` in Chromium with `config.relay` naming it (and
+/// `relay.http = "always"` for [`RelayShape::Proxy`]), a bridge and a guest.
+pub fn browser_relay<'a>(
+    origins: &'a Origins,
+    pages: &PageServer,
+    dir: &Path,
+    kind: WispServerKind,
+    shape: RelayShape,
+) -> Result<RelayRoute<'a>> {
+    let server = WispServer::start(kind, None)?;
+    let name = browser_relay_name(kind, shape);
+    let mut relay = serde_json::json!({
+        "url": server.url(),
+        // e2e.html allows these names besides loopback.
+        "hosts": { RELAY_ORIGIN: "127.0.0.1" },
+    });
+    if shape == RelayShape::Proxy {
+        relay["http"] = "always".into();
+    }
+    let extra = format!("relay={}&", crate::demo::boot::encode(&relay.to_string()));
+    let inner = browser_with(origins, pages, dir, &name, Page::NetProxy, &extra)?;
+    Ok(RelayRoute {
+        inner,
+        shape,
         _server: server,
     })
 }
