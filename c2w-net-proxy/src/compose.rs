@@ -18,7 +18,7 @@ use net_stack::Stack;
 use crate::clock::WallClock;
 use crate::options::{Options, OptionsError, RelayOptions, RelayVersion};
 use crate::relay::{self, RelayTunnels, RoutesError};
-use crate::relay_http::{RelayHttp, ViaRelay};
+use crate::relay_http::{RelayHttp, ViaRelay, RELAY_HTTP_IDLE};
 use crate::runtime::Runtime;
 use crate::services;
 
@@ -205,6 +205,8 @@ pub fn compose(options: &Options, platform: Platform) -> Result<System, ComposeE
                     relay.clone(),
                     Rc::new(relay_options.clone()),
                     destinations.clone(),
+                    timer.clone(),
+                    options.timeout().unwrap_or(RELAY_HTTP_IDLE),
                 ),
                 relay_options.http.unwrap_or_default(),
                 patterns(relay_options.relay_only.as_deref())?,

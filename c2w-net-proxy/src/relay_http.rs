@@ -10,11 +10,12 @@
 //! proxy's own TLS port) stays with `fetch()`.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use fetch_transport::relay::{Relay, RelayStream};
-use fetch_transport::{Body, BodyError, DestinationFilter, Transport, TransportError};
+use fetch_transport::{Body, BodyError, DestinationFilter, Timer, Transport, TransportError};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::StreamExt;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -37,22 +38,38 @@ const MAX_LINE: usize = 4096;
 const MAX_PIECE: usize = 64 * 1024;
 /// Bytes read from the relay stream at once.
 const READ_SIZE: usize = 16 * 1024;
+/// How long a response through the relay may stay silent when the options set no `timeout`.
+pub const RELAY_HTTP_IDLE: Duration = Duration::from_secs(60);
 
-/// HTTP/1.1 to origins over relay streams, one connection per request (`Connection: close`).
+/// HTTP/1.1 to origins over relay streams, one stream per request, closed from our side once
+/// the response is complete (the origin is not asked to close: wisp-js 0.5.0 drops data it
+/// still holds when the origin closes first, and never closes the stream). A response that
+/// sends nothing for `idle` fails, so a relay that stops mid-body cannot hang the guest.
 pub struct RelayHttp {
     relay: Relay,
     options: Rc<RelayOptions>,
     destinations: DestinationFilter,
+    timer: Rc<dyn Timer>,
+    idle: Duration,
 }
 
 impl RelayHttp {
     /// Requests through `relay`, names mapped by `options.hosts`, destinations checked against
-    /// the `allow`/`deny` options as the transport checks them.
-    pub fn new(relay: Relay, options: Rc<RelayOptions>, destinations: DestinationFilter) -> Self {
+    /// the `allow`/`deny` options as the transport checks them; a response silent for `idle`
+    /// (timed with `timer`) fails.
+    pub fn new(
+        relay: Relay,
+        options: Rc<RelayOptions>,
+        destinations: DestinationFilter,
+        timer: Rc<dyn Timer>,
+        idle: Duration,
+    ) -> Self {
         Self {
             relay,
             options,
             destinations,
+            timer,
+            idle,
         }
     }
 
@@ -107,7 +124,11 @@ impl RelayHttp {
             .await
             .map_err(|err| blocked(format!("relay: {err}")))?;
         write_body(&mut stream, body, &url).await?;
-        read_response(stream, &method, &url).await
+        let idle = Idle {
+            timer: self.timer.clone(),
+            limit: self.idle,
+        };
+        read_response(stream, &method, &url, idle).await
     }
 }
 
@@ -144,7 +165,7 @@ fn request_head(
         Some(len) => head.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes()),
         None => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
     }
-    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    head.extend_from_slice(b"\r\n");
     head
 }
 
@@ -186,6 +207,7 @@ async fn read_response(
     mut stream: RelayStream,
     method: &Method,
     url: &str,
+    idle: Idle,
 ) -> Result<Response<Body>, TransportError> {
     let blocked = |reason: String| TransportError::Blocked {
         url: url.to_string(),
@@ -202,7 +224,7 @@ async fn read_response(
                     "the origin's response head is over {MAX_HEAD} bytes"
                 )));
             }
-            let n = read_more(&mut stream, &mut buf)
+            let n = read_more(&mut stream, &mut buf, &idle)
                 .await
                 .map_err(|err| blocked(format!("relay: {err}")))?;
             if n == 0 {
@@ -224,7 +246,10 @@ async fn read_response(
             Framing::Decoded(RequestFraming::Empty) => Some(0),
             _ => None,
         };
-        let mut response = Response::new(Body::from_stream(body_stream(stream, buf, framing), len));
+        let mut response = Response::new(Body::from_stream(
+            body_stream(stream, buf, framing, idle),
+            len,
+        ));
         *response.status_mut() = status;
         let mut kept = HeaderMap::new();
         for (name, value) in headers.iter() {
@@ -239,11 +264,32 @@ async fn read_response(
     }
 }
 
-async fn read_more(stream: &mut RelayStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+/// How long a response may stay silent.
+#[derive(Clone)]
+struct Idle {
+    timer: Rc<dyn Timer>,
+    limit: Duration,
+}
+
+/// Reads what the relay stream has into `buf`; an error after `idle.limit` without a byte.
+async fn read_more(
+    stream: &mut RelayStream,
+    buf: &mut BytesMut,
+    idle: &Idle,
+) -> std::io::Result<usize> {
     let mut chunk = [0u8; READ_SIZE];
-    let n = stream.read(&mut chunk).await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
+    let read = stream.read(&mut chunk);
+    match futures::future::select(read, idle.timer.sleep(idle.limit)).await {
+        futures::future::Either::Left((n, _)) => {
+            let n = n?;
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(n)
+        }
+        futures::future::Either::Right(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("nothing from the origin for {:?}", idle.limit),
+        )),
+    }
 }
 
 /// Why a response head was refused.
@@ -334,39 +380,45 @@ fn body_stream(
     stream: RelayStream,
     buf: BytesMut,
     framing: Framing,
+    idle: Idle,
 ) -> impl futures::Stream<Item = Result<Bytes, BodyError>> {
     let decoder = match framing {
         Framing::Decoded(framing) => Some(Decoder::new(framing, MAX_LINE, MAX_PIECE)),
         Framing::Close => None,
     };
-    futures::stream::unfold(Some((stream, buf, decoder)), |state| async move {
-        let (mut stream, mut buf, mut decoder) = state?;
-        loop {
-            match decoder.as_mut() {
-                Some(d) => match d.decode(&mut buf) {
-                    Ok(Step::Data(data)) => return Some((Ok(data), Some((stream, buf, decoder)))),
-                    Ok(Step::Done) => return None,
-                    Ok(Step::NeedMore) => {}
-                    Err(err) => return Some((Err(BodyError::new(err.to_string())), None)),
-                },
-                None if !buf.is_empty() => {
-                    let data = buf.split().freeze();
-                    return Some((Ok(data), Some((stream, buf, decoder))));
+    futures::stream::unfold(Some((stream, buf, decoder)), move |state| {
+        let idle = idle.clone();
+        async move {
+            let (mut stream, mut buf, mut decoder) = state?;
+            loop {
+                match decoder.as_mut() {
+                    Some(d) => match d.decode(&mut buf) {
+                        Ok(Step::Data(data)) => {
+                            return Some((Ok(data), Some((stream, buf, decoder))))
+                        }
+                        Ok(Step::Done) => return None,
+                        Ok(Step::NeedMore) => {}
+                        Err(err) => return Some((Err(BodyError::new(err.to_string())), None)),
+                    },
+                    None if !buf.is_empty() => {
+                        let data = buf.split().freeze();
+                        return Some((Ok(data), Some((stream, buf, decoder))));
+                    }
+                    None => {}
                 }
-                None => {}
-            }
-            match read_more(&mut stream, &mut buf).await {
-                Ok(0) => {
-                    return match decoder {
-                        None => None,
-                        Some(d) => match d.finish() {
-                            Ok(()) => None,
-                            Err(err) => Some((Err(BodyError::new(err.to_string())), None)),
-                        },
-                    };
+                match read_more(&mut stream, &mut buf, &idle).await {
+                    Ok(0) => {
+                        return match decoder {
+                            None => None,
+                            Some(d) => match d.finish() {
+                                Ok(()) => None,
+                                Err(err) => Some((Err(BodyError::new(err.to_string())), None)),
+                            },
+                        };
+                    }
+                    Ok(_) => {}
+                    Err(err) => return Some((Err(BodyError::new(format!("relay: {err}"))), None)),
                 }
-                Ok(_) => {}
-                Err(err) => return Some((Err(BodyError::new(format!("relay: {err}"))), None)),
             }
         }
     })
@@ -482,12 +534,12 @@ mod tests {
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nHost: site.test:8080\r\naccept: */*\r\n\
-             Content-Length: 5\r\nConnection: close\r\n\r\n"
+             Content-Length: 5\r\n\r\n"
         );
         let head = request_head(&Method::GET, "/", "a.test", &HeaderMap::new(), Some(0));
         assert_eq!(
             String::from_utf8(head).unwrap(),
-            "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"
         );
         let head = request_head(&Method::PUT, "/", "a.test", &HeaderMap::new(), None);
         assert!(String::from_utf8(head)
