@@ -378,17 +378,7 @@ impl UdpHost for Inner {
         why: Unreachable,
     ) -> Result<(), UdpSendError> {
         let (guest, remote) = (datagram.guest, datagram.remote);
-        if !self.is_elsewhere(*remote.ip()) {
-            return Err(UdpSendError::NotElsewhere(*remote.ip()));
-        }
-        let Some(mac) = self.neighbors.get(guest.ip()).copied() else {
-            self.stats.drop(Drop::NoNeighbor);
-            return Err(UdpSendError::NoNeighbor(*guest.ip()));
-        };
-        if self.outbound.len() >= self.config.max_outbound_frames {
-            self.stats.drop(Drop::OutboundFull);
-            return Err(UdpSendError::OutboundFull);
-        }
+        let mac = self.udp_route(remote, guest)?;
         // The datagram as the guest sent it (its UDP header and checksum rebuilt), quoted up
         // to the same limit as for our own closed ports.
         let sent = emit::udp_frame(mac, self.mac, guest, remote, &datagram.payload);
@@ -435,18 +425,7 @@ impl UdpHost for Inner {
                 max,
             });
         }
-        if !self.is_elsewhere(*remote.ip()) {
-            return Err(UdpSendError::NotElsewhere(*remote.ip()));
-        }
-        // Like smoltcp's TCP output (`flush_device`): to the MAC the guest address was seen with.
-        let Some(mac) = self.neighbors.get(guest.ip()).copied() else {
-            self.stats.drop(Drop::NoNeighbor);
-            return Err(UdpSendError::NoNeighbor(*guest.ip()));
-        };
-        if self.outbound.len() >= self.config.max_outbound_frames {
-            self.stats.drop(Drop::OutboundFull);
-            return Err(UdpSendError::OutboundFull);
-        }
+        let mac = self.udp_route(remote, guest)?;
         let frame = emit::udp_frame(self.mac, mac, remote, guest, payload);
         self.send(frame);
         self.stats.udp_datagrams_out += 1;
@@ -455,6 +434,27 @@ impl UdpHost for Inner {
 }
 
 impl Inner {
+    /// Whether a frame from `remote` (elsewhere) may go to `guest` now, and to which MAC:
+    /// like smoltcp's TCP output (`flush_device`), the one the guest address was seen with.
+    fn udp_route(
+        &mut self,
+        remote: SocketAddrV4,
+        guest: SocketAddrV4,
+    ) -> Result<EthernetAddress, UdpSendError> {
+        if !self.is_elsewhere(*remote.ip()) {
+            return Err(UdpSendError::NotElsewhere(*remote.ip()));
+        }
+        let Some(mac) = self.neighbors.get(guest.ip()).copied() else {
+            self.stats.drop(Drop::NoNeighbor);
+            return Err(UdpSendError::NoNeighbor(*guest.ip()));
+        };
+        if self.outbound.len() >= self.config.max_outbound_frames {
+            self.stats.drop(Drop::OutboundFull);
+            return Err(UdpSendError::OutboundFull);
+        }
+        Ok(mac)
+    }
+
     /// The gateway or a virtual IP.
     fn is_ours(&self, ip: Ipv4Addr) -> bool {
         ip == self.config.gateway_ip || self.config.virtual_ips.contains(&ip)

@@ -728,13 +728,7 @@ impl TcpListener {
             .tcp()
             .table
             .poll_accept(self.id, cx)
-            .map(|(handle, local, peer)| TcpStream {
-                shared: self.shared.clone(),
-                handle,
-                local,
-                peer,
-                write_closed: false,
-            })
+            .map(|(handle, local, peer)| TcpStream::new(self.shared.clone(), handle, local, peer))
     }
 
     /// Waits for the next established connection.
@@ -832,13 +826,9 @@ impl std::future::Future for Connecting {
             std::task::ready!(table.poll_dial(handle, sockets, cx))
         };
         self.handle = None;
-        Poll::Ready(result.map(|()| TcpStream {
-            shared: self.shared.clone(),
-            handle,
-            local: self.local,
-            peer: self.peer,
-            write_closed: false,
-        }))
+        Poll::Ready(
+            result.map(|()| TcpStream::new(self.shared.clone(), handle, self.local, self.peer)),
+        )
     }
 }
 
@@ -909,13 +899,12 @@ impl ConnectionRequest {
                 .poll_handshake(key, cx)
         })
         .await?;
-        Some(TcpStream {
-            shared: self.shared.clone(),
+        Some(TcpStream::new(
+            self.shared.clone(),
             handle,
-            local: self.local,
-            peer: self.peer,
-            write_closed: false,
-        })
+            self.local,
+            self.peer,
+        ))
     }
 
     /// Refuses the connection: the guest's SYN is answered with RST.
@@ -1004,6 +993,21 @@ pub struct TcpStream {
 }
 
 impl TcpStream {
+    fn new(
+        shared: Rc<SharedTcp>,
+        handle: SocketHandle,
+        local: SocketAddrV4,
+        peer: SocketAddrV4,
+    ) -> Self {
+        TcpStream {
+            shared,
+            handle,
+            local,
+            peer,
+            write_closed: false,
+        }
+    }
+
     /// The address and port the guest connected to: a virtual IP, the gateway, a fake IP
     /// (`Stack::fake_ip_name` tells its name) or, through the catch-all listener, any address
     /// elsewhere.

@@ -283,17 +283,9 @@ fn http_relay_only(env: &RelayEnv) -> Result<String> {
 
 fn denied(env: &RelayEnv) -> Result<String> {
     let before = streams_opened(env)?;
-    let out = env.guest.ns.output_within(
-        &[
-            "curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "10",
-            &format!("http://{DENIED_NAME}:{}/hello", env.http.addr().port()),
-        ],
-        Duration::from_secs(15),
+    let out = raw_curl(
+        env,
+        &format!("http://{DENIED_NAME}:{}/hello", env.http.addr().port()),
     )?;
     if out.status.success() {
         bail!("a denied destination answered: {}", text(&out));
@@ -534,18 +526,7 @@ fn udp_unreachable(env: &RelayEnv) -> Result<String> {
 /// naming the relay, and the stats say the relay is not up.
 fn unreachable_at_start(env: &RelayEnv, port: u16) -> Result<String> {
     let started = Instant::now();
-    let out = env.guest.ns.output_within(
-        &[
-            "curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "10",
-            &format!("http://{}/hello", env.origin()),
-        ],
-        Duration::from_secs(15),
-    )?;
+    let out = raw_curl(env, &format!("http://{}/hello", env.origin()))?;
     let elapsed = started.elapsed();
     let code = out.status.code();
     if code != Some(7) {
@@ -646,24 +627,21 @@ fn connect_page(env: &RelayEnv) -> Result<String> {
     )
 }
 
+/// curl in the guest without the proxy (raw TCP through the relay), 10 s at most.
+fn raw_curl(env: &RelayEnv, url: &str) -> Result<std::process::Output> {
+    env.guest.ns.output_within(
+        &["curl", "-sS", "--noproxy", "*", "--max-time", "10", url],
+        Duration::from_secs(15),
+    )
+}
+
 fn refused(env: &RelayEnv) -> Result<String> {
     // A port of 127.0.0.1 that nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let started = Instant::now();
-    let out = env.guest.ns.output_within(
-        &[
-            "curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "10",
-            &format!("http://{ORIGIN_NAME}:{port}/"),
-        ],
-        Duration::from_secs(15),
-    )?;
+    let out = raw_curl(env, &format!("http://{ORIGIN_NAME}:{port}/"))?;
     let elapsed = started.elapsed();
     if out.status.success() {
         bail!("curl succeeded: {}", text(&out));
