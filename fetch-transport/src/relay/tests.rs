@@ -992,21 +992,46 @@ fn a_slow_relay_stops_the_writer() {
     let mut stream = net.ready(relay.connect_tcp("example.com", 80)).unwrap();
     server.expect(&connect_example_com_80(1));
     server.set_write_bound(1);
-    let packet = |byte: u8| [&[0x02, 1, 0, 0, 0][..], &[byte; 10]].concat();
-    // One packet on the wire, then the client's queue (20 bytes: two packets of 15).
-    for byte in [b'a', b'b', b'c'] {
-        assert_eq!(net.ready(stream.write(&[byte; 10])).unwrap(), 10);
-    }
-    let mut write = net.op(stream.write(&[b'd'; 10]));
-    assert!(net.poll(&mut write).is_pending(), "the queue is full");
-    server.expect(&packet(b'a'));
-    assert_eq!(done(net.poll(&mut write)).unwrap(), 10);
-    for byte in [b'b', b'c', b'd'] {
-        net.run();
-        server.expect(&packet(byte));
+    // One message on the wire and the client's queue (20 bytes) full: a write waits until the
+    // server reads. Everything arrives in order, once.
+    let (mut sent, mut received, mut waits) = (Vec::new(), Vec::new(), 0);
+    for byte in b'a'..=b'l' {
+        let chunk = [byte; 10];
+        let mut offset = 0;
+        while offset < chunk.len() {
+            let taken = {
+                let mut write = net.op(stream.write(&chunk[offset..]));
+                match net.poll(&mut write) {
+                    Poll::Ready(n) => Some(n.unwrap()),
+                    Poll::Pending => None,
+                }
+            };
+            match taken {
+                Some(n) => {
+                    sent.extend_from_slice(&chunk[offset..offset + n]);
+                    offset += n;
+                }
+                None => {
+                    if waits == 0 {
+                        assert!(sent.len() <= 10 + 20, "{} bytes before waiting", sent.len());
+                    }
+                    waits += 1;
+                    let message = server.recv().expect("a message waits for the server");
+                    assert_eq!(message[..5], [0x02, 1, 0, 0, 0]);
+                    received.extend_from_slice(&message[5..]);
+                    net.run();
+                }
+            }
+        }
     }
     net.run();
-    server.expect_nothing();
+    while let Some(message) = server.recv() {
+        received.extend_from_slice(&message[5..]);
+        net.run();
+    }
+    assert!(waits > 0, "the writer never waited");
+    assert_eq!(received, sent);
+    assert_eq!(sent.len(), 120);
 }
 
 #[test]

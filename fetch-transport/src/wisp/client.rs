@@ -605,7 +605,16 @@ impl Client {
                 }
             }
             StreamType::Tcp => {
-                let mut taken = 0;
+                // Bytes written while this stream's last DATA still waits to be sent join it:
+                // credit counts packets, and a guest's segments arrive a few KiB at a time.
+                let mut taken = append_data(
+                    &mut self.transmit,
+                    &mut self.queued_bytes,
+                    id,
+                    bytes,
+                    max_payload,
+                    max_queued,
+                );
                 while taken < bytes.len() && stream.credit > 0 && self.queued_bytes < max_queued {
                     let end = bytes.len().min(taken + max_payload);
                     push_data(
@@ -935,6 +944,32 @@ impl Client {
     }
 }
 
+/// Appends what fits of `bytes` to the last queued packet if it is a DATA packet of stream
+/// `id` with room below `max_payload` (and the queue below `max_queued`); how much it took.
+fn append_data(
+    transmit: &mut VecDeque<Vec<u8>>,
+    queued: &mut usize,
+    id: StreamId,
+    bytes: &[u8],
+    max_payload: usize,
+    max_queued: usize,
+) -> usize {
+    let Some(last) = transmit.back_mut() else {
+        return 0;
+    };
+    let ours = last.len() >= HEADER_LEN
+        && last[0] == PacketType::Data.to_u8()
+        && last[1..HEADER_LEN] == id.get().to_le_bytes();
+    if !ours || *queued >= max_queued {
+        return 0;
+    }
+    let room = max_payload.saturating_sub(last.len() - HEADER_LEN);
+    let n = room.min(bytes.len()).min(max_queued - *queued);
+    last.extend_from_slice(&bytes[..n]);
+    *queued += n;
+    n
+}
+
 fn push_data(transmit: &mut VecDeque<Vec<u8>>, queued: &mut usize, id: StreamId, payload: &[u8]) {
     let mut packet = Vec::with_capacity(HEADER_LEN + payload.len());
     emit_data(&mut packet, id.get(), payload);
@@ -1244,21 +1279,53 @@ mod tests {
         let s = client.open(StreamType::Tcp, "h", 1).unwrap();
         transmits(&mut client);
         assert_eq!(client.send(s, b"a"), Ok(1));
-        assert_eq!(client.send(s, b"b"), Ok(1));
+        assert_eq!(client.send(s, b"b"), Ok(1), "joins the queued DATA");
+        assert_eq!(client.credit(s), Some(1), "one packet, one credit");
+        assert_eq!(transmits(&mut client), [vec![0x02, 1, 0, 0, 0, b'a', b'b']]);
+        assert_eq!(client.send(s, b"c"), Ok(1));
         assert_eq!(client.credit(s), Some(0));
-        assert_eq!(client.send(s, b"c"), Ok(0), "out of credit");
-        assert_eq!(client.send(s, b"c"), Ok(0));
+        assert_eq!(transmits(&mut client), [vec![0x02, 1, 0, 0, 0, b'c']]);
         assert_eq!(
-            transmits(&mut client),
-            [vec![0x02, 1, 0, 0, 0, b'a'], vec![0x02, 1, 0, 0, 0, b'b']]
+            client.send(s, b"d"),
+            Ok(0),
+            "out of credit, nothing queued to join"
         );
+        assert_eq!(client.send(s, b"d"), Ok(0));
         assert!(events(&mut client).is_empty());
         // The server's CONTINUE replaces the credit and wakes the stream once.
         client.handle_message(&continue_packet(1, 3)).unwrap();
         assert_eq!(events(&mut client), [Event::Writable { id: s }]);
         assert_eq!(client.credit(s), Some(3));
-        assert_eq!(client.send(s, b"c"), Ok(1));
-        assert_eq!(transmits(&mut client), [vec![0x02, 1, 0, 0, 0, b'c']]);
+        assert_eq!(client.send(s, b"d"), Ok(1));
+        assert_eq!(transmits(&mut client), [vec![0x02, 1, 0, 0, 0, b'd']]);
+    }
+
+    #[test]
+    fn writes_join_their_stream_s_queued_data_up_to_the_max_payload() {
+        let config = config().max_data_payload(4).build().unwrap();
+        let mut client = ready_v1(10, config);
+        let a = client.open(StreamType::Tcp, "a", 1).unwrap();
+        let b = client.open(StreamType::Tcp, "b", 1).unwrap();
+        transmits(&mut client);
+        assert_eq!(client.send(a, b"12"), Ok(2));
+        assert_eq!(client.send(a, b"345"), Ok(3), "2 join, 1 starts a packet");
+        assert_eq!(client.send(b, b"x"), Ok(1));
+        assert_eq!(
+            client.send(a, b"6"),
+            Ok(1),
+            "another stream's DATA is last: new packet"
+        );
+        assert_eq!(client.credit(a), Some(7));
+        assert_eq!(client.credit(b), Some(9));
+        assert_eq!(
+            transmits(&mut client),
+            [
+                data_packet(1, b"1234"),
+                data_packet(1, b"5"),
+                data_packet(2, b"x"),
+                data_packet(1, b"6"),
+            ]
+        );
     }
 
     #[test]
@@ -1271,8 +1338,9 @@ mod tests {
         client.handle_message(&continue_packet(1, 5)).unwrap();
         assert_eq!(client.credit(s), Some(5));
         assert!(events(&mut client).is_empty(), "never blocked: no Writable");
-        // A CONTINUE of 0 stops the stream.
+        // A CONTINUE of 0 stops the stream (once its queued DATA is sent).
         client.handle_message(&continue_packet(1, 0)).unwrap();
+        transmits(&mut client);
         assert_eq!(client.send(s, b"x"), Ok(0));
         client.handle_message(&continue_packet(1, 0)).unwrap();
         assert!(events(&mut client).is_empty(), "still no credit");
