@@ -2,9 +2,11 @@
 //! - TCP to every destination the stack does not serve itself (`Stack::ask_elsewhere`:
 //!   any port of a fake IP, any address outside the guest network), spliced to a relay stream;
 //!   a fake IP becomes the name it stands for, so the relay resolves it. The guest's SYN is
-//!   answered once the relay stream is open; a destination the relay cannot reach (or that
-//!   `allow`/`deny` refuses) gets RST to its SYN: a refused connection. Wisp cannot pass a half-close
-//!   on: once the guest has sent FIN, the answer is carried while it keeps coming
+//!   answered once the relay stream is open: a destination `allow`/`deny` refuses, or met
+//!   while the relay is down, gets RST to its SYN (a refused connection), and so does one the
+//!   relay cannot reach when it confirms opens (Wisp v2); a relay that does not confirm opens
+//!   at once, so the refusal resets the connection just after it opened. Wisp cannot pass a
+//!   half-close on: once the guest has sent FIN, the answer is carried while it keeps coming
 //!   ([`HALF_CLOSE_LINGER`]).
 //! - UDP other than DHCP and DNS to the gateway (`Stack::bind_udp_elsewhere`): one relay UDP
 //!   stream per (guest port, destination) flow, closed after [`UDP_IDLE`] without traffic. A
@@ -131,8 +133,8 @@ async fn accept_tcp(listener: TcpListener, route: Route, runtime: Rc<dyn Runtime
 }
 
 /// Carries one guest connection through the relay. The guest's SYN is answered only once the
-/// relay stream is open: a destination the relay cannot reach is refused (RST to the SYN),
-/// as it would be directly.
+/// relay stream is open; what cannot be opened is refused (RST to the SYN), as it would be
+/// directly.
 async fn carry_tcp(request: ConnectionRequest, route: Route, timer: Rc<dyn Timer>) {
     let dst = request.local_addr();
     let host = match route.host_for(&dst) {
