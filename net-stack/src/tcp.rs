@@ -434,20 +434,20 @@ impl TcpTable {
             sockets.remove(handle);
         }
         for (&handle, conn) in self.conns.iter_mut() {
+            let socket = sockets.get_mut::<tcp::Socket>(handle);
+            // A connection the stack is opening: its `Connecting` learns how the handshake
+            // ended (dialling connections are never orphaned).
             if let Some(dialing) = conn.dialing.as_mut() {
-                let state = sockets.get::<tcp::Socket>(handle).state();
-                if !matches!(state, State::SynSent | State::SynReceived) {
+                if !matches!(socket.state(), State::SynSent | State::SynReceived) {
                     if let Some(waker) = dialing.waker.take() {
                         waker.wake();
                     }
                 }
+                continue;
             }
-        }
-        for (&handle, conn) in self.conns.iter_mut() {
             let Some(since) = conn.orphaned_at else {
                 continue;
             };
-            let socket = sockets.get_mut::<tcp::Socket>(handle);
             // Nobody will read: discard data so the guest is not stuck on a zero window.
             while socket.can_recv() {
                 if socket.recv(|data| (data.len(), ())).is_err() {
