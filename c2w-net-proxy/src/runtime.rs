@@ -38,6 +38,10 @@ impl Timer for RuntimeTimer {
     fn sleep(&self, duration: Duration) -> LocalBoxFuture<'static, ()> {
         self.0.sleep(duration)
     }
+
+    fn next_task(&self) -> LocalBoxFuture<'static, ()> {
+        self.0.yield_to_host()
+    }
 }
 
 impl dyn Runtime {

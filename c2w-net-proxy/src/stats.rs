@@ -207,6 +207,10 @@ pub struct RelayCounters {
     pub bytes_to_relay: u64,
     /// Payload bytes received from the relay.
     pub bytes_from_relay: u64,
+    /// WebSocket messages sent to the relay.
+    pub messages_to_relay: u64,
+    /// WebSocket messages received from the relay.
+    pub messages_from_relay: u64,
     /// Datagrams from the relay dropped because their flow's queue was full.
     pub datagrams_dropped: u64,
     /// Packets from the relay that were malformed or broke the protocol (ignored).
@@ -237,6 +241,8 @@ impl RelayCounters {
             streams_failed: r.streams_failed,
             bytes_to_relay: r.bytes_to_relay,
             bytes_from_relay: r.bytes_from_relay,
+            messages_to_relay: r.messages_to_relay,
+            messages_from_relay: r.messages_from_relay,
             datagrams_dropped: r.datagrams_dropped,
             protocol_errors: r.protocol_errors,
             last_error: r.last_error,

@@ -11,4 +11,11 @@ use futures::future::LocalBoxFuture;
 pub trait Timer {
     /// A future that completes once `duration` has passed.
     fn sleep(&self, duration: Duration) -> LocalBoxFuture<'static, ()>;
+
+    /// A future that completes once the embedder's event loop has run the work it already
+    /// had queued (the next task in a browser, a yield on tokio). The relay waits for it
+    /// before sending small writes, so what a burst of tasks wrote leaves as one message.
+    fn next_task(&self) -> LocalBoxFuture<'static, ()> {
+        self.sleep(Duration::ZERO)
+    }
 }

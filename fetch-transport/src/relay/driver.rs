@@ -21,6 +21,8 @@ use super::WispVersionChoice;
 
 /// Messages handled per wake-up before the driver lets other tasks run.
 const RECEIVE_BUDGET: usize = 64;
+/// Queued bytes that go to the socket at once; less waits for [`Timer::next_task`].
+const FLUSH_AT: usize = 64 * 1024;
 /// How long a clean close of the WebSocket may take when the relay is no longer needed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// While the backoff runs, a connection the relay had to refuse brings the next attempt
@@ -222,6 +224,10 @@ impl RelayDriver {
         timeout: Duration,
     ) -> End {
         let shared = self.shared.clone();
+        let mut flush = Flush {
+            timer: self.timer.clone(),
+            turn: None,
+        };
         let pump = poll_fn(|cx| {
             let Some(shared) = shared.upgrade() else {
                 return Poll::Ready(End::Unused);
@@ -229,7 +235,7 @@ impl RelayDriver {
             let mut sh = shared.borrow_mut();
             sh.driver = Some(cx.waker().clone());
             let mut state = PumpState::default();
-            match pump_once(&mut sh, socket.as_mut(), cx, &mut state) {
+            match pump_once(&mut sh, socket.as_mut(), cx, &mut state, &mut flush) {
                 Some(end) => Poll::Ready(end),
                 None => Poll::Pending,
             }
@@ -257,6 +263,39 @@ impl RelayDriver {
     }
 }
 
+/// When the client's queued packets go to the socket: at once when they fill a DATA packet,
+/// else once the embedder's event loop has run what it had queued ([`Timer::next_task`]). In
+/// a browser every guest frame is a task of its own, and a segment written as soon as it
+/// arrived would cost a WebSocket message (a message costs the page, the browser's network
+/// process and the relay far more than its bytes); waiting one task lets a burst of segments
+/// leave as one.
+struct Flush {
+    timer: Rc<dyn Timer>,
+    /// The task hop being waited for, while small writes wait.
+    turn: Option<LocalBoxFuture<'static, ()>>,
+}
+
+impl Flush {
+    /// Whether `queued` bytes should be transmitted now; when not, `cx` is woken when they
+    /// should.
+    fn due(&mut self, queued: usize, cx: &mut std::task::Context<'_>) -> bool {
+        if queued == 0 {
+            return false;
+        }
+        if queued >= FLUSH_AT {
+            self.turn = None;
+            return true;
+        }
+        let turn = self.turn.get_or_insert_with(|| self.timer.next_task());
+        if turn.as_mut().poll(cx).is_ready() {
+            self.turn = None;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// What a wake-up of the pump learns while dispatching events.
 #[derive(Default)]
 struct PumpState {
@@ -271,6 +310,7 @@ fn pump_once(
     socket: &mut dyn MessageSocket,
     cx: &mut std::task::Context<'_>,
     state: &mut PumpState,
+    flush: &mut Flush,
 ) -> Option<End> {
     // Receive.
     let mut budget = RECEIVE_BUDGET;
@@ -289,15 +329,18 @@ fn pump_once(
             }
             Poll::Ready(Err(err)) => return Some(End::Failed(err.to_string())),
         };
+        sh.stats.messages_from_relay += 1;
         handle(sh, &message, state);
         if let Some(fatal) = state.fatal.take() {
             // Say goodbye if the client queued a CLOSE; the connection is over either way.
-            let _ = transmit(sh, socket, cx);
+            let _ = transmit(sh, socket, cx, true);
             return Some(End::Failed(fatal));
         }
     }
     // Transmit.
-    if let Err(reason) = transmit(sh, socket, cx) {
+    let queued = sh.client.as_ref().map_or(0, Client::queued_transmit_bytes);
+    let send = flush.due(queued, cx);
+    if let Err(reason) = transmit(sh, socket, cx, send) {
         return Some(End::Failed(reason));
     }
     // Transmitting may have made streams writable again.
@@ -339,14 +382,16 @@ fn drain_events(sh: &mut Shared, state: &mut PumpState) {
     }
 }
 
-/// Writes the client's queued packets while the socket takes them, then flushes.
+/// Writes the client's queued packets while the socket takes them (when `send`), then
+/// flushes (always: an earlier flush may still be under way).
 fn transmit(
     sh: &mut Shared,
     socket: &mut dyn MessageSocket,
     cx: &mut std::task::Context<'_>,
+    send: bool,
 ) -> Result<(), String> {
     let mut sent = false;
-    while let Some(client) = sh.client.as_mut() {
+    while let Some(client) = sh.client.as_mut().filter(|_| send) {
         if client.queued_transmit_bytes() == 0 {
             break;
         }
@@ -359,6 +404,7 @@ fn transmit(
             break;
         };
         socket.send(packet).map_err(|e| e.to_string())?;
+        sh.stats.messages_to_relay += 1;
         sent = true;
     }
     if sent {

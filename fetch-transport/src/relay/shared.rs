@@ -47,6 +47,11 @@ pub struct RelayStats {
     pub bytes_to_relay: u64,
     /// Payload bytes received from the relay.
     pub bytes_from_relay: u64,
+    /// WebSocket messages (Wisp packets) sent to the relay: with `bytes_to_relay`, how well
+    /// small writes are gathered (each message costs far more than its bytes).
+    pub messages_to_relay: u64,
+    /// WebSocket messages received from the relay.
+    pub messages_from_relay: u64,
     /// Datagrams from the relay dropped because their flow's queue was full.
     pub datagrams_dropped: u64,
     /// Packets from the relay that were malformed or broke the protocol (ignored).
@@ -162,6 +167,8 @@ impl Shared {
                 streams_failed: 0,
                 bytes_to_relay: 0,
                 bytes_from_relay: 0,
+                messages_to_relay: 0,
+                messages_from_relay: 0,
                 datagrams_dropped: 0,
                 protocol_errors: 0,
                 last_error: None,

@@ -45,9 +45,32 @@ struct Clock {
     now: Duration,
     /// Deadlines of pending sleeps and the wakers to call when they pass.
     sleepers: Vec<(Duration, Waker)>,
+    /// Held: `next_task` waits for [`ManualTimer::turn`]; else it completes at once.
+    turns_held: bool,
+    /// Task hops done so far, and the wakers of the hops waiting for the next.
+    turns: u64,
+    turn_waiters: Vec<Waker>,
 }
 
 impl ManualTimer {
+    /// From now on `next_task` completes only at [`turn`](Self::turn): the test plays the
+    /// event loop.
+    fn hold_turns(&self) {
+        self.clock.borrow_mut().turns_held = true;
+    }
+
+    /// The event loop moves on to its next task.
+    fn turn(&self) {
+        let waiters = {
+            let mut clock = self.clock.borrow_mut();
+            clock.turns += 1;
+            std::mem::take(&mut clock.turn_waiters)
+        };
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+
     /// Moves the clock and wakes the sleeps whose deadline passed.
     fn advance(&self, by: Duration) {
         let due: Vec<Waker> = {
@@ -76,6 +99,20 @@ impl Timer for ManualTimer {
                 Poll::Ready(())
             } else {
                 clock.sleepers.push((deadline, cx.waker().clone()));
+                Poll::Pending
+            }
+        }))
+    }
+
+    fn next_task(&self) -> LocalBoxFuture<'static, ()> {
+        let clock = self.clock.clone();
+        let start = clock.borrow().turns;
+        Box::pin(poll_fn(move |cx| {
+            let mut clock = clock.borrow_mut();
+            if !clock.turns_held || clock.turns > start {
+                Poll::Ready(())
+            } else {
+                clock.turn_waiters.push(cx.waker().clone());
                 Poll::Pending
             }
         }))
@@ -583,6 +620,33 @@ fn v1_handshake_then_a_stream_end_to_end() {
     assert_eq!(stats.streams_opened, 2);
     assert_eq!(stats.streams_open, 0);
     assert_eq!(stats.streams_failed, 0);
+}
+
+#[test]
+fn small_writes_wait_for_the_next_task_and_leave_as_one_packet() {
+    let (relay, mut net, server) = up_v1(config(), 2);
+    net.timer.hold_turns();
+    let mut stream = net.ready(relay.connect_tcp("example.com", 80)).unwrap();
+    server.expect_nothing();
+    net.timer.turn();
+    net.run();
+    server.expect(&connect_example_com_80(1));
+
+    // Three writes in one task (a guest's segments, one frame each): one DATA, one credit.
+    for piece in [&b"one "[..], b"two ", b"three"] {
+        assert_eq!(net.ready(stream.write(piece)).unwrap(), piece.len());
+    }
+    server.expect_nothing();
+    net.timer.turn();
+    net.run();
+    server.expect(&data(1, b"one two three"));
+    // A full packet's worth goes at once; its second credit is the last.
+    let big = vec![7u8; 64 * 1024];
+    assert_eq!(net.ready(stream.write(&big)).unwrap(), big.len());
+    server.expect(&data(1, &big));
+    let mut write = net.op(stream.write(b"more"));
+    assert!(net.poll(&mut write).is_pending(), "no credit left");
+    server.expect_nothing();
 }
 
 #[test]

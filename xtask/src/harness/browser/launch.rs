@@ -198,6 +198,8 @@ impl Browser {
                     "--ignore-certificate-errors-spki-list={}",
                     spki_hash(spec.origin_cert)?
                 ))
+                // For profiling by hand, e.g. `--js-flags=--perf-basic-prof` with `perf record`.
+                .args(extra_chromium_args())
                 .arg(url);
                 cmd
             }
@@ -282,4 +284,12 @@ impl Drop for Browser {
             }
         }
     }
+}
+
+/// Extra Chromium flags from `XTASK_CHROMIUM_ARGS` (split on whitespace): how a profile of
+/// the page is taken by hand (`--js-flags=--perf-basic-prof` for `perf record`).
+fn extra_chromium_args() -> Vec<String> {
+    std::env::var("XTASK_CHROMIUM_ARGS")
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
 }
