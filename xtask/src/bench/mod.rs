@@ -26,7 +26,7 @@ use crate::harness::browser::page_server::PageServer;
 use crate::tools;
 
 const USAGE: &str =
-    "usage: cargo xtask bench [ca] [size] [tab [--only ROWS]...] [net [--quick] [--only PATH]...] [--no-wasm]
+    "usage: cargo xtask bench [ca] [size] [tab [--only ROWS]...] [net [--quick] [--downloads MIB,...] [--only PATH]...] [--no-wasm]
 
   ca      mitm-ca natively and as wasm under node
   size    dist/ raw and gzipped
@@ -37,6 +37,8 @@ const USAGE: &str =
                         this run does not measure are kept in the doc as they were)
   net     the guest's traffic on every path next to the direct path (needs root)
           --quick       small sizes, for checking the harness
+          --downloads N,M  download sizes in MiB instead of the plan's (e.g. 512 with
+                        --quick: one long download per path, the rest kept short)
           --only PATH   native, relay (the runner with --relay), browser, browser-relay
                         (NetProxy in Chromium with a Wisp relay, and browser to compare
                         with), c2w, v86, mtu, reference (repeatable; default all)
@@ -48,6 +50,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut sections = Vec::new();
     let mut plan = net::Plan::full();
     let mut only = Vec::new();
+    let mut downloads = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -56,12 +59,24 @@ pub fn run(args: &[String]) -> Result<()> {
             "size" => sections.push("size"),
             "tab" => sections.push("tab"),
             "--quick" => plan = net::Plan::quick(),
+            "--downloads" => {
+                let list = args.next().context("--downloads needs sizes in MiB")?;
+                downloads = Some(
+                    list.split(',')
+                        .map(|n| n.trim().parse::<u64>().map(|n| n << 20))
+                        .collect::<Result<Vec<_>, _>>()
+                        .with_context(|| format!("--downloads {list:?}: want MiB, e.g. 64,512"))?,
+                );
+            }
             "--only" => only.push(args.next().context("--only needs a path name")?.clone()),
             "--no-wasm" => wasm = false,
             other => bail!("bench: unknown argument `{other}`\n{USAGE}"),
         }
     }
     plan.only = only;
+    if let Some(downloads) = downloads {
+        plan.downloads = downloads;
+    }
     if sections.is_empty() {
         sections = vec!["ca", "size", "tab", "net"];
     }
