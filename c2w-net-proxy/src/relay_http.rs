@@ -13,31 +13,18 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use fetch_transport::relay::{Relay, RelayStream};
+use fetch_transport::relay::Relay;
 use fetch_transport::{Body, BodyError, DestinationFilter, Timer, Transport, TransportError};
-use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::StreamExt;
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_proxy::body::decode::{Decoder, RequestFraming, Step};
-use http_proxy::body::encode::{encode_chunk, LAST_CHUNK};
+use http::header::{CONNECTION, TRANSFER_ENCODING};
+use http::{HeaderMap, Request, Response};
+use http_proxy::client::{Client, ClientConfig, ClientError};
 
 use crate::options::{RelayHttpMode, RelayOptions};
 
 /// The header on every response that came through the relay, so a user (and a test) can
 /// tell which way a request went.
 pub const VIA_RELAY: (&str, &str) = ("x-c2w-via", "relay");
-/// Largest response head read from an origin.
-const MAX_HEAD: usize = 64 * 1024;
-/// Headers a response may carry.
-const MAX_HEADERS: usize = 128;
-/// Longest chunk-size or trailer line.
-const MAX_LINE: usize = 4096;
-/// Largest body piece handed on at once.
-const MAX_PIECE: usize = 64 * 1024;
-/// Bytes read from the relay stream at once.
-const READ_SIZE: usize = 16 * 1024;
 /// How long a response through the relay may stay silent when the options set no `timeout`.
 pub const RELAY_HTTP_IDLE: Duration = Duration::from_secs(60);
 
@@ -45,12 +32,12 @@ pub const RELAY_HTTP_IDLE: Duration = Duration::from_secs(60);
 /// the response is complete (the origin is not asked to close: wisp-js 0.5.0 drops data it
 /// still holds when the origin closes first, and never closes the stream). A response that
 /// sends nothing for `idle` fails, so a relay that stops mid-body cannot hang the guest.
+/// The exchange itself is http-proxy's [`Client`].
 pub struct RelayHttp {
     relay: Relay,
     options: Rc<RelayOptions>,
     destinations: DestinationFilter,
-    timer: Rc<dyn Timer>,
-    idle: Duration,
+    client: Client,
 }
 
 impl RelayHttp {
@@ -64,12 +51,15 @@ impl RelayHttp {
         timer: Rc<dyn Timer>,
         idle: Duration,
     ) -> Self {
+        let config = ClientConfig {
+            idle_timeout: idle,
+            ..ClientConfig::default()
+        };
         Self {
             relay,
             options,
             destinations,
-            timer,
-            idle,
+            client: Client::new(config, timer),
         }
     }
 
@@ -77,10 +67,6 @@ impl RelayHttp {
     /// streamed from the relay.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, TransportError> {
         let url = request.uri().to_string();
-        let blocked = |reason: String| TransportError::Blocked {
-            url: url.clone(),
-            reason,
-        };
         let uri = request.uri();
         if uri.scheme_str() != Some("http") {
             return Err(TransportError::InvalidRequest {
@@ -103,156 +89,31 @@ impl RelayHttp {
             }
         }
         let port = uri.port_u16().unwrap_or(80);
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_else(|| host.clone());
-        let target = uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let method = request.method().clone();
-        let (parts, body) = request.into_parts();
-        let mut stream = self
+        let (mut parts, body) = request.into_parts();
+        // The origin is never asked to close (see the type's docs): the guest's
+        // connection-specific fields stay behind, as every hop-by-hop one does.
+        parts.headers.remove(CONNECTION);
+        let stream = self
             .relay
             .connect_tcp(self.options.target(&host), port)
             .await
-            .map_err(|err| blocked(err.to_string()))?;
-        let head = request_head(&method, &target, &authority, &parts.headers, body.len());
-        stream
-            .write_all(&head)
+            .map_err(|err| TransportError::Blocked {
+                url: url.clone(),
+                reason: err.to_string(),
+            })?;
+        let response = self
+            .client
+            .send(stream, Request::from_parts(parts, body))
             .await
-            .map_err(|err| blocked(format!("relay: {err}")))?;
-        write_body(&mut stream, body, &url).await?;
-        let idle = Idle {
-            timer: self.timer.clone(),
-            limit: self.idle,
-        };
-        read_response(stream, &method, &url, idle).await
-    }
-}
-
-/// The request head as written to the origin: the guest's headers minus the hop-by-hop ones
-/// and the body framing, which are the relay client's own.
-fn request_head(
-    method: &Method,
-    target: &str,
-    authority: &str,
-    headers: &HeaderMap,
-    body_len: Option<u64>,
-) -> Vec<u8> {
-    let mut head = format!("{method} {target} HTTP/1.1\r\n").into_bytes();
-    let host = headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or(authority);
-    head.extend_from_slice(format!("Host: {host}\r\n").as_bytes());
-    for (name, value) in headers {
-        if name == HOST
-            || name == CONTENT_LENGTH
-            || name == TRANSFER_ENCODING
-            || fetch_transport::policy::is_hop_by_hop(name)
-        {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    match body_len {
-        Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
-        Some(len) => head.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes()),
-        None => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-    }
-    head.extend_from_slice(b"\r\n");
-    head
-}
-
-/// Streams the request body: as is with a known length, else chunked.
-async fn write_body(
-    stream: &mut RelayStream,
-    mut body: Body,
-    url: &str,
-) -> Result<(), TransportError> {
-    let chunked = body.len().is_none();
-    let failed = |reason: String| TransportError::Aborted {
-        url: url.to_string(),
-        reason,
-    };
-    let mut out = Vec::new();
-    while let Some(piece) = body.next().await {
-        let piece = piece.map_err(|err| failed(err.to_string()))?;
-        if chunked {
-            out.clear();
-            encode_chunk(&piece, &mut out);
-            stream.write_all(&out).await
-        } else {
-            stream.write_all(&piece).await
-        }
-        .map_err(|err| failed(format!("relay: {err}")))?;
-    }
-    if chunked {
-        stream
-            .write_all(LAST_CHUNK)
-            .await
-            .map_err(|err| failed(format!("relay: {err}")))?;
-    }
-    Ok(())
-}
-
-/// Reads the response head (skipping 1xx) and returns the response whose body streams the
-/// rest of the connection.
-async fn read_response(
-    mut stream: RelayStream,
-    method: &Method,
-    url: &str,
-    idle: Idle,
-) -> Result<Response<Body>, TransportError> {
-    let blocked = |reason: String| TransportError::Blocked {
-        url: url.to_string(),
-        reason,
-    };
-    let mut buf = BytesMut::new();
-    loop {
-        let (status, headers, used) = loop {
-            if let Some(parsed) = parse_head(&buf).map_err(|e| blocked(e.to_string()))? {
-                break parsed;
-            }
-            if buf.len() > MAX_HEAD {
-                return Err(blocked(format!(
-                    "the origin's response head is over {MAX_HEAD} bytes"
-                )));
-            }
-            let n = read_more(&mut stream, &mut buf, &idle)
-                .await
-                .map_err(|err| blocked(format!("relay: {err}")))?;
-            if n == 0 {
-                return Err(blocked(if buf.is_empty() {
-                    "the origin closed the connection without a response".into()
-                } else {
-                    "the origin closed the connection mid-head".into()
-                }));
-            }
-        };
-        let _ = buf.split_to(used);
-        if status.is_informational() {
-            continue;
-        }
-        let framing = response_framing(method, status, &headers)
-            .map_err(|reason| blocked(reason.to_string()))?;
-        let len = match framing {
-            Framing::Decoded(RequestFraming::Length(n)) => Some(n),
-            Framing::Decoded(RequestFraming::Empty) => Some(0),
-            _ => None,
-        };
-        let mut response = Response::new(Body::from_stream(
-            body_stream(stream, buf, framing, idle),
-            len,
-        ));
-        *response.status_mut() = status;
+            .map_err(|err| relay_error(&url, &err))?;
+        let (head, body) = response.into_parts();
+        let len = body.len();
+        // The stream is dropped (closed) with the body, whatever the framing allows.
+        let body = body.map(|piece| piece.map_err(|err| BodyError::new(relay_reason(&err))));
+        let mut response = Response::new(Body::from_stream(body, len));
+        *response.status_mut() = head.status;
         let mut kept = HeaderMap::new();
-        for (name, value) in headers.iter() {
+        for (name, value) in head.headers.iter() {
             if name == TRANSFER_ENCODING || fetch_transport::policy::is_hop_by_hop(name) {
                 continue;
             }
@@ -260,168 +121,59 @@ async fn read_response(
         }
         kept.insert(VIA_RELAY.0, http::HeaderValue::from_static(VIA_RELAY.1));
         *response.headers_mut() = kept;
-        return Ok(response);
+        Ok(response)
     }
 }
 
-/// How long a response may stay silent.
-#[derive(Clone)]
-struct Idle {
-    timer: Rc<dyn Timer>,
-    limit: Duration,
+/// A failed exchange as the transport reports it: an aborted upload when the request body
+/// could not be sent, else the origin cannot be reached through the relay.
+fn relay_error(url: &str, err: &ClientError) -> TransportError {
+    let url = url.to_string();
+    let reason = relay_reason(err);
+    match err {
+        ClientError::SendBody(_)
+        | ClientError::RequestBody(_)
+        | ClientError::RequestBodyLength { .. } => TransportError::Aborted { url, reason },
+        _ => TransportError::Blocked { url, reason },
+    }
 }
 
-/// Reads what the relay stream has into `buf`; an error after `idle.limit` without a byte.
-async fn read_more(
-    stream: &mut RelayStream,
-    buf: &mut BytesMut,
-    idle: &Idle,
-) -> std::io::Result<usize> {
-    let mut chunk = [0u8; READ_SIZE];
-    let read = stream.read(&mut chunk);
-    match futures::future::select(read, idle.timer.sleep(idle.limit)).await {
-        futures::future::Either::Left((n, _)) => {
-            let n = n?;
-            buf.extend_from_slice(&chunk[..n]);
-            Ok(n)
+/// The client's failure in the relay's words: the server is the origin, and failures of the
+/// stream are the relay's.
+fn relay_reason(err: &ClientError) -> String {
+    match err {
+        ClientError::SendHead(e) | ClientError::SendBody(e) | ClientError::Read(e) => {
+            format!("relay: {e}")
         }
-        futures::future::Either::Right(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("nothing from the origin for {:?}", idle.limit),
-        )),
-    }
-}
-
-/// Why a response head was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum HeadError {
-    #[error("malformed response head from the origin: {0}")]
-    Malformed(String),
-    #[error("unsupported Transfer-Encoding from the origin")]
-    TransferEncoding,
-    #[error("invalid Content-Length from the origin")]
-    Length,
-}
-
-/// A complete head in `buf`: status, headers, and how many bytes it took.
-fn parse_head(buf: &[u8]) -> Result<Option<(StatusCode, HeaderMap, usize)>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let used = match response.parse(buf) {
-        Ok(httparse::Status::Complete(used)) => used,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(err) => return Err(HeadError::Malformed(err.to_string())),
-    };
-    let status = response
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or_else(|| HeadError::Malformed("bad status".into()))?;
-    let mut headers = HeaderMap::new();
-    for h in response.headers.iter() {
-        let name = http::HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|e| HeadError::Malformed(e.to_string()))?;
-        let value = http::HeaderValue::from_bytes(h.value)
-            .map_err(|e| HeadError::Malformed(e.to_string()))?;
-        headers.append(name, value);
-    }
-    Ok(Some((status, headers, used)))
-}
-
-/// How a response body ends.
-#[derive(Debug, Clone, Copy)]
-enum Framing {
-    /// Content-Length or chunked (or none at all).
-    Decoded(RequestFraming),
-    /// Until the origin closes.
-    Close,
-}
-
-/// RFC 9112 §6.3 for a response to `method`.
-fn response_framing(
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-) -> Result<Framing, HeadError> {
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Decoded(RequestFraming::Empty));
-    }
-    if let Some(te) = headers.get(TRANSFER_ENCODING) {
-        let te = te.to_str().map_err(|_| HeadError::TransferEncoding)?;
-        let last = te.rsplit(',').next().unwrap_or("").trim();
-        return if last.eq_ignore_ascii_case("chunked") {
-            Ok(Framing::Decoded(RequestFraming::Chunked))
-        } else {
-            // Not chunked last: the body runs to the close (RFC 9112 §6.3 item 4).
-            Ok(Framing::Close)
-        };
-    }
-    match headers.get(CONTENT_LENGTH) {
-        Some(value) => {
-            let n = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(HeadError::Length)?;
-            Ok(Framing::Decoded(if n == 0 {
-                RequestFraming::Empty
-            } else {
-                RequestFraming::Length(n)
-            }))
+        ClientError::TimedOut(idle) => format!("relay: nothing from the origin for {idle:?}"),
+        ClientError::NotReading(idle) => format!("relay: the origin took nothing for {idle:?}"),
+        ClientError::RequestBody(e) => e.to_string(),
+        ClientError::ClosedBeforeResponse => {
+            "the origin closed the connection without a response".into()
         }
-        None => Ok(Framing::Close),
-    }
-}
-
-/// The response body, read from the relay stream as the proxy pulls it.
-fn body_stream(
-    stream: RelayStream,
-    buf: BytesMut,
-    framing: Framing,
-    idle: Idle,
-) -> impl futures::Stream<Item = Result<Bytes, BodyError>> {
-    let decoder = match framing {
-        Framing::Decoded(framing) => Some(Decoder::new(framing, MAX_LINE, MAX_PIECE)),
-        Framing::Close => None,
-    };
-    futures::stream::unfold(Some((stream, buf, decoder)), move |state| {
-        let idle = idle.clone();
-        async move {
-            let (mut stream, mut buf, mut decoder) = state?;
-            loop {
-                match decoder.as_mut() {
-                    Some(d) => match d.decode(&mut buf) {
-                        Ok(Step::Data(data)) => {
-                            return Some((Ok(data), Some((stream, buf, decoder))))
-                        }
-                        Ok(Step::Done) => return None,
-                        Ok(Step::NeedMore) => {}
-                        Err(err) => return Some((Err(BodyError::new(err.to_string())), None)),
-                    },
-                    None if !buf.is_empty() => {
-                        let data = buf.split().freeze();
-                        return Some((Ok(data), Some((stream, buf, decoder))));
-                    }
-                    None => {}
-                }
-                match read_more(&mut stream, &mut buf, &idle).await {
-                    Ok(0) => {
-                        return match decoder {
-                            None => None,
-                            Some(d) => match d.finish() {
-                                Ok(()) => None,
-                                Err(err) => Some((Err(BodyError::new(err.to_string())), None)),
-                            },
-                        };
-                    }
-                    Ok(_) => {}
-                    Err(err) => return Some((Err(BodyError::new(format!("relay: {err}"))), None)),
-                }
-            }
+        ClientError::ClosedMidHead => "the origin closed the connection mid-head".into(),
+        ClientError::ClosedMidBody => "the origin closed the connection mid-body".into(),
+        ClientError::HeadTooLarge(limit) => {
+            format!("the origin's response head is over {limit} bytes")
         }
-    })
+        ClientError::TooManyHeaders(limit) => {
+            format!("malformed response head from the origin: more than {limit} fields")
+        }
+        ClientError::Malformed(e) => format!("malformed response head from the origin: {e}"),
+        ClientError::BadStatus(code) => {
+            format!("malformed response head from the origin: status {code}")
+        }
+        ClientError::BadHeader(name) => {
+            format!("malformed response head from the origin: the field {name:?}")
+        }
+        ClientError::UnexpectedUpgrade => {
+            "the origin switched protocols (101) though no upgrade was asked for".into()
+        }
+        ClientError::TransferEncoding => "unsupported Transfer-Encoding from the origin".into(),
+        ClientError::ContentLength => "invalid Content-Length from the origin".into(),
+        ClientError::Body(e) => e.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// The proxy's transport with the relay beside it: decides per `http://` request which one
@@ -523,85 +275,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_request_head_drops_hop_by_hop_headers_and_frames_the_body_itself() {
-        let mut headers = HeaderMap::new();
-        headers.insert("Host", "site.test:8080".parse().unwrap());
-        headers.insert("Connection", "keep-alive".parse().unwrap());
-        headers.insert("Proxy-Authorization", "Basic x".parse().unwrap());
-        headers.insert("Transfer-Encoding", "chunked".parse().unwrap());
-        headers.insert("Accept", "*/*".parse().unwrap());
-        let head = request_head(&Method::POST, "/p?q=1", "site.test:8080", &headers, Some(5));
-        assert_eq!(
-            String::from_utf8(head).unwrap(),
-            "POST /p?q=1 HTTP/1.1\r\nHost: site.test:8080\r\naccept: */*\r\n\
-             Content-Length: 5\r\n\r\n"
-        );
-        let head = request_head(&Method::GET, "/", "a.test", &HeaderMap::new(), Some(0));
-        assert_eq!(
-            String::from_utf8(head).unwrap(),
-            "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"
-        );
-        let head = request_head(&Method::PUT, "/", "a.test", &HeaderMap::new(), None);
-        assert!(String::from_utf8(head)
-            .unwrap()
-            .contains("Transfer-Encoding: chunked\r\n"));
-    }
-
-    #[test]
-    fn response_framing_follows_rfc_9112() {
-        let h = |pairs: &[(&str, &str)]| {
-            let mut m = HeaderMap::new();
-            for (k, v) in pairs {
-                m.append(
-                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    v.parse().unwrap(),
-                );
-            }
-            m
+    fn the_relay_names_the_origin_in_its_reasons_and_aborts_failed_uploads() {
+        let url = "http://a.test/";
+        let blocked = |err: ClientError| match relay_error(url, &err) {
+            TransportError::Blocked { reason, .. } => reason,
+            other => panic!("{other:?}"),
         };
-        let get = Method::GET;
-        let ok = StatusCode::OK;
-        assert!(matches!(
-            response_framing(&Method::HEAD, ok, &h(&[("content-length", "9")])),
-            Ok(Framing::Decoded(RequestFraming::Empty))
-        ));
-        assert!(matches!(
-            response_framing(&get, StatusCode::NOT_MODIFIED, &h(&[])),
-            Ok(Framing::Decoded(RequestFraming::Empty))
-        ));
-        assert!(matches!(
-            response_framing(&get, ok, &h(&[("transfer-encoding", "gzip, chunked")])),
-            Ok(Framing::Decoded(RequestFraming::Chunked))
-        ));
-        assert!(matches!(
-            response_framing(&get, ok, &h(&[("transfer-encoding", "gzip")])),
-            Ok(Framing::Close)
-        ));
-        assert!(matches!(
-            response_framing(&get, ok, &h(&[("content-length", "12")])),
-            Ok(Framing::Decoded(RequestFraming::Length(12)))
-        ));
-        assert!(matches!(
-            response_framing(&get, ok, &h(&[])),
-            Ok(Framing::Close)
-        ));
         assert_eq!(
-            response_framing(&get, ok, &h(&[("content-length", "x")])).unwrap_err(),
-            HeadError::Length
+            blocked(ClientError::ClosedBeforeResponse),
+            "the origin closed the connection without a response"
         );
-    }
-
-    #[test]
-    fn heads_parse_or_wait_for_more() {
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le")
-            .unwrap()
-            .is_none());
-        let (status, headers, used) = parse_head(b"HTTP/1.1 404 Not Found\r\nX-A: b\r\n\r\nbody")
-            .unwrap()
-            .unwrap();
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(headers["x-a"], "b");
-        assert_eq!(used, 34);
-        assert!(parse_head(b"HTTP/1.1 abc\r\n\r\n").is_err());
+        assert_eq!(
+            blocked(ClientError::ClosedMidHead),
+            "the origin closed the connection mid-head"
+        );
+        assert_eq!(
+            blocked(ClientError::HeadTooLarge(65536)),
+            "the origin's response head is over 65536 bytes"
+        );
+        assert_eq!(
+            blocked(ClientError::ContentLength),
+            "invalid Content-Length from the origin"
+        );
+        assert_eq!(
+            blocked(ClientError::TimedOut(RELAY_HTTP_IDLE)),
+            "relay: nothing from the origin for 60s"
+        );
+        assert_eq!(
+            blocked(ClientError::Malformed(httparse::Error::Status)),
+            "malformed response head from the origin: invalid response status"
+        );
+        let aborted = relay_error(
+            url,
+            &ClientError::RequestBody(BodyError::new("guest went away")),
+        );
+        assert!(matches!(
+            aborted,
+            TransportError::Aborted { reason, .. } if reason == "body stream failed: guest went away"
+        ));
+        let aborted = relay_error(
+            url,
+            &ClientError::SendBody(std::io::Error::other("stream closed")),
+        );
+        assert!(matches!(
+            aborted,
+            TransportError::Aborted { reason, .. } if reason == "relay: stream closed"
+        ));
     }
 }

@@ -7,6 +7,7 @@
 //! keep-alive and limits are in this crate ([`body`], [`Limits`]).
 
 pub mod body;
+pub mod client;
 mod conn;
 mod connect;
 mod error;
