@@ -10,6 +10,7 @@ pub mod compose;
 pub mod driver;
 pub mod duration;
 mod faults;
+pub mod guest;
 pub mod heap;
 pub mod link;
 pub mod options;

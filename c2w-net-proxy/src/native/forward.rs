@@ -13,10 +13,8 @@ use net_stack::Stack;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use super::RunnerError;
+use crate::guest::{guest_ip, CONNECT_TIMEOUT};
 use crate::runtime::Runtime;
-
-/// How long the guest may take to answer a forwarded connection's SYN.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One `--forward`: where the host listens and the guest port it leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,15 +98,6 @@ pub async fn serve(
     futures::future::join_all(serving).await;
     // Without forwards there is nothing to serve; the runner's other work goes on.
     std::future::pending().await
-}
-
-/// The guest's current address: the most recently renewed DHCP lease.
-fn guest_ip(stack: &Stack) -> Option<Ipv4Addr> {
-    stack
-        .leases()
-        .into_iter()
-        .max_by_key(|lease| lease.expires)
-        .map(|lease| lease.ip)
 }
 
 /// Carries one host connection into the guest; resets it when the guest cannot be reached.
