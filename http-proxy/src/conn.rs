@@ -19,6 +19,7 @@ use crate::request;
 use crate::respond::{write_page, Outcome};
 use crate::route::Mode;
 use crate::stats::Counters;
+use crate::websocket;
 use crate::Proxy;
 
 /// How serving HTTP/1.1 on a connection ended.
@@ -28,10 +29,18 @@ pub(crate) enum Ended {
     Closed,
     /// The guest sent a CONNECT: not answered yet, see [`PendingConnect`].
     Connect(PendingConnect),
+    /// The guest asked for a WebSocket (and the proxy carries them): not answered yet.
+    WebSocket(PendingConnect),
 }
 
-/// A connection stopped at a CONNECT request, holding the request and the connection with
-/// whatever the guest sent after it.
+/// A request that ends the HTTP/1.1 loop without an answer.
+enum Handoff {
+    Connect(RequestHead),
+    WebSocket(RequestHead),
+}
+
+/// A connection stopped at a CONNECT request (or a WebSocket upgrade), holding the request
+/// and the connection with whatever the guest sent after it.
 pub(crate) struct PendingConnect {
     /// The CONNECT request.
     pub head: RequestHead,
@@ -56,12 +65,16 @@ impl PendingConnect {
 
     /// Accepts the CONNECT: answers 200 and returns the byte stream behind it (with what was
     /// read ahead), or None when it cannot be taken back whole.
-    pub async fn accept(mut self) -> Result<Option<BoxedStream>, ServeError> {
-        if let Err(err) = self
-            .out
-            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    pub async fn accept(self) -> Result<Option<BoxedStream>, ServeError> {
+        self.switch(b"HTTP/1.1 200 Connection established\r\n\r\n")
             .await
-        {
+    }
+
+    /// Answers with `response` (a 200 for CONNECT, a 101 for a WebSocket) and returns the
+    /// byte stream behind it (with what was read ahead), or None when it cannot be taken back
+    /// whole.
+    pub async fn switch(mut self, response: &[u8]) -> Result<Option<BoxedStream>, ServeError> {
+        if let Err(err) = self.out.write_all(response).await {
             let _ = self.out.close().await;
             return Err(err.into());
         }
@@ -96,7 +109,12 @@ pub(crate) async fn serve(
     let mut out = Outbound::new(writer, proxy.timer.clone(), limits.io_timeout);
     let result = serve_requests(proxy, &inbound, &mut out, mode).await;
     match result {
-        Ok(Some(head)) => Ok(Ended::Connect(PendingConnect { head, inbound, out })),
+        Ok(Some(Handoff::Connect(head))) => {
+            Ok(Ended::Connect(PendingConnect { head, inbound, out }))
+        }
+        Ok(Some(Handoff::WebSocket(head))) => {
+            Ok(Ended::WebSocket(PendingConnect { head, inbound, out }))
+        }
         Ok(None) => {
             let _ = out.close().await;
             Ok(Ended::Closed)
@@ -108,13 +126,14 @@ pub(crate) async fn serve(
     }
 }
 
-/// Answers requests until the connection is to close (None) or a CONNECT arrives (its head).
+/// Answers requests until the connection is to close (None) or a CONNECT or WebSocket
+/// upgrade arrives.
 async fn serve_requests<R, W>(
     proxy: &Proxy,
     inbound: &SharedInbound<R>,
     out: &mut Outbound<W>,
     mode: &Mode,
-) -> Result<Option<RequestHead>, ServeError>
+) -> Result<Option<Handoff>, ServeError>
 where
     R: AsyncRead + Unpin + 'static,
     W: AsyncWrite + Unpin,
@@ -136,7 +155,10 @@ where
         };
         Counters::add(&proxy.counters.requests, 1);
         if head.method == Method::CONNECT {
-            return Ok(Some(head));
+            return Ok(Some(Handoff::Connect(head)));
+        }
+        if proxy.websockets.is_some() && websocket::is_upgrade(&head) {
+            return Ok(Some(Handoff::WebSocket(head)));
         }
         match request::handle(proxy, inbound, out, mode, head).await? {
             Outcome::KeepAlive => continue,

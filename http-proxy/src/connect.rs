@@ -20,6 +20,7 @@ use crate::route::Mode;
 use crate::target::{parse_target, Origin, Scheme, Target};
 use crate::tls;
 use crate::tunnel::{splice, HALF_CLOSE_LINGER};
+use crate::websocket;
 use crate::Proxy;
 
 /// Serves `stream` in `mode` until it ends, following CONNECTs into their tunnels (boxed: a
@@ -33,6 +34,7 @@ pub(crate) fn serve<'a>(
         let pending = match conn::serve(proxy, stream, &mode).await? {
             Ended::Closed => return Ok(()),
             Ended::Connect(pending) => pending,
+            Ended::WebSocket(pending) => return websocket::serve(proxy, pending, &mode).await,
         };
         let raw = proxy.raw_tunnels.clone();
         let origin = match tunnel_origin(proxy, &mode, &pending.head, raw.is_some()) {

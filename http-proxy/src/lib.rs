@@ -26,6 +26,7 @@ pub mod target;
 mod timer;
 mod tls;
 mod tunnel;
+pub mod websocket;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub use io::{BoxedStream, GuestStream};
 use route::Mode;
 use target::{Origin, Scheme};
 pub use tunnel::{splice, RawTunnels, TunnelError, HALF_CLOSE_LINGER};
+pub use websocket::{WebSocketError, WebSockets};
 
 /// Which service of the proxy a guest connection reached; decides how its bytes are read.
 #[derive(Debug, Clone)]
@@ -100,6 +102,7 @@ pub struct Proxy {
     timer: Rc<dyn Timer>,
     issuer: Option<Arc<Issuer>>,
     raw_tunnels: Option<Rc<dyn RawTunnels>>,
+    websockets: Option<Rc<dyn WebSockets>>,
     counters: stats::Counters,
 }
 
@@ -112,6 +115,7 @@ impl Proxy {
             timer,
             issuer: None,
             raw_tunnels: None,
+            websockets: None,
             counters: stats::Counters::default(),
         }
     }
@@ -130,6 +134,13 @@ impl Proxy {
     /// terminating their TLS: the guest sees the origin's own certificate.
     pub fn with_raw_tunnels(mut self, tunnels: Rc<dyn RawTunnels>) -> Self {
         self.raw_tunnels = Some(tunnels);
+        self
+    }
+
+    /// Carries the guest's WebSocket upgrades through `websockets` (e.g. the browser's
+    /// `WebSocket`); without it an upgrade is answered 501.
+    pub fn with_websockets(mut self, websockets: Rc<dyn WebSockets>) -> Self {
+        self.websockets = Some(websockets);
         self
     }
 

@@ -24,6 +24,9 @@ pub struct Limits {
     /// How long the guest may stall while sending a request head or body, or while the proxy
     /// waits to write to it.
     pub io_timeout: Duration,
+    /// Largest WebSocket message carried either way; a larger one closes the session with
+    /// 1009 (message too big). Also bounds what one session holds per direction.
+    pub max_websocket_message: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +39,7 @@ impl Default for Limits {
             max_request_body: None,
             idle_timeout: Duration::from_secs(60),
             io_timeout: Duration::from_secs(60),
+            max_websocket_message: 16 << 20,
         }
     }
 }

@@ -17,6 +17,13 @@ pub(crate) struct Counters {
     pub aborted_responses: Cell<u64>,
     pub bytes_to_guest: Cell<u64>,
     pub bytes_from_guest: Cell<u64>,
+    pub websockets_open: Cell<u64>,
+    pub websockets_opened: Cell<u64>,
+    pub websockets_refused: Cell<u64>,
+    pub websocket_messages_to_guest: Cell<u64>,
+    pub websocket_messages_from_guest: Cell<u64>,
+    pub websocket_bytes_to_guest: Cell<u64>,
+    pub websocket_bytes_from_guest: Cell<u64>,
 }
 
 impl Counters {
@@ -38,6 +45,13 @@ impl Counters {
             aborted_responses: self.aborted_responses.get(),
             bytes_to_guest: self.bytes_to_guest.get(),
             bytes_from_guest: self.bytes_from_guest.get(),
+            websockets_open: self.websockets_open.get(),
+            websockets_opened: self.websockets_opened.get(),
+            websockets_refused: self.websockets_refused.get(),
+            websocket_messages_to_guest: self.websocket_messages_to_guest.get(),
+            websocket_messages_from_guest: self.websocket_messages_from_guest.get(),
+            websocket_bytes_to_guest: self.websocket_bytes_to_guest.get(),
+            websocket_bytes_from_guest: self.websocket_bytes_from_guest.get(),
         }
     }
 }
@@ -70,4 +84,18 @@ pub struct ProxyStats {
     pub bytes_to_guest: u64,
     /// Request body bytes read from guests.
     pub bytes_from_guest: u64,
+    /// Guest WebSocket sessions carried now.
+    pub websockets_open: u64,
+    /// Guest WebSocket sessions opened (answered 101) since start.
+    pub websockets_opened: u64,
+    /// WebSocket upgrades refused because the server side could not be opened (502/403/504).
+    pub websockets_refused: u64,
+    /// WebSocket messages (text and binary) sent to guests.
+    pub websocket_messages_to_guest: u64,
+    /// WebSocket messages (text and binary) received from guests.
+    pub websocket_messages_from_guest: u64,
+    /// Payload bytes of the messages sent to guests.
+    pub websocket_bytes_to_guest: u64,
+    /// Payload bytes of the messages received from guests.
+    pub websocket_bytes_from_guest: u64,
 }

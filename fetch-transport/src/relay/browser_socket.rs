@@ -1,15 +1,19 @@
-//! The relay's WebSocket in the browser: [`BrowserDialer`] opens the page's (or worker's)
-//! `WebSocket` with `binaryType = "arraybuffer"`, and its [`MessageSocket`] turns the
-//! socket's events into the polls the relay's driver makes.
+//! WebSockets in the browser (the relay's, and the guest's WebSockets the proxy carries):
+//! [`BrowserDialer`] opens the page's (or worker's) `WebSocket` with
+//! `binaryType = "arraybuffer"`, and its [`MessageSocket`] turns the socket's events into the
+//! polls the relay's driver and the proxy make.
 //!
 //! - Dialing resolves on `open`. An `error` or `close` before it fails with
 //!   [`SocketError::Connect`]; the browser does not say why (refused, unreachable, a TLS
 //!   failure, a subprotocol the server did not accept all look the same to a page). The
 //!   subprotocol the server chose is `WebSocket.protocol`.
-//! - Binary messages go into a queue the driver takes from; text messages are ignored (Wisp
-//!   sends none). A clean `close` ends the queue (`Ok(None)` after what is queued); an unclean
-//!   one, or an `error` before it, is a [`SocketError::Lost`]. The close code and reason are
-//!   logged.
+//! - Text and binary messages go into a queue the driver takes from (the relay's driver
+//!   ignores text: Wisp sends none). A clean `close` ends the queue (`Ok(None)` after what is
+//!   queued; its code and reason are `peer_close`); an unclean one, or an `error` before it,
+//!   is a [`SocketError::Lost`]. A message over the dialer's message limit fails the socket
+//!   with [`SocketError::TooLarge`] (the browser itself has no such limit).
+//! - Closing: a script may send only 1000 and 3000–4999, and a reason of at most 123 bytes;
+//!   other codes are sent as 1000 and longer reasons are cut.
 //! - Sending: `send` copies the message into the browser at once. `poll_ready` waits while
 //!   `bufferedAmount` (bytes handed to the browser, not yet on the network) is above
 //!   [`MAX_BUFFERED`]. No event says it went down, so while over the bound the socket looks
@@ -46,7 +50,7 @@ use wasm_bindgen::JsCast;
 use web_sys::{BinaryType, CloseEvent, Event, MessageEvent, WebSocket};
 
 use super::inbox::Inbox;
-use super::socket::{Dialed, Dialer, MessageSocket, SocketError};
+use super::socket::{Close, Dialed, Dialer, MessageSocket, SocketError, WsMessage};
 use crate::browser::describe;
 use crate::timer::Timer;
 
@@ -66,19 +70,35 @@ const CONNECTING: u16 = 0;
 const OPEN: u16 = 1;
 /// The close code of a normal goodbye.
 const NORMAL_CLOSURE: u16 = 1000;
+/// The longest close reason a script may send, in bytes.
+const MAX_CLOSE_REASON: usize = 123;
 
-/// Opens relay connections with the browser's `WebSocket` (pages, workers, and node 22+,
-/// whichever global `WebSocket` there is).
+/// Opens WebSockets with the browser's `WebSocket` (pages, workers, and node 22+, whichever
+/// global `WebSocket` there is).
 #[derive(Clone)]
 pub struct BrowserDialer {
     timer: Rc<dyn Timer>,
+    max_unread: usize,
+    max_message: usize,
 }
 
 impl BrowserDialer {
     /// A dialer whose sockets wait on `timer` (the embedder's runtime) while the browser's
-    /// send buffer is full.
+    /// send buffer is full; [`MAX_UNREAD`] bytes may wait unread, with no message limit.
     pub fn new(timer: Rc<dyn Timer>) -> Self {
-        Self { timer }
+        Self {
+            timer,
+            max_unread: MAX_UNREAD,
+            max_message: usize::MAX,
+        }
+    }
+
+    /// The same dialer whose sockets fail on a message over `max_message` bytes and on more
+    /// than `max_unread` bytes received and not yet taken.
+    pub fn limits(mut self, max_message: usize, max_unread: usize) -> Self {
+        self.max_message = max_message;
+        self.max_unread = max_unread;
+        self
     }
 }
 
@@ -92,7 +112,7 @@ impl std::fmt::Debug for BrowserDialer {
 impl Dialer for BrowserDialer {
     async fn dial(&self, url: &str, protocols: &[&str]) -> Result<Dialed, SocketError> {
         // Dropping this future before `open` drops the socket, which closes the WebSocket.
-        let socket = BrowserSocket::connect(url, protocols, self.timer.clone())?;
+        let socket = BrowserSocket::connect(url, protocols, self.timer.clone(), self)?;
         poll_fn(|cx| socket.inbox.borrow_mut().poll_open(cx)).await?;
         let protocol = Some(socket.ws.protocol()).filter(|p| !p.is_empty());
         tracing::debug!(url, ?protocol, "relay: WebSocket open");
@@ -111,10 +131,17 @@ struct Handlers {
     _close: Closure<dyn FnMut(CloseEvent)>,
 }
 
-/// One browser `WebSocket` to the relay.
+/// A message as the browser delivered it: text already a Rust string, binary still in
+/// JavaScript memory.
+enum Received {
+    Text(String),
+    Binary(Uint8Array),
+}
+
+/// One browser `WebSocket`.
 struct BrowserSocket {
     ws: WebSocket,
-    inbox: Rc<RefCell<Inbox<Uint8Array>>>,
+    inbox: Rc<RefCell<Inbox<Received>>>,
     timer: Rc<dyn Timer>,
     /// The pending look at `bufferedAmount` while over [`MAX_BUFFERED`].
     recheck: Option<LocalBoxFuture<'static, ()>>,
@@ -125,7 +152,12 @@ struct BrowserSocket {
 
 impl BrowserSocket {
     /// Creates the `WebSocket` and attaches the handlers; it is connecting when this returns.
-    fn connect(url: &str, protocols: &[&str], timer: Rc<dyn Timer>) -> Result<Self, SocketError> {
+    fn connect(
+        url: &str,
+        protocols: &[&str],
+        timer: Rc<dyn Timer>,
+        dialer: &BrowserDialer,
+    ) -> Result<Self, SocketError> {
         let ws = if protocols.is_empty() {
             WebSocket::new(url)
         } else {
@@ -153,7 +185,9 @@ impl BrowserSocket {
             }
         })?;
         ws.set_binary_type(BinaryType::Arraybuffer);
-        let inbox = Rc::new(RefCell::new(Inbox::new(url, MAX_UNREAD)));
+        let inbox = Rc::new(RefCell::new(
+            Inbox::new(url, dialer.max_unread).with_max_message(dialer.max_message),
+        ));
 
         let open = {
             let inbox = inbox.clone();
@@ -164,15 +198,24 @@ impl BrowserSocket {
             let ws = ws.clone();
             let url = url.to_string();
             Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
-                let Ok(buffer) = event.data().dyn_into::<ArrayBuffer>() else {
-                    tracing::debug!(url = %url, "relay: a text message, ignored");
-                    return;
+                let data = event.data();
+                let (message, len) = match data.dyn_into::<ArrayBuffer>() {
+                    Ok(buffer) => {
+                        let bytes = Uint8Array::new(&buffer);
+                        let len = bytes.length() as usize;
+                        (Received::Binary(bytes), len)
+                    }
+                    Err(data) => match data.as_string() {
+                        Some(text) => {
+                            let len = text.len();
+                            (Received::Text(text), len)
+                        }
+                        None => return,
+                    },
                 };
-                let bytes = Uint8Array::new(&buffer);
-                let len = bytes.length() as usize;
-                let refused = inbox.borrow_mut().message(bytes, len);
+                let refused = inbox.borrow_mut().message(message, len);
                 if let Err(err) = refused {
-                    tracing::warn!(url = %url, error = %err, "relay: closing the WebSocket");
+                    tracing::warn!(url = %url, error = %err, "WebSocket: closing it");
                     let _ = ws.close_with_code(NORMAL_CLOSURE);
                 }
             })
@@ -225,12 +268,14 @@ impl BrowserSocket {
 }
 
 impl MessageSocket for BrowserSocket {
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Vec<u8>>, SocketError>> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<WsMessage>, SocketError>> {
         // Copied into wasm memory only now, one message at a time.
-        self.inbox
-            .borrow_mut()
-            .poll_recv(cx)
-            .map_ok(|message| message.map(|bytes| bytes.to_vec()))
+        self.inbox.borrow_mut().poll_recv(cx).map_ok(|message| {
+            message.map(|message| match message {
+                Received::Binary(bytes) => WsMessage::Binary(bytes.to_vec()),
+                Received::Text(text) => WsMessage::Text(text),
+            })
+        })
     }
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
@@ -249,10 +294,14 @@ impl MessageSocket for BrowserSocket {
         }
     }
 
-    fn send(&mut self, message: Vec<u8>) -> Result<(), SocketError> {
+    fn send(&mut self, message: WsMessage) -> Result<(), SocketError> {
         self.inbox.borrow().sendable()?;
         // The browser copies the bytes before this returns.
-        self.ws.send_with_u8_array(&message).map_err(|err| {
+        let sent = match &message {
+            WsMessage::Binary(bytes) => self.ws.send_with_u8_array(bytes),
+            WsMessage::Text(text) => self.ws.send_with_str(text),
+        };
+        sent.map_err(|err| {
             let err = SocketError::Lost(format!("the browser refused to send: {}", describe(&err)));
             self.inbox.borrow_mut().fail(err.clone());
             err
@@ -272,18 +321,36 @@ impl MessageSocket for BrowserSocket {
         }
     }
 
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+    fn poll_close(&mut self, cx: &mut Context<'_>, close: &Close) -> Poll<Result<(), SocketError>> {
         if !self.closing {
             self.closing = true;
             if matches!(self.ws.ready_state(), CONNECTING | OPEN) {
+                let (code, reason) = script_close(close);
                 self.ws
-                    .close_with_code(NORMAL_CLOSURE)
+                    .close_with_code_and_reason(code, reason)
                     .map_err(|err| SocketError::Lost(describe(&err)))?;
             }
         }
         // The browser's `close` event: the closing handshake is over.
         self.inbox.borrow_mut().poll_ended(cx).map(Ok)
     }
+
+    fn peer_close(&self) -> Option<Close> {
+        self.inbox.borrow().peer_close()
+    }
+}
+
+/// The code and reason a script may send for `close`: 1000 or 3000–4999, at most 123 bytes.
+fn script_close(close: &Close) -> (u16, &str) {
+    let code = match close.code {
+        NORMAL_CLOSURE | 3000..=4999 => close.code,
+        _ => NORMAL_CLOSURE,
+    };
+    let mut end = close.reason.len().min(MAX_CLOSE_REASON);
+    while !close.reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    (code, &close.reason[..end])
 }
 
 impl Drop for BrowserSocket {

@@ -16,7 +16,7 @@ use crate::timer::Timer;
 use crate::wisp::{Client, Event, HandleError, V2_SUBPROTOCOL};
 
 use super::shared::{RelayState, Shared};
-use super::socket::{Dialer, MessageSocket};
+use super::socket::{Close, Dialer, MessageSocket, WsMessage};
 use super::WispVersionChoice;
 
 /// Messages handled per wake-up before the driver lets other tasks run.
@@ -256,7 +256,7 @@ impl RelayDriver {
             Either::Right(_) => End::Failed(format!("no Wisp handshake within {timeout:?}")),
         };
         if matches!(end, End::Unused) {
-            let close = poll_fn(|cx| socket.poll_close(cx));
+            let close = poll_fn(|cx| socket.poll_close(cx, &Close::NORMAL));
             let _ = future::select(Box::pin(close), self.timer.sleep(CLOSE_TIMEOUT)).await;
         }
         end
@@ -323,7 +323,9 @@ fn pump_once(
         budget -= 1;
         let message = match socket.poll_recv(cx) {
             Poll::Pending => break,
-            Poll::Ready(Ok(Some(message))) => message,
+            Poll::Ready(Ok(Some(WsMessage::Binary(message)))) => message,
+            // Wisp is binary; a text message means nothing to it.
+            Poll::Ready(Ok(Some(WsMessage::Text(_)))) => continue,
             Poll::Ready(Ok(None)) => {
                 return Some(End::Failed("the relay closed the WebSocket".into()))
             }
@@ -403,7 +405,9 @@ fn transmit(
         let Some(packet) = client.poll_transmit() else {
             break;
         };
-        socket.send(packet).map_err(|e| e.to_string())?;
+        socket
+            .send(WsMessage::Binary(packet))
+            .map_err(|e| e.to_string())?;
         sh.stats.messages_to_relay += 1;
         sent = true;
     }

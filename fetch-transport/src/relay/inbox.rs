@@ -11,13 +11,16 @@
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
 
-use super::socket::SocketError;
+use super::socket::{Close, SocketError};
 
 /// Why a WebSocket that never opened failed: the browser's `error` and `close` events say
 /// nothing more (on purpose: a page must not learn why a cross-origin connection failed).
 pub(super) const CANNOT_OPEN: &str =
     "the browser could not open the WebSocket (refused, unreachable, TLS, or a subprotocol the \
      server did not accept)";
+
+/// The close code a `close` event reports when the peer's Close frame had no code.
+const NO_STATUS: u16 = 1005;
 
 /// Where the connection is.
 #[derive(Debug)]
@@ -44,6 +47,8 @@ pub(super) struct Inbox<M> {
     peak_bytes: usize,
     /// Most bytes `queue` may hold; a message beyond breaks the connection.
     limit: usize,
+    /// Largest single message; a larger one breaks the connection ([`SocketError::TooLarge`]).
+    max_message: usize,
     /// An `error` event came while open (the `close` that follows is then a failure).
     errored: bool,
     /// The task polling this socket (the relay's driver, or the dial): woken by every event.
@@ -51,6 +56,8 @@ pub(super) struct Inbox<M> {
     /// The driver while its receiving is paused (it still flushes every wake-up): woken only
     /// when the connection ends, so a failure is seen even while no message is wanted.
     end_waker: Option<Waker>,
+    /// The code and reason of a clean close (1005, "no status", is none).
+    peer_close: Option<Close>,
 }
 
 impl<M> Inbox<M> {
@@ -63,10 +70,18 @@ impl<M> Inbox<M> {
             queued_bytes: 0,
             peak_bytes: 0,
             limit,
+            max_message: usize::MAX,
             errored: false,
             waker: None,
             end_waker: None,
+            peer_close: None,
         }
+    }
+
+    /// The same inbox refusing messages larger than `limit` bytes.
+    pub(super) fn with_max_message(mut self, limit: usize) -> Self {
+        self.max_message = limit;
+        self
     }
 
     fn wake(&mut self) {
@@ -105,6 +120,16 @@ impl<M> Inbox<M> {
         if !matches!(self.phase, Phase::Open) {
             // Nothing arrives before `open`; after a failure nothing is wanted.
             return Ok(());
+        }
+        if len > self.max_message {
+            let err = SocketError::TooLarge {
+                limit: self.max_message,
+            };
+            self.queue.clear();
+            self.queued_bytes = 0;
+            self.phase = Phase::Broken(err.clone());
+            self.wake_all();
+            return Err(err);
         }
         if self.queued_bytes + len > self.limit {
             let err = SocketError::Lost(format!(
@@ -154,7 +179,15 @@ impl<M> Inbox<M> {
                     reason: format!("{CANNOT_OPEN}; closed with {said}"),
                 });
             }
-            Phase::Open if clean && !self.errored => self.phase = Phase::Closed,
+            Phase::Open if clean && !self.errored => {
+                self.phase = Phase::Closed;
+                if code != NO_STATUS {
+                    self.peer_close = Some(Close {
+                        code,
+                        reason: reason.to_string(),
+                    });
+                }
+            }
             Phase::Open => {
                 self.phase = Phase::Broken(SocketError::Lost(format!(
                     "the WebSocket broke ({said}, not a clean close)"
@@ -240,6 +273,11 @@ impl<M> Inbox<M> {
             self.phase = Phase::Broken(err);
         }
         self.wake_all();
+    }
+
+    /// The peer's close code and reason after a clean close that carried one.
+    pub(super) fn peer_close(&self) -> Option<Close> {
+        self.peer_close.clone()
     }
 
     /// Bytes received and not yet taken, now and at most so far.
@@ -361,6 +399,47 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(inbox.poll_broken(&Context::from_waker(&w)).is_ready());
+    }
+
+    #[test]
+    fn a_clean_close_keeps_the_peers_code_and_reason() {
+        let (_, w) = waker();
+        let mut inbox: Inbox<Vec<u8>> = Inbox::new(URL, 100);
+        inbox.opened();
+        assert_eq!(inbox.peer_close(), None);
+        inbox.closed(4001, "done here", true);
+        assert_eq!(recv(&mut inbox, &w), Poll::Ready(Ok(None)));
+        assert_eq!(
+            inbox.peer_close(),
+            Some(Close {
+                code: 4001,
+                reason: "done here".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_close_without_status_has_no_code() {
+        let mut inbox: Inbox<Vec<u8>> = Inbox::new(URL, 100);
+        inbox.opened();
+        inbox.closed(NO_STATUS, "", true);
+        assert_eq!(inbox.peer_close(), None);
+    }
+
+    #[test]
+    fn a_message_over_the_message_limit_breaks_the_socket() {
+        let (_, w) = waker();
+        let mut inbox = Inbox::new(URL, 100).with_max_message(10);
+        inbox.opened();
+        inbox.message(vec![1; 10], 10).unwrap();
+        assert_eq!(
+            inbox.message(vec![2; 11], 11),
+            Err(SocketError::TooLarge { limit: 10 })
+        );
+        assert_eq!(
+            recv(&mut inbox, &w),
+            Poll::Ready(Err(SocketError::TooLarge { limit: 10 }))
+        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub use driver::RelayDriver;
 #[cfg(not(target_arch = "wasm32"))]
 pub use native_socket::NativeDialer;
 pub use shared::{RelayState, RelayStats};
-pub use socket::{Dialed, Dialer, MessageSocket, SocketError};
+pub use socket::{Close, Dialed, Dialer, MessageSocket, SocketError, WsMessage};
 pub use stream::{RelayDatagrams, RelayStream};
 
 use shared::Shared;

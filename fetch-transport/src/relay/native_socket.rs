@@ -1,5 +1,6 @@
-//! The relay's WebSocket natively: tokio-tungstenite over TCP, or TLS by rustls (ring) for
-//! `wss://`, verified like the native transport's HTTPS.
+//! WebSockets natively (the relay's, and the guest's WebSockets the proxy carries):
+//! tokio-tungstenite over TCP, or TLS by rustls (ring) for `wss://`, verified like the native
+//! transport's HTTPS.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,16 +10,19 @@ use async_trait::async_trait;
 use futures::{Sink, Stream};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use super::socket::{Dialed, Dialer, MessageSocket, SocketError};
+use super::socket::{Close, Dialed, Dialer, MessageSocket, SocketError, WsMessage};
 
-/// Largest message accepted from the relay: far above any Wisp packet a server sends (they
-/// carry at most a few tens of KiB of stream data), small enough to bound memory.
+/// Largest message accepted by default (the relay's dialer): far above any Wisp packet a
+/// server sends (they carry at most a few tens of KiB of stream data), small enough to bound
+/// memory.
 const MAX_MESSAGE: usize = 1 << 20;
 /// Bytes gathered before they are written to the socket.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -29,13 +33,24 @@ const MAX_WRITE_BUFFER: usize = 1 << 20;
 #[derive(Clone)]
 pub struct NativeDialer {
     tls: Arc<rustls::ClientConfig>,
+    max_message: usize,
 }
 
 impl NativeDialer {
     /// A dialer verifying `wss://` servers with `tls` (for example the native transport's
-    /// configuration, so the same roots apply).
+    /// configuration, so the same roots apply); messages up to 1 MiB.
     pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
-        Self { tls }
+        Self {
+            tls,
+            max_message: MAX_MESSAGE,
+        }
+    }
+
+    /// The same dialer accepting messages up to `limit` bytes (a larger one fails the
+    /// connection with [`SocketError::TooLarge`]).
+    pub fn max_message(mut self, limit: usize) -> Self {
+        self.max_message = limit;
+        self
     }
 }
 
@@ -61,10 +76,10 @@ impl Dialer for NativeDialer {
             request.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, value);
         }
         let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE))
-            .max_frame_size(Some(MAX_MESSAGE))
+            .max_message_size(Some(self.max_message))
+            .max_frame_size(Some(self.max_message))
             .write_buffer_size(WRITE_BUFFER)
-            .max_write_buffer_size(MAX_WRITE_BUFFER);
+            .max_write_buffer_size(MAX_WRITE_BUFFER.max(self.max_message + WRITE_BUFFER));
         let (ws, response) = tokio_tungstenite::connect_async_tls_with_config(
             request,
             Some(config),
@@ -82,7 +97,12 @@ impl Dialer for NativeDialer {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         Ok(Dialed {
-            socket: Box::new(NativeSocket { ws }),
+            socket: Box::new(NativeSocket {
+                ws,
+                peer_close: None,
+                limit: self.max_message,
+                close_sent: false,
+            }),
             protocol,
         })
     }
@@ -91,29 +111,54 @@ impl Dialer for NativeDialer {
 /// An open tokio-tungstenite connection.
 struct NativeSocket {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The peer's Close frame, once one came.
+    peer_close: Option<Close>,
+    /// The message size limit the connection was configured with.
+    limit: usize,
+    /// Our Close frame was queued.
+    close_sent: bool,
 }
 
 fn lost(err: WsError) -> SocketError {
     SocketError::Lost(err.to_string())
 }
 
+impl NativeSocket {
+    fn failed(&self, err: WsError) -> SocketError {
+        match err {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                SocketError::TooLarge { limit: self.limit }
+            }
+            err => lost(err),
+        }
+    }
+}
+
 impl MessageSocket for NativeSocket {
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Vec<u8>>, SocketError>> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<WsMessage>, SocketError>> {
         loop {
             match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) | Poll::Ready(Some(Ok(Message::Close(_)))) => {
-                    return Poll::Ready(Ok(None))
+                Poll::Ready(None) => return Poll::Ready(Ok(None)),
+                Poll::Ready(Some(Ok(Message::Close(frame)))) => {
+                    self.peer_close = frame.map(|f| Close {
+                        code: f.code.into(),
+                        reason: f.reason.to_string(),
+                    });
+                    return Poll::Ready(Ok(None));
                 }
                 Poll::Ready(Some(Ok(Message::Binary(data)))) => {
-                    return Poll::Ready(Ok(Some(data.to_vec())))
+                    return Poll::Ready(Ok(Some(WsMessage::Binary(data.to_vec()))))
                 }
-                // Pings are answered by tungstenite; text and pongs mean nothing to Wisp.
+                Poll::Ready(Some(Ok(Message::Text(text)))) => {
+                    return Poll::Ready(Ok(Some(WsMessage::Text(text.to_string()))))
+                }
+                // Pings are answered by tungstenite; pongs mean nothing here.
                 Poll::Ready(Some(Ok(_))) => continue,
                 Poll::Ready(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))) => {
                     return Poll::Ready(Ok(None))
                 }
-                Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(lost(err))),
+                Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(self.failed(err))),
             }
         }
     }
@@ -122,17 +167,39 @@ impl MessageSocket for NativeSocket {
         Pin::new(&mut self.ws).poll_ready(cx).map_err(lost)
     }
 
-    fn send(&mut self, message: Vec<u8>) -> Result<(), SocketError> {
-        Pin::new(&mut self.ws)
-            .start_send(Message::binary(message))
-            .map_err(lost)
+    fn send(&mut self, message: WsMessage) -> Result<(), SocketError> {
+        let message = match message {
+            WsMessage::Binary(bytes) => Message::binary(bytes),
+            WsMessage::Text(text) => Message::text(text),
+        };
+        Pin::new(&mut self.ws).start_send(message).map_err(lost)
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
         Pin::new(&mut self.ws).poll_flush(cx).map_err(lost)
     }
 
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+    fn poll_close(&mut self, cx: &mut Context<'_>, close: &Close) -> Poll<Result<(), SocketError>> {
+        if !self.close_sent {
+            self.close_sent = true;
+            let frame = CloseFrame {
+                code: CloseCode::from(close.code),
+                reason: close.reason.clone().into(),
+            };
+            match Pin::new(&mut self.ws).start_send(Message::Close(Some(frame))) {
+                Ok(()) => {}
+                // The peer closed first (its Close was answered already).
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                    return Poll::Ready(Ok(()))
+                }
+                Err(WsError::Protocol(_)) => {}
+                Err(err) => return Poll::Ready(Err(lost(err))),
+            }
+        }
         Pin::new(&mut self.ws).poll_close(cx).map_err(lost)
+    }
+
+    fn peer_close(&self) -> Option<Close> {
+        self.peer_close.clone()
     }
 }

@@ -152,10 +152,10 @@ impl Pipe {
 struct ClientSocket(Rc<RefCell<Pipe>>);
 
 impl MessageSocket for ClientSocket {
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Vec<u8>>, SocketError>> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<WsMessage>, SocketError>> {
         let mut pipe = self.0.borrow_mut();
         if let Some(message) = pipe.to_client.pop_front() {
-            return Poll::Ready(Ok(Some(message)));
+            return Poll::Ready(Ok(Some(WsMessage::Binary(message))));
         }
         match pipe.end.clone() {
             Some(Ok(())) => Poll::Ready(Ok(None)),
@@ -178,7 +178,10 @@ impl MessageSocket for ClientSocket {
         }
     }
 
-    fn send(&mut self, message: Vec<u8>) -> Result<(), SocketError> {
+    fn send(&mut self, message: WsMessage) -> Result<(), SocketError> {
+        let WsMessage::Binary(message) = message else {
+            panic!("the relay sent a text message");
+        };
         self.0.borrow_mut().to_server.push_back(message);
         Ok(())
     }
@@ -187,9 +190,18 @@ impl MessageSocket for ClientSocket {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_close(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+    fn poll_close(
+        &mut self,
+        _cx: &mut Context<'_>,
+        close: &Close,
+    ) -> Poll<Result<(), SocketError>> {
+        assert_eq!(close, &Close::NORMAL, "the relay says goodbye normally");
         self.0.borrow_mut().closed_by_client = true;
         Poll::Ready(Ok(()))
+    }
+
+    fn peer_close(&self) -> Option<Close> {
+        None
     }
 }
 
