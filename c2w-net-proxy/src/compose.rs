@@ -21,6 +21,7 @@ use crate::relay::{self, RelayTunnels, RoutesError};
 use crate::relay_http::{RelayHttp, ViaRelay, RELAY_HTTP_IDLE};
 use crate::runtime::Runtime;
 use crate::services;
+use crate::websocket::GuestWebSockets;
 
 /// The name the proxy answers to besides its address.
 pub const PROXY_NAME: &str = "proxy.c2w.internal";
@@ -77,6 +78,9 @@ pub struct Platform {
     /// Opens the relay's WebSocket (the browser's `WebSocket`, tokio-tungstenite natively);
     /// needed only when the options configure a relay.
     pub dialer: Option<Rc<dyn Dialer>>,
+    /// Opens the guest's WebSockets (its message limit set from the options); `None` uses
+    /// `dialer`, and without either a guest's upgrade is answered 501.
+    pub websocket_dialer: Option<Rc<dyn Dialer>>,
 }
 
 /// The running system: what the adapters drive and report on. Cloning shares it.
@@ -177,6 +181,11 @@ pub fn compose(options: &Options, platform: Platform) -> Result<System, ComposeE
     let stack = Stack::new(stack_config)?;
     let config = transport_config(options, platform.default_max_request_body)?;
     let destinations = config.destinations().clone();
+    let rewrites = config.rewrites().to_vec();
+    let websocket_dialer = platform
+        .websocket_dialer
+        .clone()
+        .or_else(|| platform.dialer.clone());
     let max_replay = options
         .limits()
         .max_request_body(platform.default_max_request_body)
@@ -218,6 +227,15 @@ pub fn compose(options: &Options, platform: Platform) -> Result<System, ComposeE
         None => None,
     };
     let mut proxy = Proxy::new(proxy_config, transport, timer).with_issuer(issuer);
+    // The guest's WebSocket upgrades (with a relay, CONNECT tunnels stay raw: their
+    // WebSockets go through the relay).
+    if let Some(dialer) = websocket_dialer {
+        proxy = proxy.with_websockets(Rc::new(GuestWebSockets::new(
+            dialer,
+            rewrites,
+            destinations.clone(),
+        )));
+    }
     let relay = match (&options.relay, relay) {
         (Some(relay_options), Some(relay)) => {
             let relay_options = Rc::new(relay_options.clone());

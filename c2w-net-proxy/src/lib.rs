@@ -19,6 +19,7 @@ pub mod relay_http;
 pub mod runtime;
 pub mod services;
 pub mod stats;
+pub mod websocket;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;

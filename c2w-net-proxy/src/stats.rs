@@ -162,6 +162,30 @@ pub struct ProxyCounters {
     pub bytes_to_guest: u64,
     /// Bytes read from the guest.
     pub bytes_from_guest: u64,
+    /// The guest's WebSockets.
+    pub websockets: WebSocketCounters,
+}
+
+/// The guest's WebSocket sessions (carried by the browser's `WebSocket`, natively by a
+/// WebSocket client).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(target_arch = "wasm32", derive(Tsify))]
+pub struct WebSocketCounters {
+    /// Sessions carried now.
+    pub open: u64,
+    /// Sessions opened (answered 101) since start.
+    pub opened: u64,
+    /// Upgrades refused because the server side did not open (502, 403, 504).
+    pub refused: u64,
+    /// Messages sent to the guest.
+    pub messages_to_guest: u64,
+    /// Messages received from the guest.
+    pub messages_from_guest: u64,
+    /// Payload bytes sent to the guest.
+    pub bytes_to_guest: u64,
+    /// Payload bytes received from the guest.
+    pub bytes_from_guest: u64,
 }
 
 /// The proxy's error counters.
@@ -340,6 +364,15 @@ impl Stats {
                 },
                 bytes_to_guest: p.bytes_to_guest,
                 bytes_from_guest: p.bytes_from_guest,
+                websockets: WebSocketCounters {
+                    open: p.websockets_open,
+                    opened: p.websockets_opened,
+                    refused: p.websockets_refused,
+                    messages_to_guest: p.websocket_messages_to_guest,
+                    messages_from_guest: p.websocket_messages_from_guest,
+                    bytes_to_guest: p.websocket_bytes_to_guest,
+                    bytes_from_guest: p.websocket_bytes_from_guest,
+                },
             },
             relay: system.relay.as_ref().map(RelayCounters::of),
             capturing: extra.capturing,

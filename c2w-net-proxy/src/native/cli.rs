@@ -255,6 +255,23 @@ impl Args {
         Ok(Some(Rc::new(dialer)))
     }
 
+    /// Opens the guest's WebSockets natively (tokio-tungstenite), trusting the same CAs as the
+    /// transport and accepting messages up to the options' limit.
+    pub fn websocket_dialer(&self, options: &Options) -> Result<Rc<dyn Dialer>, RunnerError> {
+        let mut builder = NativeTransport::builder();
+        for path in &self.trust_ca {
+            builder = builder
+                .add_root_pem(&read_file(path)?)
+                .map_err(ComposeError::from)?;
+        }
+        let limit = options.limits().proxy_limits(None).max_websocket_message;
+        let dialer = builder
+            .relay_dialer()
+            .map_err(ComposeError::from)?
+            .max_message(limit);
+        Ok(Rc::new(dialer))
+    }
+
     /// Makes the native transport (reqwest) from the options' transport settings, with the
     /// extra trusted CAs and the browser-like mode of the command line.
     pub fn transport(&self) -> Result<TransportFactory, RunnerError> {

@@ -41,6 +41,11 @@ pub struct LimitArgs {
     /// (counted as bodies_too_large).
     #[arg(long, help_heading = "Limits", value_name = "BYTES", value_parser = parse_bytes)]
     pub max_request_body: Option<u64>,
+
+    /// Largest WebSocket message carried either way, e.g. 1M (default 16M); a larger one
+    /// closes the guest's session with 1009.
+    #[arg(long, help_heading = "Limits", value_name = "BYTES", value_parser = parse_bytes)]
+    pub max_websocket_message: Option<u64>,
 }
 
 impl LimitArgs {
@@ -53,6 +58,7 @@ impl LimitArgs {
             fake_ip_net: self.fake_ip_net,
             max_head_bytes: self.max_head_bytes,
             max_request_body: self.max_request_body,
+            max_websocket_message: self.max_websocket_message,
         }
     }
 }

@@ -125,6 +125,7 @@ pub async fn run(args: Args) -> Result<(), RunnerError> {
             transport: args.transport()?,
             default_max_request_body: None,
             dialer: args.dialer()?,
+            websocket_dialer: Some(args.websocket_dialer(&options)?),
         },
     )?;
     if let Some(path) = &args.ca_cert_out {

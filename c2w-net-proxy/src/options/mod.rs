@@ -369,6 +369,11 @@ pub struct LimitOptions {
     #[serde(default)]
     #[cfg_attr(target_arch = "wasm32", tsify(optional))]
     pub max_request_body: Option<u64>,
+    /// Largest WebSocket message carried either way, in bytes (default 16777216, 1024–2^30);
+    /// a larger one closes the session with 1009.
+    #[serde(default, rename = "maxWebSocketMessage")]
+    #[cfg_attr(target_arch = "wasm32", tsify(optional))]
+    pub max_websocket_message: Option<u64>,
 }
 
 /// A CA certificate and its private key, PEM, to issue the guest-facing certificates with.
@@ -696,6 +701,12 @@ impl Options {
             )?;
             in_range("limits.maxHeadBytes", limits.max_head_bytes, 256, 16 << 20)?;
             in_range(
+                "limits.maxWebSocketMessage",
+                limits.max_websocket_message,
+                1024,
+                1 << 30,
+            )?;
+            in_range(
                 "limits.maxRequestBody",
                 limits.max_request_body,
                 1,
@@ -817,6 +828,9 @@ impl LimitOptions {
         };
         if let Some(bytes) = self.max_head_bytes {
             limits.max_head_bytes = size(bytes);
+        }
+        if let Some(bytes) = self.max_websocket_message {
+            limits.max_websocket_message = size(bytes);
         }
         limits
     }

@@ -342,6 +342,8 @@ fn build(config: &JsValue) -> Result<NetProxy, ComposeError> {
             default_max_request_body: Some(fetch_transport::DEFAULT_MAX_REQUEST_BODY),
             // The relay's WebSocket is the page's (or worker's) own.
             dialer: Some(dialer),
+            // The guest's WebSockets use the same page WebSocket (the proxy bounds messages).
+            websocket_dialer: None,
         },
     )?;
     let port = Rc::new(JsPort::default());
