@@ -26,6 +26,16 @@ function first(register, ms = 3000) {
   });
 }
 
+// The message a promise rejects with ("" when it resolves).
+async function rejection(promise) {
+  try {
+    await promise;
+    return "";
+  } catch (e) {
+    return String(e && e.message);
+  }
+}
+
 const GUEST_MAC = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 
 function ipChecksum(bytes) {
@@ -150,6 +160,18 @@ const proxy = await NetProxy.create({ logLevel: "warn", allow: ["loopback"] });
 const pem = proxy.caCertificatePem();
 check(pem.startsWith("-----BEGIN CERTIFICATE-----"), "caCertificatePem() is a PEM certificate");
 
+// Reaching into the guest before it has a lease, and with bad arguments: clear rejections.
+let why = await rejection(proxy.fetchGuest("/", { port: 80 }));
+check(why.startsWith("fetchGuest:") && why.includes("no guest has a DHCP lease"), `fetchGuest before a lease rejects: ${why}`);
+why = await rejection(proxy.connect(0));
+check(why.includes("port 0"), `connect(0) rejects: ${why}`);
+why = await rejection(proxy.probe(70000));
+check(why.includes("70000") && why.includes("1-65535"), `probe(70000) rejects: ${why}`);
+why = await rejection(proxy.fetchGuest("/", { port: 80, host: "x" }));
+check(why.includes("unknown option"), `fetchGuest with an unknown option rejects: ${why}`);
+why = await rejection(proxy.connect(80, { ip: "not-an-ip" }));
+check(why.includes("ip must be"), `connect with a bad ip rejects: ${why}`);
+
 proxy.startCapture();
 let threw = false;
 try { proxy.startCapture(); } catch { threw = true; }
@@ -213,6 +235,12 @@ stats = proxy.stats();
 check(stats.dhcp.offers === 2 && stats.dhcp.acks === 1 && stats.dhcp.leases.length === 1 && stats.dhcp.leases[0].mac === "02:00:00:00:00:01",
   `stats() has 2 offers, 1 ack and the lease ${JSON.stringify(stats.dhcp.leases)}`);
 
+// With a lease, a guest that never answers a SYN: the probe rejects once its timeout passed.
+const probeStart = Date.now();
+why = await rejection(proxy.probe(8000, { timeoutMs: 300 }));
+check(why.includes("192.168.127.3:8000") && why.includes("did not answer") && Date.now() - probeStart < 3000,
+  `probe of a silent guest rejects after its timeout: ${why}`);
+
 const pcap = proxy.stopCapture();
 const view = new DataView(pcap.buffer, pcap.byteOffset, pcap.byteLength);
 check(pcap instanceof Uint8Array && view.getUint32(0, true) === 0xa1b2c3d4 && view.getUint32(20, true) === 1,
@@ -231,6 +259,8 @@ let closed = "";
 try { proxy.pushFrame(frame); } catch (e) { closed = String(e.message); }
 check(closed.includes("closed"), `pushFrame after close() throws: ${closed}`);
 check(proxy.stats().closed === true, "stats() after close() says closed");
+why = await rejection(proxy.fetchGuest("/", { port: 80 }));
+check(why.includes("closed"), `fetchGuest after close() rejects: ${why}`);
 
 // --- the v86 adapter on a fake bus (v86's Bus.Connector contract: register/send/unregister)
 const { C2wNetworkAdapter } = await import(pathToFileURL(path.join(dist, "v86-adapter.js")).href);

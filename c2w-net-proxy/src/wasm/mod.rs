@@ -3,6 +3,7 @@
 //! run by the shared driver on the page's event loop ([`BrowserRuntime`]). Works in Workers,
 //! on the main thread and in node; needs no SharedArrayBuffer.
 
+mod guest;
 mod link;
 mod log;
 mod runtime;
@@ -22,6 +23,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use crate::compose::{compose, ComposeError, Platform, System};
+use crate::guest::{GuestConfig, GuestHttp};
 use crate::link::MAX_FRAME;
 use crate::options::{LogLevel, Options, OptionsError, Tree};
 use crate::runtime::Runtime;
@@ -87,6 +89,8 @@ struct Inner {
     stop: RefCell<Option<oneshot::Sender<()>>>,
     capture: RefCell<Option<CaptureBuf>>,
     closed: Cell<bool>,
+    /// Connections and HTTP requests into the guest (`connect`, `fetchGuest`, `probe`).
+    guest: GuestHttp,
 }
 
 impl Inner {
@@ -356,6 +360,7 @@ fn build(config: &JsValue) -> Result<NetProxy, ComposeError> {
         stop: RefCell::new(Some(stop)),
         capture: RefCell::new(None),
         closed: Cell::new(false),
+        guest: GuestHttp::new(stack.clone(), runtime.clone(), GuestConfig::default()),
     });
     let driver_runtime = runtime.clone();
     runtime.spawn(Box::pin(async move {

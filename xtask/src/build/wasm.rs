@@ -163,21 +163,34 @@ fn optimize_wasm(wasm_opt: &Path, wasm: &Path) -> Result<()> {
     Ok(())
 }
 
-/// wasm-bindgen types `create`'s `Option<JsValue>` parameter with its unchecked type as a
-/// required parameter; the config is optional (`NetProxy.create()` is valid).
+/// wasm-bindgen types an `Option<JsValue>` parameter with an unchecked type as a required
+/// parameter; these are optional (`NetProxy.create()`, `proxy.connect(80)` are valid).
 fn optional_config_param(dts: &Path) -> Result<()> {
-    const REQUIRED: &str = "static create(config: NetProxyConfig)";
-    let text = std::fs::read_to_string(dts)?;
-    if !text.contains(REQUIRED) {
-        bail!(
-            "{} has no `{REQUIRED}` (wasm-bindgen output changed?)",
-            dts.display()
-        );
+    const OPTIONAL: &[(&str, &str)] = &[
+        (
+            "static create(config: NetProxyConfig)",
+            "static create(config?: NetProxyConfig)",
+        ),
+        (
+            "connect(port: number, options: GuestAddress)",
+            "connect(port: number, options?: GuestAddress)",
+        ),
+        (
+            "probe(port: number, options: ProbeOptions)",
+            "probe(port: number, options?: ProbeOptions)",
+        ),
+    ];
+    let mut text = std::fs::read_to_string(dts)?;
+    for (required, optional) in OPTIONAL {
+        if !text.contains(required) {
+            bail!(
+                "{} has no `{required}` (wasm-bindgen output changed?)",
+                dts.display()
+            );
+        }
+        text = text.replacen(required, optional, 1);
     }
-    std::fs::write(
-        dts,
-        text.replacen(REQUIRED, "static create(config?: NetProxyConfig)", 1),
-    )?;
+    std::fs::write(dts, text)?;
     Ok(())
 }
 
