@@ -20,7 +20,7 @@ const USAGE: &str = "usage: cargo xtask fuzz [--smoke] [--seconds N] [--runs N] 
   --seconds N  run each target for N seconds
   --runs N     stop each target after N executions
   TARGET       a target name (frames, qemu_stream, dhcp, dns, request_head, body_decoder,
-               client_hello, serve, response, pem_import, wisp_packet, wisp_client) or a crate
+               client_hello, serve, response, websocket, pem_import, wisp_packet, wisp_client) or a crate
                (net-stack, http-proxy, mitm-ca, fetch-transport)
   --seeds      re-extract net-stack's seed inputs from the pcap fixtures and exit";
 
@@ -35,6 +35,7 @@ const TARGETS: &[(&str, &str)] = &[
     ("http-proxy", "client_hello"),
     ("http-proxy", "serve"),
     ("http-proxy", "response"),
+    ("http-proxy", "websocket"),
     ("mitm-ca", "pem_import"),
     ("fetch-transport", "wisp_packet"),
     ("fetch-transport", "wisp_client"),
