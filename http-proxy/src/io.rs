@@ -15,6 +15,12 @@ use futures::FutureExt;
 
 use crate::timer::Timer;
 
+thread_local! {
+    /// Where [`Inbound::poll_fill`] reads before keeping what arrived (connections of one
+    /// thread take turns: a read never waits while holding it).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The read half with its buffer. Bytes read ahead (pipelined requests) stay here.
 pub(crate) struct Inbound<R> {
     reader: R,
@@ -48,22 +54,33 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
 
     /// Reads more bytes into the buffer. `Ok(0)` is EOF; a stall longer than the timeout is
     /// `ErrorKind::TimedOut`.
+    ///
+    /// Reads go through one scratch buffer per thread and only what arrived is kept, so a
+    /// connection waiting for its next request holds a buffer the size of what it has, not
+    /// `read_size` (with hundreds of connections open, 64 KiB each was most of the memory).
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let start = self.buf.len();
-        self.buf.resize(start + self.read_size, 0);
-        let result = Pin::new(&mut self.reader).poll_read(cx, &mut self.buf[start..]);
+        let mut read = |scratch: &mut Vec<u8>| {
+            if scratch.len() < self.read_size {
+                scratch.resize(self.read_size, 0);
+            }
+            let result = Pin::new(&mut self.reader).poll_read(cx, &mut scratch[..self.read_size]);
+            if let Poll::Ready(Ok(n)) = result {
+                self.buf.extend_from_slice(&scratch[..n]);
+            }
+            result
+        };
+        // A reader that itself fills an `Inbound` finds the scratch taken: it gets its own.
+        let result = SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => read(&mut scratch),
+            Err(_) => read(&mut Vec::new()),
+        });
         match result {
             Poll::Ready(Ok(n)) => {
-                self.buf.truncate(start + n);
                 self.deadline = None;
                 Poll::Ready(Ok(n))
             }
-            Poll::Ready(Err(err)) => {
-                self.buf.truncate(start);
-                Poll::Ready(Err(err))
-            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             Poll::Pending => {
-                self.buf.truncate(start);
                 let timer = &self.timer;
                 let timeout = self.timeout;
                 let deadline = self.deadline.get_or_insert_with(|| timer.sleep(timeout));

@@ -64,6 +64,15 @@ pub struct TcpConfig {
     pub rx_buffer: usize,
     /// Transmit buffer per connection in bytes (what `TcpStream` writes may queue).
     pub tx_buffer: usize,
+    /// Buffer bytes (receive plus transmit) all connections may hold together before new
+    /// connections get smaller buffers: each gets at most an eighth of what the budget has
+    /// left, never less than `min_buffer` each way. A WebAssembly memory never shrinks, so in
+    /// a browser this caps what a burst of connections leaves the tab holding; one or a few
+    /// busy connections still get the full sizes. `None`: every connection gets them.
+    pub buffer_budget: Option<usize>,
+    /// The smallest buffer each way under `buffer_budget` (raised by [`Config::set_mtu`] to
+    /// [`MIN_SEGMENTS_BUFFERED`] full segments).
+    pub min_buffer: usize,
     /// Connections alive at once (handshaking, open or closing); SYNs beyond get RST.
     pub max_connections: usize,
     /// Connections per listener that are handshaking or waiting for `accept`; SYNs beyond get RST.
@@ -136,6 +145,9 @@ impl Default for TcpConfig {
         TcpConfig {
             rx_buffer: 256 * 1024,
             tx_buffer: 256 * 1024,
+            buffer_budget: None,
+            // 16 segments of the default MTU's 1,460 bytes.
+            min_buffer: MIN_SEGMENTS_BUFFERED * 1460,
             max_connections: 256,
             listen_backlog: 256,
             orphan_timeout: Duration::from_secs(60),
@@ -213,6 +225,7 @@ impl Config {
         let floor = segment.saturating_mul(MIN_SEGMENTS_BUFFERED);
         self.tcp.rx_buffer = self.tcp.rx_buffer.max(floor);
         self.tcp.tx_buffer = self.tcp.tx_buffer.max(floor);
+        self.tcp.min_buffer = self.tcp.min_buffer.max(floor);
     }
 
     /// The guest network's netmask.
@@ -282,6 +295,9 @@ impl Config {
             if size == 0 || size > (1 << 30) {
                 return Err(ConfigError::Tcp(what));
             }
+        }
+        if tcp.min_buffer == 0 {
+            return Err(ConfigError::Tcp("min_buffer"));
         }
         if tcp.max_connections == 0 {
             return Err(ConfigError::Tcp("max_connections"));

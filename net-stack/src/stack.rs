@@ -24,8 +24,8 @@ use crate::observer::{Direction, FrameObserver};
 use crate::shared::Shared;
 use crate::stats::{Drop, Stats};
 use crate::tcp::{
-    new_socket, ConnectError, Connecting, Destination, ListenAddr, ListenError, SynVerdict,
-    TcpHost, TcpListener, TcpParts, TcpTable,
+    ConnectError, Connecting, Destination, ListenAddr, ListenError, SynVerdict, TcpHost,
+    TcpListener, TcpParts, TcpTable,
 };
 use crate::udp::{
     Datagram, UdpBindError, UdpEndpoint, UdpHost, UdpQueue, UdpSendError, Unreachable,
@@ -295,7 +295,7 @@ impl Stack {
             inner.learn(ip, EthernetAddress(lease.mac));
         }
         let local = inner.tcp.dial_port(gateway, guest)?;
-        let mut socket = new_socket(&inner.config.tcp);
+        let (mut socket, buffers) = inner.tcp.new_socket();
         socket.set_timeout(Some(timeout));
         let Inner {
             iface,
@@ -311,7 +311,7 @@ impl Stack {
             )
             .map_err(|_| ConnectError::NoPort(guest))?;
         let handle = sockets.add(socket);
-        tcp.add_dialing(handle, local, guest, timeout);
+        tcp.add_dialing(handle, local, guest, timeout, buffers);
         drop(inner);
         self.shared.request_poll();
         Ok(Connecting::new(self.shared.clone(), handle, local, guest))

@@ -153,6 +153,8 @@ struct Conn {
     handshake_waker: Option<Waker>,
     /// Opened by the stack towards the guest (`Stack::connect`) and not established yet.
     dialing: Option<Dialing>,
+    /// Bytes of the socket's receive and transmit buffers.
+    buffers: usize,
 }
 
 /// A connection the stack opens towards the guest, until its handshake ends.
@@ -342,7 +344,8 @@ impl TcpTable {
             }
             return SynVerdict::Held;
         }
-        let mut socket = new_socket(&self.config);
+        let in_use = self.conns.values().map(|c| c.buffers).sum();
+        let (mut socket, buffers) = new_socket(&self.config, in_use);
         socket.set_timeout(Some(HANDSHAKE_TIMEOUT));
         let endpoint = IpListenEndpoint {
             addr: Some(IpAddress::Ipv4(*dst.ip())),
@@ -363,6 +366,7 @@ impl TcpTable {
                 requested: decided,
                 handshake_waker: None,
                 dialing: None,
+                buffers,
             },
         );
         SynVerdict::Created
@@ -543,13 +547,25 @@ impl TcpTable {
         Err(ConnectError::NoPort(remote))
     }
 
-    /// A socket created by `Stack::connect` for `local` → `remote` (its SYN queued).
+    /// A socket for a new connection, sized by the buffer budget, and the bytes it takes.
+    pub(crate) fn new_socket(&self) -> (tcp::Socket<'static>, usize) {
+        new_socket(&self.config, self.buffers_in_use())
+    }
+
+    /// Buffer bytes the connections hold now.
+    pub(crate) fn buffers_in_use(&self) -> usize {
+        self.conns.values().map(|c| c.buffers).sum()
+    }
+
+    /// A socket created by `Stack::connect` for `local` → `remote` (its SYN queued), whose
+    /// buffers take `buffers` bytes.
     pub(crate) fn add_dialing(
         &mut self,
         handle: SocketHandle,
         local: SocketAddrV4,
         remote: SocketAddrV4,
         timeout: Duration,
+        buffers: usize,
     ) {
         self.conns.insert(
             handle,
@@ -565,6 +581,7 @@ impl TcpTable {
                     refused: false,
                     waker: None,
                 }),
+                buffers,
             },
         );
     }
@@ -942,15 +959,39 @@ impl std::fmt::Debug for ConnectionRequest {
     }
 }
 
-/// A smoltcp socket with the configured buffers, for an accepted or a dialled connection.
-pub(crate) fn new_socket(config: &TcpConfig) -> tcp::Socket<'static> {
+/// A smoltcp socket for an accepted or a dialled connection, with buffers sized by
+/// [`buffer_sizes`] while the other connections hold `in_use` buffer bytes; also returns the
+/// bytes its buffers take.
+fn new_socket(config: &TcpConfig, in_use: usize) -> (tcp::Socket<'static>, usize) {
+    let (rx, tx) = buffer_sizes(config, in_use);
+    let rx = safe_rx_capacity(rx);
     let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0u8; safe_rx_capacity(config.rx_buffer)]),
-        tcp::SocketBuffer::new(vec![0u8; config.tx_buffer]),
+        tcp::SocketBuffer::new(vec![0u8; rx]),
+        tcp::SocketBuffer::new(vec![0u8; tx]),
     );
     // Small writes of a proxy (headers, TLS records) should leave at once.
     socket.set_nagle_enabled(false);
-    socket
+    (socket, rx + tx)
+}
+
+/// Receive and transmit buffer sizes for a new connection while the others hold `in_use`
+/// bytes: the configured ones while they fit in an eighth of what `buffer_budget` has left,
+/// else scaled down to that eighth, never below `min_buffer` (nor above the configured size).
+pub(crate) fn buffer_sizes(config: &TcpConfig, in_use: usize) -> (usize, usize) {
+    let (rx, tx) = (config.rx_buffer, config.tx_buffer);
+    let Some(budget) = config.buffer_budget else {
+        return (rx, tx);
+    };
+    let share = budget.saturating_sub(in_use) / 8;
+    let full = rx + tx;
+    if full <= share {
+        return (rx, tx);
+    }
+    let scaled = |size: usize| {
+        let part = (size as u128 * share as u128 / full as u128) as usize;
+        part.max(config.min_buffer).min(size)
+    };
+    (scaled(rx), scaled(tx))
 }
 
 /// The receive buffer size to give smoltcp for a requested `size`: the nearest one whose
@@ -1142,7 +1183,8 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    use super::safe_rx_capacity;
+    use super::{buffer_sizes, safe_rx_capacity};
+    use crate::config::TcpConfig;
 
     /// The window smoltcp 0.14 accepts data into right after its SYN-ACK, for a buffer of
     /// `capacity` bytes: the unscaled SYN-ACK window shifted by the shift it derives.
@@ -1185,6 +1227,28 @@ mod tests {
         assert_eq!(safe_rx_capacity(65_535), 65_535);
         assert_eq!(safe_rx_capacity(65_536), 65_535);
         assert_eq!(safe_rx_capacity(256 * 1024), 262_140);
+    }
+
+    #[test]
+    fn buffer_sizes_share_the_budget_and_keep_the_floor() {
+        let mut config = TcpConfig::default();
+        assert_eq!(
+            buffer_sizes(&config, usize::MAX),
+            (256 << 10, 256 << 10),
+            "no budget"
+        );
+        config.buffer_budget = Some(8 << 20);
+        // An eighth of 8 MiB is 1 MiB: the full 512 KiB fits.
+        assert_eq!(buffer_sizes(&config, 0), (256 << 10, 256 << 10));
+        assert_eq!(buffer_sizes(&config, 4 << 20), (256 << 10, 256 << 10));
+        // 2 MiB left: 256 KiB for both directions.
+        assert_eq!(buffer_sizes(&config, 6 << 20), (128 << 10, 128 << 10));
+        // Nothing left, or more in use than the budget: the floor.
+        assert_eq!(buffer_sizes(&config, 8 << 20), (23_360, 23_360));
+        assert_eq!(buffer_sizes(&config, 64 << 20), (23_360, 23_360));
+        // Never above the configured size, even when that is below the floor.
+        config.tx_buffer = 4096;
+        assert_eq!(buffer_sizes(&config, 8 << 20).1, 4096);
         assert_eq!(safe_rx_capacity(262_140), 262_140);
         assert_eq!(safe_rx_capacity(100_000), 131_070);
         // The MTU-derived floor (16 segments of a 65,520-byte MTU) grows by 880 bytes.

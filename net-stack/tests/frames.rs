@@ -476,6 +476,35 @@ fn syn_to_listener_gets_syn_ack_with_mss_and_window_scale() {
 }
 
 #[test]
+fn buffer_budget_shrinks_the_windows_of_new_connections_down_to_the_floor() {
+    // 1 MiB for all: a connection gets at most an eighth of what is left.
+    let mut config = Config::default();
+    config.tcp.buffer_budget = Some(1 << 20);
+    let (stack, _rec) = stack_with(config);
+    let _listener = stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+    let syn_ack = |port: u16| {
+        let out = exchange(
+            &stack,
+            &tcp_frame(PROXY_IP, port, 80, TcpControl::Syn, 1000, None),
+            T,
+        );
+        assert_eq!(out.len(), 1, "one SYN-ACK for {port}");
+        let s = segment(&out[0]);
+        assert!(s.syn && s.ack && !s.rst);
+        (s.wscale, s.window)
+    };
+    // 1 MiB left: 128 KiB per connection, 64 KiB each way (65,535 receive: no scaling).
+    assert_eq!(syn_ack(40000), (Some(0), 65535));
+    // 896 KiB left: 112 KiB, 56 KiB each way.
+    assert_eq!(syn_ack(40001), (Some(0), 57344));
+    // Then smaller still, until the floor: 16 segments of 1,460 bytes.
+    let windows: Vec<u16> = (40002..40040).map(|port| syn_ack(port).1).collect();
+    assert!(windows.windows(2).all(|w| w[1] <= w[0]), "{windows:?}");
+    assert_eq!(*windows.last().unwrap(), 16 * 1460);
+    assert_eq!(stack.stats().tcp_open, 40);
+}
+
+#[test]
 fn syn_without_listener_gets_rst_for_every_kind_of_address() {
     let (stack, rec) = stack_with(Config::default());
     with_dump(&rec, "tcp_rst", || {

@@ -19,6 +19,12 @@ pub struct LimitArgs {
     #[arg(long, help_heading = "Limits", value_name = "BYTES", value_parser = parse_bytes)]
     pub tcp_buffer: Option<u64>,
 
+    /// TCP socket buffer bytes all connections may hold together before new ones get smaller
+    /// buffers (each at most an eighth of what is left, at least 16 segments each way), e.g.
+    /// 64M; 0 = no cap (the default natively).
+    #[arg(long, help_heading = "Limits", value_name = "BYTES", value_parser = parse_bytes)]
+    pub tcp_buffer_budget: Option<u64>,
+
     /// DHCP addresses handed out, START-END inclusive (default
     /// 192.168.127.3-192.168.127.252); a DISCOVER when all are taken gets no OFFER (counted
     /// as dhcp_pool_exhausted).
@@ -54,6 +60,7 @@ impl LimitArgs {
         LimitOptions {
             max_connections: self.max_connections,
             tcp_buffer_bytes: self.tcp_buffer,
+            tcp_buffer_budget: self.tcp_buffer_budget,
             dhcp_pool: self.dhcp_pool,
             fake_ip_net: self.fake_ip_net,
             max_head_bytes: self.max_head_bytes,

@@ -20,8 +20,10 @@ use web_sys::{AbortController, AbortSignal, ReadableStream, ReadableStreamDefaul
 
 use crate::BodyError;
 
-/// The largest piece handed out, in bytes (Chromium's own chunk size).
-pub(crate) const MAX_PIECE: u32 = 64 * 1024;
+/// The largest piece handed out, in bytes. Each open response may hold one in wasm memory
+/// while the guest is slow to take it, so with hundreds of downloads at once the size is
+/// memory the tab keeps (a wasm memory never shrinks); 16 KiB is still eleven full segments.
+pub(crate) const MAX_PIECE: u32 = 16 * 1024;
 
 /// An `AbortController` that aborts its request when dropped (a no-op once the response body
 /// has been read to its end).

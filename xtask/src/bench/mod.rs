@@ -26,7 +26,7 @@ use crate::harness::browser::page_server::PageServer;
 use crate::tools;
 
 const USAGE: &str =
-    "usage: cargo xtask bench [ca] [size] [tab [--only ROWS]...] [net [--quick] [--downloads MIB,...] [--only PATH]...] [--no-wasm]
+    "usage: cargo xtask bench [ca] [size] [tab [--only ROWS]...] [net [--quick] [--downloads MIB,...] [--concurrent N] [--only PATH]...] [--no-wasm]
 
   ca      mitm-ca natively and as wasm under node
   size    dist/ raw and gzipped
@@ -39,6 +39,7 @@ const USAGE: &str =
           --quick       small sizes, for checking the harness
           --downloads N,M  download sizes in MiB instead of the plan's (e.g. 512 with
                         --quick: one long download per path, the rest kept short)
+          --concurrent N   N simultaneous 1 MiB downloads instead of the plan's
           --only PATH   native, relay (the runner with --relay), browser, browser-relay
                         (NetProxy in Chromium with a Wisp relay, and browser to compare
                         with), c2w, v86, mtu, reference (repeatable; default all)
@@ -51,6 +52,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut plan = net::Plan::full();
     let mut only = Vec::new();
     let mut downloads = None;
+    let mut concurrent = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -59,6 +61,13 @@ pub fn run(args: &[String]) -> Result<()> {
             "size" => sections.push("size"),
             "tab" => sections.push("tab"),
             "--quick" => plan = net::Plan::quick(),
+            "--concurrent" => {
+                let n = args.next().context("--concurrent needs a count")?;
+                concurrent = Some(
+                    n.parse::<usize>()
+                        .with_context(|| format!("--concurrent {n:?}: want a count"))?,
+                );
+            }
             "--downloads" => {
                 let list = args.next().context("--downloads needs sizes in MiB")?;
                 downloads = Some(
@@ -76,6 +85,10 @@ pub fn run(args: &[String]) -> Result<()> {
     plan.only = only;
     if let Some(downloads) = downloads {
         plan.downloads = downloads;
+    }
+    if let Some(n) = concurrent {
+        plan.concurrency = vec![n];
+        plan.concurrent_size = 1 << 20;
     }
     if sections.is_empty() {
         sections = vec!["ca", "size", "tab", "net"];

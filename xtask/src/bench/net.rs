@@ -315,12 +315,46 @@ fn measure(route: &dyn Route, plan: &Plan, results: &mut Results, subset: Subset
                     size_label(plan.concurrent_size)
                 ),
             );
-            match workload::concurrent(route, Scheme::Http, n, plan.concurrent_size) {
-                Ok(wall) => results.record(
-                    &path,
-                    metric,
-                    mb_per_s(n as u64 * plan.concurrent_size, wall),
-                ),
+            let before = route.memory();
+            let mut peak = before;
+            let outcome = std::thread::scope(|s| {
+                let job =
+                    s.spawn(|| workload::concurrent(route, Scheme::Http, n, plan.concurrent_size));
+                while !job.is_finished() {
+                    peak = peak.max(route.memory());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                job.join()
+                    .unwrap_or_else(|_| bail!("concurrent downloads thread panicked"))
+            });
+            match outcome {
+                Ok(wall) => {
+                    results.record(
+                        &path,
+                        metric,
+                        mb_per_s(n as u64 * plan.concurrent_size, wall),
+                    );
+                    // Absolute: a wasm memory never shrinks, so its size after the burst is
+                    // what the tab keeps (natively: the runner's RSS at its peak).
+                    if let Some(peak) = peak.max(route.memory()) {
+                        eprintln!(
+                            "xtask bench: {path}: memory before the {n} downloads {:.1} MiB, at most {:.1} MiB during them",
+                            before.unwrap_or(0) as f64 / MIB as f64,
+                            peak as f64 / MIB as f64
+                        );
+                        results.record(
+                            &path,
+                            lower_metric(
+                                format!("memory/concurrent/{n}"),
+                                format!(
+                                    "Memory (wasm memory; natively RSS) at most during the {n} simultaneous downloads"
+                                ),
+                                "MiB",
+                            ),
+                            peak as f64 / MIB as f64,
+                        );
+                    }
+                }
                 Err(e) => results.failed(&path, &metric.label, e),
             }
         }
