@@ -278,6 +278,22 @@ fn measure(route: &dyn Route, plan: &Plan, results: &mut Results, subset: Subset
                 Err(e) => results.failed(&path, &metric.label, e),
             }
         }
+        // The same requests answered by the proxy itself: the stack's and the proxy's share
+        // of a request's cost, without the way out (in the browser, fetch()).
+        if let (Scheme::Http, Some(own)) = (scheme, route.own_pages()) {
+            let metric = lower_metric(
+                "requests/own/keepalive".into(),
+                format!(
+                    "{} sequential small requests the proxy answers itself (its /ca.pem), one keep-alive connection: median per request",
+                    plan.requests
+                ),
+                "ms",
+            );
+            match workload::requests_to(route, &format!("{own}/ca.pem"), plan.requests, false) {
+                Ok(times) => results.record(&path, metric, median(&times)),
+                Err(e) => results.failed(&path, &metric.label, e),
+            }
+        }
     }
     if subset == Subset::Full && route.fresh_https_host(0).is_some() {
         match workload::https_hosts(route, plan.new_hosts) {

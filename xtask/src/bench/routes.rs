@@ -168,6 +168,10 @@ impl Route for GuestRoute<'_> {
         format!("curl -sS -x {PROXY} --cacert {}", self.proxy_ca.display())
     }
 
+    fn own_pages(&self) -> Option<String> {
+        Some(PROXY.trim_end_matches(":80").to_string())
+    }
+
     fn base(&self, scheme: Scheme) -> Option<String> {
         Some(match scheme {
             Scheme::Http => self.origins.http.base_url(),
@@ -401,6 +405,10 @@ impl Route for RelayRoute<'_> {
 
     fn memory(&self) -> Option<u64> {
         self.inner.memory()
+    }
+
+    fn own_pages(&self) -> Option<String> {
+        self.inner.own_pages()
     }
 
     fn cpu_time(&self) -> Option<Duration> {

@@ -57,6 +57,13 @@ pub trait Route: Sync {
     fn cpu_time(&self) -> Option<Duration> {
         None
     }
+    /// The proxy's own base URL (`http://192.168.127.253`), where it answers requests itself
+    /// (its CA at `/ca.pem`) without the way out: what a request costs through the stack and
+    /// the proxy alone. `None` for routes without our proxy.
+    fn own_pages(&self) -> Option<String> {
+        None
+    }
+
     /// A base URL for a host the proxy has never seen (an HTTPS name mapped to the origin), for
     /// the new-host latency; `None` when the route has no such names.
     fn fresh_https_host(&self, _n: usize) -> Option<String> {
@@ -163,13 +170,24 @@ pub fn requests(
     let base = route
         .base(scheme)
         .context("route does not carry this scheme")?;
+    requests_to(route, &format!("{base}/hello"), n, new_connections)
+}
+
+/// `n` sequential GETs of `url` (with `?1`…`?n` appended) in one curl run, on one keep-alive
+/// connection or each on a new one: the time of each in ms.
+pub fn requests_to(
+    route: &dyn Route,
+    url: &str,
+    n: usize,
+    new_connections: bool,
+) -> Result<Vec<f64>> {
     let close = if new_connections {
         "-H 'Connection: close' "
     } else {
         ""
     };
     let script = format!(
-        "{curl} {close}-o /dev/null -w '%{{time_total}} %{{http_code}} %{{num_connects}}\\n' '{base}/hello?[1-{n}]'",
+        "{curl} {close}-o /dev/null -w '%{{time_total}} %{{http_code}} %{{num_connects}}\\n' '{url}?[1-{n}]'",
         curl = route.curl(),
     );
     let out = route.sh(&script, Duration::from_secs(120))?;
