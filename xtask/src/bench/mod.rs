@@ -4,9 +4,11 @@
 //!
 //! Sections: `ca` (mitm-ca natively and as wasm, [`ca`]), `net` (the guest's traffic on every
 //! path side by side with the direct path, [`net`]), `size` (the shipped package, [`size`]),
-//! `tab` (the demo's v86 guest through our adapter and v86's own, fetch and Wisp, [`tab`]).
+//! `tab` (the demo's v86 guest through our adapter and v86's own, fetch and Wisp, [`tab`]),
+//! `inbound` (a server in the guest through `--forward`, [`inbound`]).
 
 mod ca;
+mod inbound;
 mod net;
 // Until net.rs calls them (the v86 peer, the bridge and relay references).
 mod peer;
@@ -26,7 +28,7 @@ use crate::harness::browser::page_server::PageServer;
 use crate::tools;
 
 const USAGE: &str =
-    "usage: cargo xtask bench [ca] [size] [tab [--only ROWS]...] [net [--quick] [--downloads MIB,...] [--concurrent N] [--only PATH]...] [--no-wasm]
+    "usage: cargo xtask bench [ca] [size] [inbound] [tab [--only ROWS]...] [net [--quick] [--downloads MIB,...] [--concurrent N] [--only PATH]...] [--no-wasm]
 
   ca      mitm-ca natively and as wasm under node
   size    dist/ raw and gzipped
@@ -35,6 +37,8 @@ const USAGE: &str =
           --only ROWS   relay (the relay rows and the fetch rows they compare with), fetch,
                         pacing, virtio, ne2k (repeatable; groups and NICs combine; rows
                         this run does not measure are kept in the doc as they were)
+  inbound a server in the guest through the runner's --forward, next to the same server on
+          the host (needs root)
   net     the guest's traffic on every path next to the direct path (needs root)
           --quick       small sizes, for checking the harness
           --downloads N,M  download sizes in MiB instead of the plan's (e.g. 512 with
@@ -60,6 +64,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "net" => sections.push("net"),
             "size" => sections.push("size"),
             "tab" => sections.push("tab"),
+            "inbound" => sections.push("inbound"),
             "--quick" => plan = net::Plan::quick(),
             "--concurrent" => {
                 let n = args.next().context("--concurrent needs a count")?;
@@ -91,9 +96,9 @@ pub fn run(args: &[String]) -> Result<()> {
         plan.concurrent_size = 1 << 20;
     }
     if sections.is_empty() {
-        sections = vec!["ca", "size", "tab", "net"];
+        sections = vec!["ca", "size", "tab", "net", "inbound"];
     }
-    if (sections.contains(&"net") || sections.contains(&"tab"))
+    if (sections.contains(&"net") || sections.contains(&"tab") || sections.contains(&"inbound"))
         && std::env::var_os(OPTIMIZED).is_none()
     {
         return rerun_optimized();
@@ -104,6 +109,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "net" => net::section(&plan)?,
             "size" => size::section()?,
             "tab" => tab::section_run(&plan.only)?,
+            "inbound" => inbound::section()?,
             _ => unreachable!("sections are parsed above"),
         }
     }

@@ -571,7 +571,7 @@ fn references(origins: &Origins, pages: &PageServer, dir: &Path, results: &mut R
 }
 
 /// Builds the runner with the optimized native profile.
-fn build_runner(root: &Path) -> Result<std::path::PathBuf> {
+pub(super) fn build_runner(root: &Path) -> Result<std::path::PathBuf> {
     tools::run(
         std::process::Command::new("cargo")
             .args(["build", "--quiet", "--profile", "bench-native"])

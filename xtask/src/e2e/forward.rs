@@ -18,15 +18,15 @@ use crate::report::Report;
 use crate::tools::{ensure_programs, workspace_root};
 
 /// The guest's HTTP server port.
-const GUEST_HTTP: u16 = 8000;
+pub(crate) const GUEST_HTTP: u16 = 8000;
 /// The guest's TCP echo port.
-const GUEST_ECHO: u16 = 7000;
+pub(crate) const GUEST_ECHO: u16 = 7000;
 /// A guest port nothing listens on.
 const GUEST_CLOSED: u16 = 8999;
 
 /// The guest's servers: files under argv[1], POST answers `POST <bytes> <sha256>`, and an
 /// echo server that half-closes after echoing everything.
-const GUEST_SERVER: &str = r#"
+pub(crate) const GUEST_SERVER: &str = r#"
 import hashlib, http.server, socket, socketserver, sys, threading
 root, http_port, echo_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
@@ -69,7 +69,7 @@ http.server.ThreadingHTTPServer(("0.0.0.0", http_port), Files).serve_forever()
 "#;
 
 /// A process in the guest namespace, killed when dropped.
-struct GuestProcess(Child);
+pub(crate) struct GuestProcess(Child);
 
 impl Drop for GuestProcess {
     fn drop(&mut self) {
@@ -179,7 +179,7 @@ pub fn run(filter: Option<String>) -> Result<()> {
 }
 
 /// Starts the guest's servers and waits until both ports accept inside the namespace.
-fn start_guest_server(guest: &Guest, files: &Path) -> Result<GuestProcess> {
+pub(crate) fn start_guest_server(guest: &Guest, files: &Path) -> Result<GuestProcess> {
     let script = guest.work.join("guest-server.py");
     std::fs::write(&script, GUEST_SERVER)?;
     let child = guest

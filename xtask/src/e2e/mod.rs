@@ -13,7 +13,7 @@
 
 pub mod browser;
 mod faults;
-mod forward;
+pub(crate) mod forward;
 mod load;
 mod native;
 mod relay;
