@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::workload::{mb_per_s, median};
+use super::workload::{mb_per_s, median, ok_times_ms};
 use super::{publish, Machine};
 use crate::e2e::forward::{start_guest_server, GUEST_HTTP, GUEST_SERVER};
 use crate::harness::daemon::free_port;
@@ -262,14 +262,7 @@ fn requests(base: &str) -> Result<f64> {
     let out = sh(&format!(
         "curl -sS --noproxy '*' -o /dev/null -w '%{{time_total}} %{{http_code}}\\n' '{base}/small?[1-{REQUESTS}]'"
     ))?;
-    let times: Vec<f64> = out
-        .lines()
-        .filter_map(|l| {
-            let (t, code) = l.split_once(' ')?;
-            (code.trim() == "200").then(|| t.parse::<f64>().ok())?
-        })
-        .map(|t| t * 1e3)
-        .collect();
+    let times = ok_times_ms(&out);
     if times.len() != REQUESTS {
         bail!("{} of {REQUESTS} requests answered 200: {out}", times.len());
     }

@@ -226,20 +226,24 @@ pub fn https_hosts(route: &dyn Route, rounds: usize) -> Result<Vec<(f64, f64)>> 
             curl = route.curl()
         );
         let out = route.sh(&script, Duration::from_secs(30))?;
-        let times: Vec<f64> = out
-            .lines()
-            .filter_map(|l| {
-                let (t, code) = l.split_once(' ')?;
-                (code.trim() == "200").then(|| t.parse::<f64>().ok())?
-            })
-            .map(|t| t * 1e3)
-            .collect();
+        let times = ok_times_ms(&out);
         if times.len() != 2 {
             bail!("new-host round {i}: {out}");
         }
         pairs.push((times[0], times[1]));
     }
     Ok(pairs)
+}
+
+/// The times in ms of the `200` lines of curl's `-w '%{time_total} %{http_code}\n'` output.
+pub fn ok_times_ms(out: &str) -> Vec<f64> {
+    out.lines()
+        .filter_map(|l| {
+            let (t, code) = l.split_once(' ')?;
+            (code.trim() == "200").then(|| t.parse::<f64>().ok())?
+        })
+        .map(|t| t * 1e3)
+        .collect()
 }
 
 /// `n` simultaneous downloads of `/blob/<size>` (curl `--parallel`), each checked; returns the
