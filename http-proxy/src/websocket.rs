@@ -353,7 +353,13 @@ where
             }),
         ),
         Ending::GuestFailed(close) => (Some(Some(close.clone())), Some(close.clone())),
-        Ending::ServerClosed(close) => (Some(close.clone().filter(|c| sendable(c.code))), None),
+        // The server's Close is answered too: a client sends its reply only when driven
+        // (tungstenite queues it for the next write), and a server whose Close goes
+        // unanswered sees the connection reset instead of a closing handshake.
+        Ending::ServerClosed(close) => (
+            Some(close.clone().filter(|c| sendable(c.code))),
+            Some(close.clone().unwrap_or(Close::NORMAL)),
+        ),
         Ending::ServerFailed(err) => {
             let code = match err {
                 SocketError::TooLarge { .. } => 1009,

@@ -393,6 +393,29 @@ fn a_servers_close_code_and_reason_reach_the_guest() {
     assert_eq!(proxy.stats().websockets_open, 0);
 }
 
+/// The server's Close is answered (`poll_close` after `poll_recv` gave `Ok(None)`): found by
+/// the e2e test, where the echo server saw the connection reset without a closing handshake.
+#[test]
+fn a_servers_close_is_answered_on_the_server_side() {
+    let (proxy, log) = proxy(false, 1 << 20);
+    session(&proxy, Entry::ForwardProxy, |mut guest| async move {
+        guest
+            .write_all(upgrade("http://echo.test/", "").as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut guest).await;
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        let mut ws = WebSocketStream::from_raw_socket(guest, Role::Client, None).await;
+        ws.send(Message::text("close me")).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    let answered = log.borrow().closed_with.clone();
+    assert!(
+        answered.is_some(),
+        "the server socket's Close was never answered (poll_close not called)"
+    );
+}
+
 #[test]
 fn a_refused_upgrade_is_a_502_naming_the_url() {
     let (proxy, _) = proxy(true, 1 << 20);

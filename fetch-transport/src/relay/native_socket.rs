@@ -203,3 +203,67 @@ impl MessageSocket for NativeSocket {
         self.peer_close.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use futures::{SinkExt, StreamExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn dialer() -> NativeDialer {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        NativeDialer::new(Arc::new(tls))
+    }
+
+    /// A server that closes first gets its Close answered by `poll_close` (the closing
+    /// handshake completes; before, the proxy dropped the socket with the reply still queued
+    /// and the server saw a reset).
+    #[tokio::test]
+    async fn poll_close_after_the_peers_close_answers_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            ws.send(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(4001),
+                reason: "bye".into(),
+            })))
+            .await
+            .unwrap();
+            // The client's reply (a Close), then the stream ends cleanly; a dropped socket
+            // is an error.
+            let mut replied = false;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(_))) => replied = true,
+                    None | Some(Err(WsError::ConnectionClosed)) if replied => return Ok(()),
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+        });
+        let Dialed { mut socket, .. } = dialer().dial(&format!("ws://{addr}/"), &[]).await.unwrap();
+        let received = poll_fn(|cx| socket.poll_recv(cx)).await;
+        assert_eq!(received, Ok(None));
+        assert_eq!(
+            socket.peer_close(),
+            Some(Close {
+                code: 4001,
+                reason: "bye".into()
+            })
+        );
+        poll_fn(|cx| socket.poll_close(cx, &Close::NORMAL))
+            .await
+            .unwrap();
+        drop(socket);
+        assert_eq!(server.await.unwrap(), Ok(()));
+    }
+}

@@ -98,7 +98,10 @@ pub trait MessageSocket {
 
     /// Sends a Close frame with `close` (taken on the first call) and waits for the closing
     /// handshake (a clean goodbye; the caller bounds how long it waits and drops the socket
-    /// afterwards). A browser sends only 1000 and 3000–4999; other codes become 1000.
+    /// afterwards). A browser sends only 1000 and 3000–4999; other codes become 1000. After
+    /// the peer closed first (`poll_recv` gave `Ok(None)`), it sends the reply to the peer's
+    /// Close instead (`close` is then not used): call it, or the peer sees no closing
+    /// handshake.
     fn poll_close(&mut self, cx: &mut Context<'_>, close: &Close) -> Poll<Result<(), SocketError>>;
 
     /// The peer's close code and reason, once `poll_recv` returned `Ok(None)` (`None` before,
