@@ -25,10 +25,13 @@ async function main() {
   // `?deny=NAME` (repeatable) refuses some.
   const search = new URLSearchParams(location.search);
   const relay = search.get("relay") ? JSON.parse(search.get("relay")) : null;
+  // `?rewrites=<JSON>`: more `{host, url}` rewrites (the WebSocket phase maps its names to its
+  // echo server).
+  const moreRewrites = search.get("rewrites") ? JSON.parse(search.get("rewrites")) : [];
   const proxy = await mod.NetProxy.create({
     allow: ["loopback", ...Object.keys((relay && relay.hosts) || {})],
     deny: search.getAll("deny"),
-    rewrites: config.rewrites,
+    rewrites: [...config.rewrites, ...moreRewrites],
     // A duration string ("10s", "500ms"): the same syntax as the runner's --timeout.
     timeout: config.timeout ?? "30s",
     logLevel: "warn",

@@ -7,6 +7,9 @@
 //! - [`relay`]: the runner with `--relay` in front of real Wisp servers ([`relay_checks`] holds
 //!   the guest-side checks it shares with the browser's relay phase, [`relay_clients`] the
 //!   real clients among them: git over ssh, apt, a TCP echo);
+//! - [`websocket`]: the guest's WebSockets carried by the runner's own client to a local echo
+//!   server, with real clients in the guest ([`websocket_checks`] holds the guest-side checks
+//!   it shares with the browser's WebSocket phase);
 //! - [`browser`]: the browser build in headless Chromium or Firefox (`e2e --browser`).
 //!
 //! The pieces they stand on (guests, origins, browsers, the bridge) are in `crate::harness`.
@@ -20,6 +23,8 @@ mod relay;
 mod relay_checks;
 mod relay_clients;
 mod robust;
+mod websocket;
+mod websocket_checks;
 
 use anyhow::{bail, Result};
 
@@ -29,7 +34,7 @@ use crate::tools::is_root;
 /// Runs the end-to-end suite: the native phase, then the fault and robustness phases.
 /// `args` may hold one filter: only checks whose name contains it run (DHCP always does), and
 /// the other phases are skipped; `faults[ PROFILE]`, `robust[: CHECK]`, `relay[ SERVER]` or
-/// `forward[: CHECK]` runs only that phase.
+/// `forward[: CHECK]` or `websocket[: CHECK]` runs only that phase.
 pub fn run(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("e2e needs root (TAP devices and network namespaces); run it as root");
@@ -47,6 +52,14 @@ pub fn run(args: &[String]) -> Result<()> {
             .trim_start_matches(':')
             .trim();
         return forward::run((!check.is_empty()).then(|| check.to_string()));
+    }
+    if let Some(filter) = args.first().filter(|f| f.starts_with("websocket")) {
+        let _guard = cleanup::Guard;
+        let check = filter
+            .trim_start_matches("websocket")
+            .trim_start_matches(':')
+            .trim();
+        return websocket::run((!check.is_empty()).then(|| check.to_string()));
     }
     if args.first().is_some_and(|f| f.starts_with("relay")) {
         let _guard = cleanup::Guard;
@@ -80,5 +93,16 @@ pub fn run(args: &[String]) -> Result<()> {
     } else {
         Ok(())
     };
-    result.and(faults).and(robust).and(relay).and(forward)
+    // The WebSocket phase (an echo server, real clients; own runner and guest) too.
+    let websocket = if args.is_empty() {
+        websocket::run(None)
+    } else {
+        Ok(())
+    };
+    result
+        .and(faults)
+        .and(robust)
+        .and(relay)
+        .and(forward)
+        .and(websocket)
 }

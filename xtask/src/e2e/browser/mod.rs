@@ -10,6 +10,8 @@
 //! 3. `e2e.html` behind a bridge that injects faults (with no filter, or `faults`).
 //! 4. `e2e.html` with `config.relay`, once per real Wisp server ([`relay`]; with no filter,
 //!    or alone with `relay[ wisp-js|wisp-python]`).
+//! 6. `e2e.html` with rewrites to a WebSocket echo server: the guest's WebSockets through the
+//!    page's `WebSocket` ([`websocket`]; with no filter, or alone with `websocket`).
 //!
 //! The HTTPS origin's certificate comes from a test CA no browser trusts. Rather than hide the
 //! HTTPS origin behind a rewrite to plain HTTP, the browser is made to trust it for this run
@@ -20,6 +22,7 @@
 mod checks;
 mod load;
 mod relay;
+mod websocket;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -141,6 +144,8 @@ pub fn run(args: &[String]) -> Result<()> {
     });
     if let Some(server) = &relay_only {
         relay::phase(&shared, &mut r, server)?;
+    } else if filter.as_deref() == Some("websocket") {
+        websocket::phase(&shared, &mut r)?;
     } else {
         netproxy_phase(&shared, &mut r)?;
         c2w_phase(&shared, &mut r)?;
@@ -149,6 +154,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         if filter.is_none() {
             relay::phase(&shared, &mut r, "")?;
+            websocket::phase(&shared, &mut r)?;
         }
     }
     drop(shared);

@@ -10,7 +10,9 @@
 //!   gzip, hanging bodies);
 //! - [`UdpEcho`] (`udp_echo.rs`): UDP datagrams answered, for the relay's UDP checks;
 //! - [`TcpEcho`] (`tcp_echo.rs`): TCP bytes sent back as they come, for the relay's raw TCP
-//!   round trip.
+//!   round trip;
+//! - [`WsEcho`] (`ws_echo.rs`): a WebSocket echo server, ws and wss, for the guest-WebSocket
+//!   checks (subprotocols, a server-initiated close, a refused upgrade).
 //!
 //! All of them stand on one HTTP/1.1 layer (`http1.rs`: accept loop, request heads parsed by
 //! httparse, Content-Length and chunked request bodies); the bodies and the test CA are in
@@ -28,6 +30,7 @@ mod tcp_echo;
 #[cfg(test)]
 mod tests;
 mod udp_echo;
+mod ws_echo;
 
 pub use content::{blob, sha256_hex, BlobReader};
 pub use fault::FaultOrigin;
@@ -36,3 +39,7 @@ pub use node::NodeOrigin;
 pub use origin::{Cors, Origin};
 pub use tcp_echo::TcpEcho;
 pub use udp_echo::UdpEcho;
+pub use ws_echo::{
+    Session, WsEcho, CLOSE_REQUEST, KNOWN_PROTOCOLS, REFUSED_PATH, SERVER_CLOSE_CODE,
+    SERVER_CLOSE_REASON,
+};

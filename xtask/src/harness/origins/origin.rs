@@ -119,6 +119,14 @@ impl Origin {
     }
 }
 
+impl OriginFiles {
+    /// The rustls server configuration of the HTTPS origin's certificate (for 127.0.0.1 and
+    /// localhost), for other servers that speak TLS like it.
+    pub fn server_tls(&self) -> Result<Arc<rustls::ServerConfig>> {
+        tls_config(&self.server_cert, &self.server_key)
+    }
+}
+
 /// The rustls server configuration for the certificate chain and key in these PEM files.
 fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
     let certs = CertificateDer::pem_file_iter(cert)
