@@ -35,9 +35,17 @@ const GUEST_TYPES: &'static str = r#"
 export interface GuestAddress {
     ip?: string;
 }
-/** `fetchGuest`'s options: the guest's port, and optionally its address. */
+/** `fetchGuest`'s options: the guest's port, optionally its address, and headers that
+ * replace the request's own of the same name (not filtered like a `Request`'s: `Cookie`,
+ * `Origin`, `Referer` may be set here). */
 export interface FetchGuestOptions extends GuestAddress {
     port: number;
+    headers?: [string, string][] | Record<string, string>;
+}
+/** `fetchGuest`'s response: `guestHeaders` lists every header the guest sent, in order,
+ * including those a `Response` cannot hold (`Set-Cookie`). */
+export interface GuestResponse extends Response {
+    readonly guestHeaders: [string, string][];
 }
 /** `probe`'s options: how long the guest may take to answer (default 3000 ms). */
 export interface ProbeOptions extends GuestAddress {
@@ -65,6 +73,8 @@ enum GuestApiError {
     BodyUsed,
     #[error("the request's {0} is not valid HTTP")]
     InvalidRequest(&'static str),
+    #[error("options: headers: {0}")]
+    Header(String),
     #[error("the guest's response cannot be a Response: {0}")]
     Response(String),
 }
@@ -175,18 +185,24 @@ impl NetProxy {
     /// Sends an HTTP request to a server in the guest and resolves to its `Response`, whose
     /// body streams from the guest. The request's path and query are sent (with
     /// `Host: <ip>:<port>`), its method, headers and body (streamed, chunked) too.
-    #[wasm_bindgen(js_name = fetchGuest, unchecked_return_type = "Promise<Response>")]
+    #[wasm_bindgen(js_name = fetchGuest, unchecked_return_type = "Promise<GuestResponse>")]
     pub fn fetch_guest(
         &self,
         #[wasm_bindgen(unchecked_param_type = "Request | string")] request: JsValue,
         #[wasm_bindgen(unchecked_param_type = "FetchGuestOptions")] options: JsValue,
     ) -> Promise {
         let prepared = self.guest().and_then(|inner| {
-            let object = option_fields(&options, &["port", "ip"])?;
+            let object = option_fields(&options, &["port", "ip", "headers"])?;
             let port = field(&object, "port")
                 .ok_or_else(|| GuestApiError::Options("port is required".into()))?;
             let addr = address(&inner.guest, port_value(&port)?, &object)?;
-            Ok((inner, addr, request_from_js(&request)?))
+            let mut request = request_from_js(&request)?;
+            if let Some(extra) = field(&object, "headers") {
+                for (name, value) in header_pairs(&extra)? {
+                    request.headers_mut().insert(name, value);
+                }
+            }
+            Ok((inner, addr, request))
         });
         future_to_promise(async move {
             let (inner, addr, request) = prepared.map_err(|e| reject("fetchGuest", e))?;
@@ -398,6 +414,37 @@ fn body_chunk(chunk: Result<JsValue, JsValue>) -> Result<Bytes, BodyError> {
         .map_err(|_| BodyError::new("a request body chunk is not a Uint8Array"))
 }
 
+/// The `headers` option: an array of `[name, value]` pairs or a plain object.
+fn header_pairs(value: &JsValue) -> Result<Vec<(HeaderName, HeaderValue)>, GuestApiError> {
+    let entries: js_sys::Array = if js_sys::Array::is_array(value) {
+        value.clone().unchecked_into()
+    } else if value.is_object() {
+        Object::entries(value.unchecked_ref())
+    } else {
+        return Err(GuestApiError::Header(
+            "expected an array of [name, value] pairs or an object".into(),
+        ));
+    };
+    let mut out = Vec::new();
+    for entry in entries.iter() {
+        let pair = entry
+            .dyn_ref::<js_sys::Array>()
+            .filter(|pair| pair.length() == 2)
+            .ok_or_else(|| GuestApiError::Header("each entry must be [name, value]".into()))?;
+        let (Some(name), Some(value)) = (pair.get(0).as_string(), pair.get(1).as_string()) else {
+            return Err(GuestApiError::Header(
+                "names and values must be strings".into(),
+            ));
+        };
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| GuestApiError::Header(format!("{name:?} is not a header name")))?;
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| GuestApiError::Header(format!("the value of {name} is not valid")))?;
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
 /// A `Headers` object as a `HeaderMap` (what `http` cannot hold is left out).
 fn headers_from_js(headers: &web_sys::Headers) -> HeaderMap {
     let mut map = HeaderMap::new();
@@ -425,7 +472,12 @@ fn response_to_js(
 ) -> Result<JsValue, GuestApiError> {
     let (head, body) = response.into_parts();
     let headers = web_sys::Headers::new().map_err(|e| GuestApiError::Response(describe(&e)))?;
+    let raw = js_sys::Array::new();
     for (name, value) in &head.headers {
+        raw.push(&js_sys::Array::of2(
+            &name.as_str().into(),
+            &String::from_utf8_lossy(value.as_bytes()).as_ref().into(),
+        ));
         if fetch_transport::policy::is_connection_specific(name) {
             continue;
         }
@@ -450,7 +502,10 @@ fn response_to_js(
         });
         wasm_streams::ReadableStream::from_stream(chunks).into_raw()
     });
-    web_sys::Response::new_with_opt_readable_stream_and_init(stream.as_ref(), &init)
-        .map(JsValue::from)
-        .map_err(|e| GuestApiError::Response(describe(&e)))
+    let response = web_sys::Response::new_with_opt_readable_stream_and_init(stream.as_ref(), &init)
+        .map_err(|e| GuestApiError::Response(describe(&e)))?;
+    // Every header as sent, `Set-Cookie` included (a `Response` drops it).
+    Reflect::set(&response, &JsValue::from_str("guestHeaders"), &raw)
+        .map_err(|e| GuestApiError::Response(describe(&e)))?;
+    Ok(response.into())
 }

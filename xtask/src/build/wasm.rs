@@ -25,6 +25,9 @@ const JS_FILES: &[&str] = &[
     "v86-adapter.d.ts",
     "nic-pacer.js",
     "nic-pacer.d.ts",
+    "guest-preview.js",
+    "guest-preview.d.ts",
+    "guest-sw.js",
 ];
 
 /// In `stack-worker.js`, replaced by the glue's source so the worker is one self-contained
@@ -250,6 +253,8 @@ fn write_package_json(dist: &Path) -> Result<()> {
     ".": {{ "types": "./c2w_net_proxy.d.ts", "default": "./c2w_net_proxy.js" }},
     "./v86-adapter.js": {{ "types": "./v86-adapter.d.ts", "default": "./v86-adapter.js" }},
     "./nic-pacer.js": {{ "types": "./nic-pacer.d.ts", "default": "./nic-pacer.js" }},
+    "./guest-preview.js": {{ "types": "./guest-preview.d.ts", "default": "./guest-preview.js" }},
+    "./guest-sw.js": "./guest-sw.js",
     "./stack-worker.js": "./stack-worker.js",
     "./c2w-net-proxy.wasm": "./c2w-net-proxy.wasm",
     "./c2w_net_proxy_bg.wasm": "./c2w_net_proxy_bg.wasm"
@@ -257,7 +262,7 @@ fn write_package_json(dist: &Path) -> Result<()> {
   "files": [
     "c2w_net_proxy.js", "c2w_net_proxy.d.ts", "c2w_net_proxy_bg.wasm", "c2w_net_proxy_bg.wasm.d.ts",
     "c2w-net-proxy.wasm", "stack-worker.js", "stack-worker.d.ts", "v86-adapter.js", "v86-adapter.d.ts", "nic-pacer.js", "nic-pacer.d.ts",
-    "README.md"
+    "guest-preview.js", "guest-preview.d.ts", "guest-sw.js", "README.md"
   ],
   "sideEffects": false,
   "license": "Apache-2.0"

@@ -10,6 +10,8 @@
 //! 3. `e2e.html` behind a bridge that injects faults (with no filter, or `faults`).
 //! 4. `e2e.html` with `config.relay`, once per real Wisp server ([`relay`]; with no filter,
 //!    or alone with `relay[ wisp-js|wisp-python]`).
+//! 5. `inbound.html`: the page reaching servers in the guest (`fetchGuest`, `connect`,
+//!    `probe`, the `guest-sw.js` preview) ([`inbound`]; with no filter, or alone with `inbound`).
 //! 6. `e2e.html` with rewrites to a WebSocket echo server: the guest's WebSockets through the
 //!    page's `WebSocket` ([`websocket`]; with no filter, or alone with `websocket`).
 //!
@@ -20,6 +22,7 @@
 //! the fresh profile's own NSS database. So `fetch()` really speaks TLS to the origin.
 
 mod checks;
+mod inbound;
 mod load;
 mod relay;
 mod websocket;
@@ -146,6 +149,8 @@ pub fn run(args: &[String]) -> Result<()> {
         relay::phase(&shared, &mut r, server)?;
     } else if filter.as_deref() == Some("websocket") {
         websocket::phase(&shared, &mut r)?;
+    } else if filter.as_deref() == Some("inbound") {
+        inbound::phase(&shared, &mut r)?;
     } else {
         netproxy_phase(&shared, &mut r)?;
         c2w_phase(&shared, &mut r)?;
@@ -153,6 +158,7 @@ pub fn run(args: &[String]) -> Result<()> {
             faults_phase(&shared, &mut r)?;
         }
         if filter.is_none() {
+            inbound::phase(&shared, &mut r)?;
             relay::phase(&shared, &mut r, "")?;
             websocket::phase(&shared, &mut r)?;
         }
