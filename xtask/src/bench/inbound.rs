@@ -125,7 +125,8 @@ pub(super) fn section() -> Result<()> {
         machine.date, machine.cpus, machine.cpu_model
     );
     let mut entries = Vec::new();
-    let rows: [(&str, &str, &str, fn(&Figures) -> Option<f64>); 3] = [
+    type Get = fn(&Figures) -> Option<f64>;
+    let rows: [(&str, &str, &str, Get); 3] = [
         (
             "inbound/download/64m",
             "Download 64 MiB from the guest",

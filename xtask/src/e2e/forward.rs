@@ -32,6 +32,9 @@ root, http_port, echo_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
 class Files(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are separate writes: without this, Nagle's algorithm and a delayed ACK
+    # hold every keep-alive response for 40 ms.
+    disable_nagle_algorithm = True
     def __init__(self, *args, **kwargs):
         super().__init__(*args, directory=root, **kwargs)
     def do_POST(self):
