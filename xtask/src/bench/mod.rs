@@ -5,7 +5,8 @@
 //! Sections: `ca` (mitm-ca natively and as wasm, [`ca`]), `net` (the guest's traffic on every
 //! path side by side with the direct path, [`net`]), `size` (the shipped package, [`size`]),
 //! `tab` (the demo's v86 guest through our adapter and v86's own, fetch and Wisp, [`tab`]),
-//! `inbound` (a server in the guest through `--forward`, [`inbound`]).
+//! `inbound` (a server in the guest through `--forward`, [`inbound`]), `websocket` (a guest's
+//! WebSocket through the runner, [`websocket`]).
 
 mod ca;
 mod inbound;
@@ -16,6 +17,7 @@ mod reference;
 mod routes;
 mod size;
 mod tab;
+mod websocket;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -28,7 +30,7 @@ use crate::harness::browser::page_server::PageServer;
 use crate::tools;
 
 const USAGE: &str =
-    "usage: cargo xtask bench [ca] [size] [inbound] [tab [--only ROWS]...] [net [--quick] [--downloads MIB,...] [--concurrent N] [--only PATH]...] [--no-wasm]
+    "usage: cargo xtask bench [ca] [size] [inbound] [websocket] [tab [--only ROWS]...] [net [--quick] [--downloads MIB,...] [--concurrent N] [--only PATH]...] [--no-wasm]
 
   ca      mitm-ca natively and as wasm under node
   size    dist/ raw and gzipped
@@ -39,6 +41,8 @@ const USAGE: &str =
                         this run does not measure are kept in the doc as they were)
   inbound a server in the guest through the runner's --forward, next to the same server on
           the host (needs root)
+  websocket  a guest's WebSocket through the runner next to the same client on the host
+          (round trips per second, 1 MiB messages; needs root)
   net     the guest's traffic on every path next to the direct path (needs root)
           --quick       small sizes, for checking the harness
           --downloads N,M  download sizes in MiB instead of the plan's (e.g. 512 with
@@ -65,6 +69,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "size" => sections.push("size"),
             "tab" => sections.push("tab"),
             "inbound" => sections.push("inbound"),
+            "websocket" => sections.push("websocket"),
             "--quick" => plan = net::Plan::quick(),
             "--concurrent" => {
                 let n = args.next().context("--concurrent needs a count")?;
@@ -96,9 +101,12 @@ pub fn run(args: &[String]) -> Result<()> {
         plan.concurrent_size = 1 << 20;
     }
     if sections.is_empty() {
-        sections = vec!["ca", "size", "tab", "net", "inbound"];
+        sections = vec!["ca", "size", "tab", "net", "inbound", "websocket"];
     }
-    if (sections.contains(&"net") || sections.contains(&"tab") || sections.contains(&"inbound"))
+    if (sections.contains(&"net")
+        || sections.contains(&"tab")
+        || sections.contains(&"inbound")
+        || sections.contains(&"websocket"))
         && std::env::var_os(OPTIMIZED).is_none()
     {
         return rerun_optimized();
@@ -110,6 +118,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "size" => size::section()?,
             "tab" => tab::section_run(&plan.only)?,
             "inbound" => inbound::section()?,
+            "websocket" => websocket::section()?,
             _ => unreachable!("sections are parsed above"),
         }
     }

@@ -23,8 +23,8 @@ mod relay;
 mod relay_checks;
 mod relay_clients;
 mod robust;
-mod websocket;
-mod websocket_checks;
+pub(crate) mod websocket;
+pub(crate) mod websocket_checks;
 
 use anyhow::{bail, Result};
 

@@ -26,7 +26,7 @@ use crate::harness::origins::{
 use crate::report::Report;
 
 /// The guest's client script.
-const CLIENT: &str = include_str!("ws_client.py");
+pub(crate) const CLIENT: &str = include_str!("ws_client.py");
 /// The interpreter the Debian packages install for (PATH may lead to another one, e.g.
 /// pyenv's, which does not see /usr/lib/python3/dist-packages).
 pub const DEBIAN_PYTHON: &str = "/usr/bin/python3";

@@ -206,6 +206,21 @@ def main():
             ok = ok and ws.recv() == data
         out["echoed"] = ok
         ws.close(1000, "done")
+    elif COMMAND == "timed":
+        # For `cargo xtask bench websocket`: N sequential echoes of SIZE bytes, each sent only
+        # once the previous came back; the time of all of them.
+        n, size = int(ARGS[0]), int(ARGS[1])
+        ws = connect(URL)
+        data = blob(size)
+        ws.send(data)
+        ok = ws.recv() == data
+        started = time.time()
+        for _ in range(n):
+            ws.send(data)
+            ok = ws.recv() == data and ok
+        out["seconds"] = time.time() - started
+        out["echoed"] = ok
+        ws.close(1000, "done")
     elif COMMAND == "hold":
         # Open, say so, then send and read 1 KiB messages until killed.
         ws = connect(URL)
