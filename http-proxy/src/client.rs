@@ -14,8 +14,9 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fetch_transport::{Body, BodyError};
+use futures::future::{self, Either};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{Stream, StreamExt};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -38,6 +39,13 @@ pub const MAX_BODY_PIECE: usize = 64 * 1024;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes read from the stream at once.
 const READ_SIZE: usize = 16 * 1024;
+/// How much of a request body of unknown length is read before the head is written: a body
+/// that ends within it goes with `Content-Length` (a browser's request bodies are streams of
+/// unknown length, and servers such as Python's `http.server` cannot read chunked uploads).
+pub const LENGTH_PROBE_BYTES: usize = 64 * 1024;
+/// How long that read waits for the body's pieces before the request goes chunked, so a
+/// slow or interactive upload is not held back.
+pub const LENGTH_PROBE_WAIT: Duration = Duration::from_millis(50);
 
 /// The bounds of a [`Client`]: what one response can make it hold, and how long it waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +201,7 @@ impl Client {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let (parts, body) = request.into_parts();
+        let body = self.probe_length(body).await?;
         let host = match parts.headers.get(HOST) {
             Some(value) => value.as_bytes().to_vec(),
             None => parts
@@ -229,6 +238,39 @@ impl Client {
         *response.version_mut() = head.version;
         *response.headers_mut() = head.headers;
         Ok(response)
+    }
+}
+
+impl Client {
+    /// A body of unknown length with its first [`LENGTH_PROBE_BYTES`] read (for at most
+    /// [`LENGTH_PROBE_WAIT`]): whole with its length when it ended within them, else a stream
+    /// of unknown length again, what was read first.
+    async fn probe_length(&self, mut body: Body) -> Result<Body, ClientError> {
+        if body.len().is_some() {
+            return Ok(body);
+        }
+        let mut read: Vec<Bytes> = Vec::new();
+        let mut total = 0;
+        let mut wait = self.timer.sleep(LENGTH_PROBE_WAIT);
+        while total <= LENGTH_PROBE_BYTES {
+            match future::select(body.next(), &mut wait).await {
+                Either::Left((Some(piece), _)) => {
+                    let piece = piece.map_err(ClientError::RequestBody)?;
+                    total += piece.len();
+                    read.push(piece);
+                }
+                Either::Left((None, _)) => {
+                    let mut whole = BytesMut::with_capacity(total);
+                    for piece in read {
+                        whole.extend_from_slice(&piece);
+                    }
+                    return Ok(Body::full(whole.freeze()));
+                }
+                Either::Right(_) => break,
+            }
+        }
+        let first = futures::stream::iter(read.into_iter().map(Ok));
+        Ok(Body::from_stream(first.chain(body), None))
     }
 }
 

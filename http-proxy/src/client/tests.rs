@@ -281,7 +281,7 @@ fn the_host_header_wins_over_the_uri_and_a_request_without_either_is_refused() {
 }
 
 #[test]
-fn a_body_of_unknown_length_is_uploaded_chunked() {
+fn a_short_body_of_unknown_length_is_read_first_and_sent_with_its_length() {
     let pieces = vec![
         Ok(Bytes::from_static(b"ab")),
         Ok(Bytes::new()),
@@ -295,12 +295,62 @@ fn a_body_of_unknown_length_is_uploaded_chunked() {
     assert_eq!(
         written,
         format!(
-            "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
-             2\r\nab\r\n11\r\n{}\r\n0\r\n\r\n",
+            "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 19\r\n\r\nab{}",
             "x".repeat(17)
         )
     );
     assert!(response.into_body().into_reusable().is_some());
+}
+
+#[test]
+fn a_long_body_of_unknown_length_is_uploaded_chunked() {
+    let big = vec![b'y'; LENGTH_PROBE_BYTES];
+    let pieces = vec![
+        Ok(Bytes::from_static(b"ab")),
+        Ok(Bytes::from(big.clone())),
+        Ok(Bytes::from_static(b"z")),
+    ];
+    let request = Request::post("http://h/up")
+        .body(Body::from_stream(futures::stream::iter(pieces), None))
+        .unwrap();
+    let (written, _) =
+        exchange(request, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 64).unwrap();
+    assert_eq!(
+        written,
+        format!(
+            "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+             2\r\nab\r\n{:x}\r\n{}\r\n1\r\nz\r\n0\r\n\r\n",
+            big.len(),
+            "y".repeat(big.len())
+        )
+    );
+}
+
+#[test]
+fn a_body_that_pauses_goes_chunked_once_the_probe_waited() {
+    let (client, timer) = new_client();
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Bytes, BodyError>>();
+    tx.unbounded_send(Ok(Bytes::from_static(b"first"))).unwrap();
+    let request = Request::post("http://h/up")
+        .body(Body::from_stream(rx, None))
+        .unwrap();
+    let pipe = Pipe::new(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").piece(64);
+    let written = pipe.written.clone();
+    let mut send = Box::pin(client.send(pipe, request));
+    assert!(poll_once(&mut send).is_pending());
+    assert!(written.borrow().is_empty(), "nothing before the probe ends");
+    timer.fire();
+    assert!(poll_once(&mut send).is_pending(), "the body has not ended");
+    assert_eq!(
+        String::from_utf8(written.borrow().clone()).unwrap(),
+        "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+    );
+    tx.unbounded_send(Ok(Bytes::from_static(b"then"))).unwrap();
+    drop(tx);
+    assert!(poll_once(&mut send).is_ready());
+    assert!(String::from_utf8(written.borrow().clone())
+        .unwrap()
+        .ends_with("5\r\nfirst\r\n4\r\nthen\r\n0\r\n\r\n"));
 }
 
 #[test]
