@@ -4,7 +4,8 @@
 //! only then is the guest answered `101` with `Sec-WebSocket-Accept`, and messages are carried
 //! both ways ([`bridge`]). A refusal is a 502 naming the URL and the reason. The guest's frames
 //! are decoded by tungstenite (server role); pings are answered here, extensions are not
-//! negotiated, close codes and reasons pass both ways.
+//! negotiated, close codes and reasons pass both ways. With raw tunnels (a relay) a plain
+//! `ws://` upgrade goes through a tunnel as it came instead ([`serve_raw`]).
 
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -31,6 +32,7 @@ use crate::error_page::ErrorPage;
 use crate::head::{RequestHead, Version};
 use crate::route::{route, Mode, Route};
 use crate::stats::Counters;
+use crate::tunnel::{splice, RawTunnels, HALF_CLOSE_LINGER};
 use crate::Proxy;
 
 /// Why the server side of a guest's WebSocket could not be opened; the text goes into the
@@ -196,11 +198,11 @@ pub(crate) async fn serve(
     pending: PendingConnect,
     mode: &Mode,
 ) -> Result<(), ServeError> {
-    let Some(websockets) = proxy.websockets.clone() else {
+    if proxy.websockets.is_none() && proxy.raw_tunnels.is_none() {
         return pending
             .refuse(proxy, &crate::refuse::upgrade_unsupported())
             .await;
-    };
+    }
     let handshake = match check_handshake(&pending.head) {
         Ok(handshake) => handshake,
         Err(page) => return pending.refuse(proxy, &page).await,
@@ -217,6 +219,16 @@ pub(crate) async fn serve(
             "the proxy itself serves no WebSocket",
         );
         return pending.refuse(proxy, &page).await;
+    };
+    if let Some(tunnels) = proxy.raw_tunnels.clone() {
+        if url.starts_with("ws://") {
+            return serve_raw(proxy, pending, tunnels.as_ref(), &url).await;
+        }
+    }
+    let Some(websockets) = proxy.websockets.clone() else {
+        return pending
+            .refuse(proxy, &crate::refuse::upgrade_unsupported())
+            .await;
     };
     let open = websockets.open(&url, &handshake.protocols);
     let timeout = proxy.timer.sleep(proxy.config.limits.io_timeout);
@@ -270,6 +282,84 @@ pub(crate) async fn serve(
     let ending = bridge(proxy, guest, socket, limit).await;
     tracing::debug!(%url, ?ending, "WebSocket session ended");
     Ok(())
+}
+
+/// With raw tunnels configured (a relay), a plain `ws://` upgrade is carried as it came: a
+/// tunnel to the URL's host and port is opened (a refusal is a 502 naming it), the request
+/// head is sent on in origin form, and the two streams are spliced, so the server answers the
+/// guest's handshake itself and the session is end to end (the guest's `Origin` and cookies
+/// reach the server; nothing of the WebSocket is decoded here, and its messages are not
+/// counted, only the session).
+async fn serve_raw(
+    proxy: &Proxy,
+    pending: PendingConnect,
+    tunnels: &dyn RawTunnels,
+    url: &str,
+) -> Result<(), ServeError> {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        let page = ErrorPage::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("not a URL: {url}"),
+        );
+        return pending.refuse(proxy, &page).await;
+    };
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = uri.port_u16().unwrap_or(80);
+    let remote = match tunnels.open(host, port).await {
+        Ok(remote) => remote,
+        Err(err) => {
+            Counters::add(&proxy.counters.websockets_refused, 1);
+            let page = ErrorPage::new(
+                StatusCode::BAD_GATEWAY,
+                "websocket-failed",
+                format!("cannot open a tunnel for the WebSocket to {url}: {err}"),
+            );
+            return pending.refuse(proxy, &page).await;
+        }
+    };
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let head = raw_head(
+        &pending.head,
+        target,
+        uri.authority().map_or(host, |a| a.as_str()),
+    );
+    let Some(stream) = pending.switch(b"").await? else {
+        return Ok(());
+    };
+    Counters::add(&proxy.counters.websockets_opened, 1);
+    Counters::add(&proxy.counters.websockets_open, 1);
+    let _open = OpenSession(&proxy.counters.websockets_open);
+    let mut remote = remote;
+    if let Err(err) = remote.write_all(&head).await {
+        tracing::debug!(%url, error = %err, "raw WebSocket: the tunnel took no request");
+        return Ok(());
+    }
+    match splice(stream, remote, proxy.timer.as_ref(), HALF_CLOSE_LINGER).await {
+        Ok((sent, received)) => tracing::debug!(%url, sent, received, "raw WebSocket ended"),
+        Err(err) => tracing::debug!(%url, error = %err, "raw WebSocket ended with an error"),
+    }
+    Ok(())
+}
+
+/// The guest's upgrade request as sent on through a raw tunnel: origin form, its own `Host`
+/// (else `authority`), every header but the ones meant for the proxy.
+fn raw_head(head: &RequestHead, target: &str, authority: &str) -> Vec<u8> {
+    let mut out = format!("GET {target} HTTP/1.1\r\n").into_bytes();
+    if !head.headers.contains_key(header::HOST) {
+        out.extend_from_slice(format!("Host: {authority}\r\n").as_bytes());
+    }
+    for (name, value) in &head.headers {
+        if name == header::PROXY_AUTHORIZATION || name.as_str() == "proxy-connection" {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// Counts a session as open while it lives (also when its task is dropped).

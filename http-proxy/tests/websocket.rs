@@ -603,3 +603,117 @@ fn a_thousand_small_messages_arrive_in_order() {
     });
     assert_eq!(proxy.stats().websocket_messages_to_guest, 1000);
 }
+
+/// Raw tunnels (a relay) whose far end is handed to the test, and the tunnels asked for.
+struct RawPeer {
+    far_end: RefCell<Option<futures::channel::oneshot::Sender<End>>>,
+    opened: Rc<RefCell<Vec<String>>>,
+}
+
+#[async_trait(?Send)]
+impl http_proxy::RawTunnels for RawPeer {
+    async fn open(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<http_proxy::BoxedStream, http_proxy::TunnelError> {
+        self.opened.borrow_mut().push(format!("{host}:{port}"));
+        if host == "refused.test" {
+            return Err(http_proxy::TunnelError("connection refused (0x44)".into()));
+        }
+        let (far, ours) = pipe();
+        if let Some(sender) = self.far_end.borrow_mut().take() {
+            let _ = sender.send(far);
+        }
+        Ok(Box::new(ours))
+    }
+}
+
+#[test]
+fn with_raw_tunnels_a_plain_upgrade_goes_through_one_as_it_came() {
+    let (sender, far_end) = futures::channel::oneshot::channel();
+    let opened = Rc::new(RefCell::new(Vec::new()));
+    let (proxy, log) = proxy(false, 1 << 20);
+    let proxy = proxy.with_raw_tunnels(Rc::new(RawPeer {
+        far_end: RefCell::new(Some(sender)),
+        opened: opened.clone(),
+    }));
+    let (guest, ours) = pipe();
+    let client = async move {
+        let mut guest = guest;
+        let request = upgrade(
+            "http://echo.test:8080/chat?room=1",
+            "Origin: http://guest.test\r\nProxy-Authorization: Basic eDp5\r\n",
+        );
+        guest.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut guest).await;
+        guest.write_all(b"frames up").await.unwrap();
+        let mut rest = [0u8; 11];
+        guest.read_exact(&mut rest).await.unwrap();
+        guest.close().await.unwrap();
+        (head, rest)
+    };
+    // The server behind the tunnel: reads the request, answers it, echoes once.
+    let server = async move {
+        let mut far: End = far_end.await.unwrap();
+        let request = read_head(&mut far).await;
+        far.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: from-the-server\r\n\r\n")
+            .await
+            .unwrap();
+        let mut up = [0u8; 9];
+        far.read_exact(&mut up).await.unwrap();
+        far.write_all(b"frames down").await.unwrap();
+        let mut end = Vec::new();
+        let _ = far.read_to_end(&mut end).await;
+        far.close().await.unwrap();
+        (request, up)
+    };
+    let (_, (head, down), (request, up)) = block_on(future::join3(
+        proxy.serve(ours, Entry::ForwardProxy),
+        client,
+        server,
+    ));
+    assert_eq!(*opened.borrow(), ["echo.test:8080"]);
+    assert_eq!(
+        request,
+        format!(
+            "GET /chat?room=1 HTTP/1.1\r\nhost: echo.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: {KEY}\r\nsec-websocket-version: 13\r\norigin: http://guest.test\r\n\r\n"
+        ),
+        "origin form, the guest's headers but the proxy's own"
+    );
+    assert!(
+        head.contains("Sec-WebSocket-Accept: from-the-server"),
+        "the server's own answer: {head}"
+    );
+    assert_eq!(&up, b"frames up");
+    assert_eq!(&down, b"frames down");
+    assert!(
+        log.borrow().opened.is_empty(),
+        "not the WebSockets capability"
+    );
+    let stats = proxy.stats();
+    assert_eq!((stats.websockets_opened, stats.websockets_open), (1, 0));
+}
+
+#[test]
+fn with_raw_tunnels_a_refused_tunnel_is_a_502_naming_the_url() {
+    let (sender, _far_end) = futures::channel::oneshot::channel();
+    let (proxy, _log) = proxy(false, 1 << 20);
+    let proxy = proxy.with_raw_tunnels(Rc::new(RawPeer {
+        far_end: RefCell::new(Some(sender)),
+        opened: Rc::default(),
+    }));
+    let answer = session(&proxy, Entry::ForwardProxy, |mut guest| async move {
+        guest
+            .write_all(upgrade("http://refused.test/ws", "").as_bytes())
+            .await
+            .unwrap();
+        read_all(&mut guest).await
+    });
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert!(
+        answer.contains("ws://refused.test/ws") && answer.contains("connection refused"),
+        "{answer}"
+    );
+    assert_eq!(proxy.stats().websockets_refused, 1);
+}
