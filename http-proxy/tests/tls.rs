@@ -2,116 +2,29 @@
 //! tunnels through `CONNECT`, completes a handshake with the leaf the proxy issues for the
 //! target, and its request reaches the transport as an `https://` URL.
 
+mod common;
+
 use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use fetch_transport::{Body, Transport, TransportError};
 use futures::executor::LocalPool;
-use futures::future::{self, LocalBoxFuture};
-use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use futures::task::LocalSpawnExt;
 use futures_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::TlsConnector;
-use http_proxy::{Entry, Proxy, ProxyConfig, Timer};
+use http_proxy::{Entry, Proxy, ProxyConfig};
+
+use common::{pipe, End, NeverTimer};
 use mitm_ca::{
     CaParams, CertificateAuthority, ClockTimeProvider, FixedClock, Issuer, IssuerConfig,
 };
 
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
-
-/// One direction of an in-memory byte pipe.
-#[derive(Default)]
-struct Pipe {
-    bytes: VecDeque<u8>,
-    closed: bool,
-    reader: Option<Waker>,
-}
-
-/// One end of a duplex in-memory connection.
-struct End {
-    incoming: Rc<RefCell<Pipe>>,
-    outgoing: Rc<RefCell<Pipe>>,
-}
-
-fn duplex() -> (End, End) {
-    let a = Rc::new(RefCell::new(Pipe::default()));
-    let b = Rc::new(RefCell::new(Pipe::default()));
-    (
-        End {
-            incoming: a.clone(),
-            outgoing: b.clone(),
-        },
-        End {
-            incoming: b,
-            outgoing: a,
-        },
-    )
-}
-
-impl AsyncRead for End {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut pipe = self.incoming.borrow_mut();
-        if pipe.bytes.is_empty() {
-            if pipe.closed {
-                return Poll::Ready(Ok(0));
-            }
-            pipe.reader = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = buf.len().min(pipe.bytes.len());
-        for (dst, src) in buf.iter_mut().zip(pipe.bytes.drain(..n)) {
-            *dst = src;
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
-impl AsyncWrite for End {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut pipe = self.outgoing.borrow_mut();
-        pipe.bytes.extend(buf);
-        if let Some(w) = pipe.reader.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut pipe = self.outgoing.borrow_mut();
-        pipe.closed = true;
-        if let Some(w) = pipe.reader.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-struct NeverTimer;
-
-impl Timer for NeverTimer {
-    fn sleep(&self, _: Duration) -> LocalBoxFuture<'static, ()> {
-        Box::pin(future::pending())
-    }
-}
 
 /// Answers every request with its own URL as the body.
 struct EchoUrl;
@@ -174,7 +87,7 @@ where
         Rc::new(NeverTimer),
     )
     .with_issuer(issuer);
-    let (guest, proxy_end) = duplex();
+    let (guest, proxy_end) = pipe();
     let mut pool = LocalPool::new();
     pool.spawner()
         .spawn_local(async move {
@@ -284,7 +197,7 @@ impl http_proxy::RawTunnels for EchoTunnels {
         if host == "refused.test" {
             return Err(http_proxy::TunnelError("connection refused (0x44)".into()));
         }
-        let (mut peer, ours) = duplex();
+        let (mut peer, ours) = pipe();
         // The peer: echoes what it reads until the guest's side is closed.
         let echo = async move {
             let mut buf = [0u8; 64];
@@ -328,7 +241,7 @@ where
     .with_raw_tunnels(Rc::new(EchoTunnels {
         opened: opened.clone(),
     }));
-    let (guest, proxy_end) = duplex();
+    let (guest, proxy_end) = pipe();
     let mut pool = LocalPool::new();
     SPAWNER.with(|s| *s.borrow_mut() = Some(pool.spawner()));
     pool.spawner()

@@ -1,13 +1,12 @@
 //! The guest's WebSockets through the proxy: a real RFC 6455 client (tungstenite, client role)
 //! over an in-memory pipe, and a scripted server side behind the `WebSockets` capability.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -17,110 +16,12 @@ use async_tungstenite::WebSocketStream;
 use fetch_transport::relay::{Close, Dialed, MessageSocket, SocketError, WsMessage};
 use fetch_transport::{Body, Transport, TransportError};
 use futures::executor::block_on;
-use futures::future::{self, LocalBoxFuture};
-use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::future;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::StreamExt;
-use http_proxy::{Entry, Limits, Proxy, ProxyConfig, Timer, WebSocketError, WebSockets};
+use http_proxy::{Entry, Limits, Proxy, ProxyConfig, WebSocketError, WebSockets};
 
-/// One direction of an in-memory byte pipe.
-#[derive(Default)]
-struct Half {
-    bytes: VecDeque<u8>,
-    closed: bool,
-    reader: Option<Waker>,
-}
-
-/// One end of a duplex in-memory pipe.
-struct End {
-    incoming: Rc<RefCell<Half>>,
-    outgoing: Rc<RefCell<Half>>,
-}
-
-fn pipe() -> (End, End) {
-    let a = Rc::new(RefCell::new(Half::default()));
-    let b = Rc::new(RefCell::new(Half::default()));
-    (
-        End {
-            incoming: a.clone(),
-            outgoing: b.clone(),
-        },
-        End {
-            incoming: b,
-            outgoing: a,
-        },
-    )
-}
-
-impl AsyncRead for End {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut half = self.incoming.borrow_mut();
-        if half.bytes.is_empty() {
-            if half.closed {
-                return Poll::Ready(Ok(0));
-            }
-            half.reader = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = buf.len().min(half.bytes.len());
-        for (slot, byte) in buf.iter_mut().zip(half.bytes.drain(..n)) {
-            *slot = byte;
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
-impl AsyncWrite for End {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut half = self.outgoing.borrow_mut();
-        if half.closed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        half.bytes.extend(buf);
-        if let Some(w) = half.reader.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut half = self.outgoing.borrow_mut();
-        half.closed = true;
-        if let Some(w) = half.reader.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for End {
-    fn drop(&mut self) {
-        for half in [&self.outgoing, &self.incoming] {
-            let mut half = half.borrow_mut();
-            half.closed = true;
-            if let Some(w) = half.reader.take() {
-                w.wake();
-            }
-        }
-    }
-}
-
-struct NeverTimer;
-
-impl Timer for NeverTimer {
-    fn sleep(&self, _: Duration) -> LocalBoxFuture<'static, ()> {
-        Box::pin(future::pending())
-    }
-}
+use common::{pipe, End, NeverTimer};
 
 /// No plain HTTP in these tests.
 struct NoTransport;
