@@ -181,24 +181,44 @@ pub fn run(filter: Option<String>) -> Result<()> {
     r.finish("e2e forward")
 }
 
-/// Starts the guest's servers and waits until both ports accept inside the namespace.
+/// Starts the guest's servers ([`GUEST_SERVER`]) and waits until both ports accept.
 pub(crate) fn start_guest_server(guest: &Guest, files: &Path) -> Result<GuestProcess> {
-    let script = guest.work.join("guest-server.py");
-    std::fs::write(&script, GUEST_SERVER)?;
+    start_python_servers(
+        guest,
+        "guest-server.py",
+        GUEST_SERVER,
+        files,
+        [GUEST_HTTP, GUEST_ECHO],
+    )
+}
+
+/// Starts `script` (Python, saved as `name` in the guest's work folder) in the guest with
+/// `files` and `ports` as its arguments, and waits until every port accepts inside the
+/// namespace.
+pub(crate) fn start_python_servers(
+    guest: &Guest,
+    name: &str,
+    script: &str,
+    files: &Path,
+    ports: [u16; 2],
+) -> Result<GuestProcess> {
+    let path = guest.work.join(name);
+    std::fs::write(&path, script)?;
     let child = guest
         .ns
         .command(&[
             "python3",
-            &script.display().to_string(),
+            &path.display().to_string(),
             &files.display().to_string(),
-            &GUEST_HTTP.to_string(),
-            &GUEST_ECHO.to_string(),
+            &ports[0].to_string(),
+            &ports[1].to_string(),
         ])
         .spawn()
         .context("starting the guest's servers")?;
     let process = GuestProcess(child);
     let probe = format!(
-        "import socket\nfor p in ({GUEST_HTTP}, {GUEST_ECHO}):\n    socket.create_connection(('127.0.0.1', p), timeout=1).close()\n"
+        "import socket\nfor p in ({}, {}):\n    socket.create_connection(('127.0.0.1', p), timeout=1).close()\n",
+        ports[0], ports[1]
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -7,8 +7,6 @@
 //! through the preview path. The page posts each result as `inbound.<name>`; the checks here
 //! compare them with what the harness knows (the files' sha256).
 
-use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +14,8 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
 use super::{first_line, need, Phase, Shared};
-use crate::harness::guest::{text, Guest};
+use crate::e2e::forward::start_python_servers;
+use crate::harness::guest::Guest;
 use crate::harness::origins::{blob, sha256_hex};
 use crate::report::Report;
 
@@ -86,16 +85,6 @@ threading.Thread(target=echo.serve_forever, daemon=True).start()
 http.server.ThreadingHTTPServer(("0.0.0.0", http_port), Files).serve_forever()
 "#;
 
-/// The guest's server process, killed when dropped.
-struct GuestProcess(Child);
-
-impl Drop for GuestProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs the inbound checks (one page load, guest and bridge).
 pub(super) fn phase(shared: &Shared, r: &mut Report) -> Result<()> {
     let files = shared.dir.join("inbound-files");
@@ -146,7 +135,15 @@ pub(super) fn phase(shared: &Shared, r: &mut Report) -> Result<()> {
     let server = ready
         .as_ref()
         .map_err(|e| anyhow::anyhow!("page not running: {}", first_line(&format!("{e:#}"))))
-        .and_then(|_| start_guest_server(&g, &files));
+        .and_then(|_| {
+            start_python_servers(
+                &g,
+                "inbound-server.py",
+                GUEST_SERVER,
+                &files,
+                [GUEST_HTTP, GUEST_ECHO],
+            )
+        });
     r.check(
         &format!("{label}: the guest's python http.server and echo listen"),
         || {
@@ -416,39 +413,5 @@ fn idle(shared: &Shared) -> Result<String> {
             bail!("tcp.open is {open:?} 50 s after the last request");
         }
         std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// Starts the guest's servers and waits until both ports accept inside the namespace.
-fn start_guest_server(guest: &Guest, files: &Path) -> Result<GuestProcess> {
-    let script = guest.work.join("inbound-server.py");
-    std::fs::write(&script, GUEST_SERVER)?;
-    let child = guest
-        .ns
-        .command(&[
-            "python3",
-            &script.display().to_string(),
-            &files.display().to_string(),
-            &GUEST_HTTP.to_string(),
-            &GUEST_ECHO.to_string(),
-        ])
-        .spawn()
-        .context("starting the guest's servers")?;
-    let process = GuestProcess(child);
-    let probe = format!(
-        "import socket\nfor p in ({GUEST_HTTP}, {GUEST_ECHO}):\n    socket.create_connection(('127.0.0.1', p), timeout=1).close()\n"
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = guest
-            .ns
-            .output_within(&["python3", "-c", &probe], Duration::from_secs(5))?;
-        if out.status.success() {
-            return Ok(process);
-        }
-        if Instant::now() > deadline {
-            bail!("the guest's servers do not listen: {}", text(&out));
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
