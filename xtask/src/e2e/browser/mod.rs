@@ -240,6 +240,31 @@ impl Phase {
         Ok(pem)
     }
 
+    /// The checks a phase's page ends with: no page errors (with the bridge's summary and the
+    /// page's last stats), then the browser still running.
+    fn closing_checks(
+        &mut self,
+        shared: &Shared,
+        r: &mut Report,
+        label: &str,
+        ready: &Result<String>,
+    ) {
+        r.check(
+            &format!("{label}: no page errors; the stats after the checks"),
+            || {
+                need(ready)?;
+                if let Some((_, errors)) = shared.pages.board.get("page-error") {
+                    bail!("the page reported: {errors}");
+                }
+                let stats = latest_stats(shared)?;
+                Ok(format!("{}; {}", self.bridge.summary(), compact(&stats)))
+            },
+        );
+        r.check(&format!("{label}: browser still running"), || {
+            self.browser_alive()
+        });
+    }
+
     fn browser_alive(&mut self) -> Result<String> {
         let Some(b) = self.browser.as_mut() else {
             bail!("no browser")
@@ -480,6 +505,16 @@ fn expect_cookie(echo: &str) -> Result<String> {
         bail!("the page's cookie is not the planted one: {line}");
     }
     Ok("the profile holds c2w_probe for the origin".into())
+}
+
+/// The page's latest stats post (every 250 ms while anything changes).
+fn latest_stats(shared: &Shared) -> Result<serde_json::Value> {
+    let (_, text) = shared
+        .pages
+        .board
+        .get("stats")
+        .context("the page has posted no stats yet")?;
+    serde_json::from_str(&text).with_context(|| format!("stats are not JSON: {text}"))
 }
 
 /// Stats in one short line: the numeric fields only.

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
-use super::{compact, first_line, need, Phase, Shared};
+use super::{first_line, latest_stats, need, Phase, Shared};
 use crate::e2e::relay_checks::{
     self, RelayEnv, DENIED_NAME, LOOPBACK_NAMES, ORIGIN_NAME, RELAY_ONLY_NAME,
 };
@@ -46,16 +46,6 @@ pub(super) fn phase(shared: &Shared, r: &mut Report, server: &str) -> Result<()>
         one_server(shared, r, kind, &udp, &clients)?;
     }
     Ok(())
-}
-
-/// The page's latest stats post (every 250 ms while anything changes).
-fn latest_stats(shared: &Shared) -> Result<Value> {
-    let (_, text) = shared
-        .pages
-        .board
-        .get("stats")
-        .context("the page has posted no stats yet")?;
-    serde_json::from_str(&text).with_context(|| format!("stats are not JSON: {text}"))
 }
 
 fn one_server(
@@ -144,21 +134,8 @@ fn one_server(
             });
         }
     }
-    r.check(
-        &format!("{label}: no page errors; the stats after the checks"),
-        || {
-            need(&ready)?;
-            if let Some((_, errors)) = shared.pages.board.get("page-error") {
-                bail!("the page reported: {errors}");
-            }
-            let stats = latest_stats(shared)?;
-            Ok(format!("{}; {}", phase.bridge.summary(), compact(&stats)))
-        },
-    );
     drop(g);
-    r.check(&format!("{label}: browser still running"), || {
-        phase.browser_alive()
-    });
+    phase.closing_checks(shared, r, &label, &ready);
     drop(phase);
     drop(server);
     Ok(())

@@ -9,23 +9,13 @@ use anyhow::{bail, Context, Result};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
-use super::{compact, first_line, need, Phase, Shared};
+use super::{first_line, latest_stats, need, Phase, Shared};
 use crate::e2e::websocket::GUEST_CLIENTS;
 use crate::e2e::websocket_checks::{self, Front, WsEnv};
 use crate::harness::guest::Guest;
 use crate::harness::origins::WsEcho;
 use crate::report::Report;
 use crate::tools::ensure_programs;
-
-/// The page's latest stats post (every 250 ms while anything changes).
-fn latest_stats(shared: &Shared) -> Result<Value> {
-    let (_, text) = shared
-        .pages
-        .board
-        .get("stats")
-        .context("the page has posted no stats yet")?;
-    serde_json::from_str(&text).with_context(|| format!("stats are not JSON: {text}"))
-}
 
 /// Runs the WebSocket checks through the page (its own echo server, guest, bridge and
 /// browser).
@@ -82,21 +72,8 @@ pub(super) fn phase(shared: &Shared, r: &mut Report) -> Result<()> {
             });
         }
     }
-    r.check(
-        &format!("{label}: no page errors; the stats after the checks"),
-        || {
-            need(&ready)?;
-            if let Some((_, errors)) = shared.pages.board.get("page-error") {
-                bail!("the page reported: {errors}");
-            }
-            let stats = latest_stats(shared)?;
-            Ok(format!("{}; {}", phase.bridge.summary(), compact(&stats)))
-        },
-    );
     drop(g);
-    r.check(&format!("{label}: browser still running"), || {
-        phase.browser_alive()
-    });
+    phase.closing_checks(shared, r, &label, &ready);
     drop(phase);
     drop(echo);
     Ok(())
