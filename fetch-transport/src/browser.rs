@@ -46,17 +46,21 @@ extern "C" {
     fn global_fetch(request: &web_sys::Request) -> Result<js_sys::Promise, JsValue>;
 }
 
-/// Sends requests with the browser's (or node's) `fetch()`.
+/// Sends requests with the browser's (or node's) `fetch()`, or with a function the embedder
+/// gives in its place ([`FetchTransport::with_fetch`]).
 #[derive(Clone)]
 pub struct FetchTransport {
     config: TransportConfig,
     timer: Rc<dyn Timer>,
+    /// The embedder's `fetch` (same signature), called instead of the global one.
+    fetch: Option<js_sys::Function>,
 }
 
 impl std::fmt::Debug for FetchTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FetchTransport")
             .field("config", &self.config)
+            .field("custom_fetch", &self.fetch.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -65,7 +69,20 @@ impl FetchTransport {
     /// A transport applying `config` and the browser header policy; the response-head timeout
     /// runs on `timer` (the embedder's runtime).
     pub fn new(config: TransportConfig, timer: Rc<dyn Timer>) -> Self {
-        Self { config, timer }
+        Self {
+            config,
+            timer,
+            fetch: None,
+        }
+    }
+
+    /// Calls `fetch` (a function taking a `Request` and returning a `Response` or a promise of
+    /// one) instead of the global `fetch()`: a page can add credentials, answer some URLs
+    /// itself or route requests elsewhere, and everything after it (header policy, limits,
+    /// streaming, timeouts) stays the same.
+    pub fn with_fetch(mut self, fetch: js_sys::Function) -> Self {
+        self.fetch = Some(fetch);
+        self
     }
 
     /// The configuration in use.
@@ -121,10 +138,20 @@ impl Transport for FetchTransport {
             .map_err(|e| invalid(format!("no AbortController here: {}", describe(&e))))?;
         let js_request = build_request(&method, &fetch_url, &headers, bytes, &abort)
             .map_err(|reason| invalid(format!("the browser rejected the request: {reason}")))?;
-        let promise = global_fetch(&js_request).map_err(|e| TransportError::Blocked {
-            url: guest_url.clone(),
-            reason: format!("fetch() cannot be called here: {}", describe(&e)),
-        })?;
+        let promise = match &self.fetch {
+            None => global_fetch(&js_request).map_err(|e| TransportError::Blocked {
+                url: guest_url.clone(),
+                reason: format!("fetch() cannot be called here: {}", describe(&e)),
+            })?,
+            Some(fetch) => fetch
+                .call1(&JsValue::UNDEFINED, &js_request)
+                // A plain value or a thenable: either way a promise to await.
+                .map(|value| js_sys::Promise::resolve(&value))
+                .map_err(|e| TransportError::Blocked {
+                    url: guest_url.clone(),
+                    reason: format!("the page's fetch function threw: {}", describe(&e)),
+                })?,
+        };
         drop(js_request);
         let sent = JsFuture::from(promise);
         let result = match self.config.timeout {
@@ -141,7 +168,23 @@ impl Transport for FetchTransport {
             None => sent.await,
         };
         let response: web_sys::Response = match result {
-            Ok(response) => response.unchecked_into(),
+            Ok(response) if self.fetch.is_none() => response.unchecked_into(),
+            // The embedder's function may resolve to anything.
+            Ok(response) => response
+                .dyn_into()
+                .map_err(|other| TransportError::Blocked {
+                    url: guest_url.clone(),
+                    reason: format!(
+                        "the page's fetch function did not give a Response ({})",
+                        describe(&other)
+                    ),
+                })?,
+            Err(e) if self.fetch.is_some() => {
+                return Err(TransportError::Blocked {
+                    url: guest_url,
+                    reason: format!("the page's fetch function failed: {}", describe(&e)),
+                })
+            }
             Err(e) => {
                 return Err(TransportError::Blocked {
                     url: guest_url,

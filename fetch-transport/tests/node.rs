@@ -457,3 +457,66 @@ async fn head_response_has_an_empty_body() {
     assert_eq!(resp.body().len(), Some(0));
     assert_eq!(text(resp).await, "");
 }
+
+/// A transport whose `fetch` is `body` (JS taking `request`), no origin needed.
+fn hooked(body: &str) -> FetchTransport {
+    let fetch = js_sys::Function::new_with_args("request", body);
+    FetchTransport::new(TransportConfig::builder().build().unwrap(), timer()).with_fetch(fetch)
+}
+
+#[wasm_bindgen_test]
+async fn a_fetch_hook_answers_instead_of_the_network() {
+    // Sync and async answers; the request the hook sees is the one the policy made.
+    let t = hooked(
+        "return new Response(request.method + ' ' + request.url + ' ' + \
+         request.headers.get('x-custom'), { status: 201, headers: { 'x-from': 'hook' } });",
+    );
+    let request = http::Request::post("http://nowhere.invalid/path?q=1")
+        .header("X-Custom", "kept")
+        .header("Cookie", "dropped=1")
+        .body(Body::from("payload"))
+        .unwrap();
+    let resp = t.send(request).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-from"], "hook");
+    assert_eq!(
+        text(resp).await,
+        "POST http://nowhere.invalid/path?q=1 kept"
+    );
+    let t = hooked("return Promise.resolve(new Response(new Uint8Array(70000)));");
+    let resp = t.send(get("http://nowhere.invalid/")).await.unwrap();
+    assert_eq!(
+        resp.into_body().collect(1 << 20).await.unwrap().len(),
+        70000
+    );
+}
+
+#[wasm_bindgen_test]
+async fn a_failing_fetch_hook_is_a_blocked_request_naming_the_hook() {
+    for (body, says) in [
+        (
+            "throw new Error('sync no');",
+            "the page's fetch function threw: Error: sync no",
+        ),
+        (
+            "return Promise.reject(new TypeError('async no'));",
+            "the page's fetch function failed: TypeError: async no",
+        ),
+        (
+            "return 'not a response';",
+            "the page's fetch function did not give a Response",
+        ),
+    ] {
+        let err = hooked(body)
+            .send(get("http://nowhere.invalid/x"))
+            .await
+            .unwrap_err();
+        match err {
+            TransportError::Blocked { url, reason } => {
+                assert_eq!(url.as_str(), "http://nowhere.invalid/x");
+                assert!(reason.starts_with(says), "{reason}");
+            }
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+}

@@ -14,6 +14,9 @@
 //                                  WispNetworkAdapter on it (`net_device.relay_url` as wisp://)
 //                                  instead of its FetchNetworkAdapter
 //   relay-hosts=NAME=IP,...        names the relay connects to elsewhere (`relay.hosts`; ours only)
+//   source=page                    answer GET /blob/N and POST /echo in the page (N generated
+//                                  bytes; the body's length and SHA-256) instead of fetch(): the
+//                                  in-tab ceiling `cargo xtask bench tab` compares with (ours only)
 //   report=1                       post the console text and stats to the serving xtask
 //   run=<script>                   type these lines into the guest's shell once it is ready
 
@@ -79,6 +82,45 @@ function explain(text) {
   return "";
 }
 
+// The bytes `source=page` serves, generated once; a body is views of them.
+const PAGE_SOURCE_CHUNK = new Uint8Array(64 * 1024).map((_, i) => (i * 7 + 3) & 0xff);
+
+/**
+ * `source=page`: the proxy's `fetch` hook. GET /blob/N answers N bytes made in the page and
+ * POST /echo the body's length and SHA-256 (as the bench's origins do), whatever the host, so
+ * a transfer costs the emulator, the guest and c2w-net-proxy but no network: the in-tab
+ * ceiling. Anything else goes to the browser's fetch().
+ */
+async function pageSource(request) {
+  const url = new URL(request.url);
+  const blob = /^\/blob\/(\d+)$/.exec(url.pathname);
+  if (request.method === "GET" && blob) {
+    let left = Number(blob[1]);
+    const size = left;
+    const body = new ReadableStream(
+      {
+        pull(controller) {
+          if (left === 0) return controller.close();
+          const n = Math.min(left, PAGE_SOURCE_CHUNK.length);
+          left -= n;
+          controller.enqueue(PAGE_SOURCE_CHUNK.subarray(0, n));
+        },
+      },
+      { highWaterMark: 0 },
+    );
+    return new Response(body, {
+      headers: { "content-type": "application/octet-stream", "content-length": String(size) },
+    });
+  }
+  if (request.method === "POST" && url.pathname === "/echo") {
+    const bytes = await request.arrayBuffer();
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+    const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+    return new Response(`POST ${bytes.byteLength} ${hex} chunked=false\n`);
+  }
+  return fetch(request);
+}
+
 async function main() {
   const config = await (await fetch("config.json")).json();
   const allow = params.get("allow");
@@ -113,6 +155,7 @@ async function main() {
   if (allow) proxyConfig.allow = allow.split(",").filter(Boolean);
   if (params.get("pacing") === "off") proxyConfig.pacing = false;
   if (params.get("pacing") === "on") proxyConfig.pacing = {};
+  if (params.get("source") === "page") proxyConfig.fetch = pageSource;
   if (relay) {
     proxyConfig.relay = { url: relayWs };
     const hosts = (params.get("relay-hosts") || "").split(",").filter(Boolean);

@@ -124,7 +124,9 @@ pub struct NetProxy {
 impl NetProxy {
     /// Creates and starts a proxy; rejects with an Error naming the bad option.
     pub async fn create(
-        #[wasm_bindgen(unchecked_param_type = "NetProxyConfig")] config: Option<JsValue>,
+        #[wasm_bindgen(unchecked_param_type = "NetProxyConfig & NetProxyHooks")] config: Option<
+            JsValue,
+        >,
     ) -> Result<NetProxy, JsError> {
         build(&config.unwrap_or(JsValue::UNDEFINED))
             .map_err(|e| js_error(format!("NetProxy.create: {e}")))
@@ -262,8 +264,51 @@ fn wasm_memory_bytes() -> u64 {
         .unwrap_or(0.0) as u64
 }
 
+/// `NetProxyConfig` keys that hold JavaScript functions: taken by [`hooks`], not options.
+const HOOK_KEYS: &[&str] = &["fetch"];
+
+/// The functions a page may pass with its options (`NetProxyHooks` in the .d.ts).
+#[derive(Default)]
+struct Hooks {
+    /// Called instead of the global `fetch()`: `(request: Request) => Promise<Response>`.
+    fetch: Option<Function>,
+}
+
+#[wasm_bindgen(typescript_custom_section)]
+const HOOKS_TS: &str = r#"
+/** Functions a page may pass to `NetProxy.create` beside its options. */
+export interface NetProxyHooks {
+    /**
+     * Called instead of the global `fetch()` for every request the proxy forwards, with a
+     * `Request` (cors mode, credentials omitted, redirects followed); must give a `Response`
+     * or a promise of one. The header policy, limits, timeouts and streaming stay the same.
+     */
+    fetch?: (request: Request) => Response | Promise<Response>;
+}
+"#;
+
+/// Reads the hooks (functions) from the `NetProxyConfig` object.
+fn hooks(config: &JsValue) -> Result<Hooks, OptionsError> {
+    if !config.is_object() {
+        return Ok(Hooks::default());
+    }
+    let fetch = js_sys::Reflect::get(config, &JsValue::from_str("fetch")).unwrap_or_default();
+    let fetch = match fetch.dyn_into::<Function>() {
+        Ok(function) => Some(function),
+        Err(value) if value.is_undefined() || value.is_null() => None,
+        Err(_) => {
+            return Err(OptionsError {
+                path: "fetch".into(),
+                reason: "expected a function (request) => Response | Promise<Response>".into(),
+            })
+        }
+    };
+    Ok(Hooks { fetch })
+}
+
 /// The options object as a [`Tree`]: every key kept (unknown options are refused by name
-/// later), `undefined` as absent, and what JSON cannot hold refused by path.
+/// later) except the top level's [`HOOK_KEYS`], `undefined` as absent, and what JSON cannot
+/// hold refused by path.
 fn tree(value: &JsValue, path: &str) -> Result<Tree, OptionsError> {
     let refuse = |reason: &str| OptionsError {
         path: path.to_string(),
@@ -304,13 +349,17 @@ fn tree(value: &JsValue, path: &str) -> Result<Tree, OptionsError> {
         .map(|entry| {
             let entry: js_sys::Array = entry.unchecked_into();
             let key = entry.get(0).as_string().unwrap_or_default();
+            if path.is_empty() && HOOK_KEYS.contains(&key.as_str()) {
+                return Ok(None);
+            }
             let at = if path.is_empty() {
                 key.clone()
             } else {
                 format!("{path}.{key}")
             };
-            Ok((key, tree(&entry.get(1), &at)?))
+            Ok(Some((key, tree(&entry.get(1), &at)?)))
         })
+        .filter_map(Result::transpose)
         .collect::<Result<_, _>>()
         .map(Tree::Object)
 }
@@ -331,6 +380,7 @@ fn options(config: &JsValue) -> Result<Options, OptionsError> {
 
 fn build(config: &JsValue) -> Result<NetProxy, ComposeError> {
     let options = options(config)?;
+    let hooks = hooks(config)?;
     log::init(options.log_level.unwrap_or(LogLevel::Warn));
     let (runtime, stop) = BrowserRuntime::new();
     let runtime: Rc<dyn Runtime> = Rc::new(runtime);
@@ -340,7 +390,13 @@ fn build(config: &JsValue) -> Result<NetProxy, ComposeError> {
         &options,
         Platform {
             runtime: runtime.clone(),
-            transport: Box::new(move |config| Ok(Rc::new(FetchTransport::new(config, timer)))),
+            transport: Box::new(move |config| {
+                let transport = FetchTransport::new(config, timer);
+                Ok(Rc::new(match hooks.fetch {
+                    Some(fetch) => transport.with_fetch(fetch),
+                    None => transport,
+                }))
+            }),
             // fetch() holds request bodies whole: the proxy refuses larger ones early (413 on
             // Content-Length, before reading anything).
             default_max_request_body: Some(fetch_transport::DEFAULT_MAX_REQUEST_BODY),

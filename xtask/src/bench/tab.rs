@@ -82,6 +82,14 @@ const BACKENDS: &[Backend] = &[
         groups: &["fetch", "relay"],
     },
     Backend {
+        name: "c2w-net-proxy, in-page source",
+        query: "allow=loopback&source=page",
+        reach: Reach::Proxy,
+        https: true,
+        nics: &["virtio", "ne2k"],
+        groups: &["fetch", "ceiling"],
+    },
+    Backend {
         name: "c2w-net-proxy, pacing off",
         query: "allow=loopback&pacing=off",
         reach: Reach::Proxy,
@@ -125,12 +133,65 @@ const BACKENDS: &[Backend] = &[
 
 const NICS: &[&str] = &["virtio", "ne2k"];
 
-/// The downloads: (label, scheme, bytes).
-const TRANSFERS: &[(&str, &str, usize)] = &[
-    ("16 MiB http", "http", 16 << 20),
-    ("64 MiB http", "http", 64 << 20),
-    ("16 MiB https", "https", 16 << 20),
+/// One thing the guest measures.
+#[derive(Clone, Copy)]
+enum Measure {
+    /// `GET /blob/N` with curl, the body to /dev/null: MB/s.
+    Download { https: bool, bytes: usize },
+    /// `POST /echo` of N bytes from a file in the guest's memory: MB/s.
+    Upload { bytes: usize },
+    /// [`REQUESTS`] small GETs (`/blob/100` to `/blob/199`): one curl reusing its connection,
+    /// or one curl (and connection) per request: curl's median and 90th percentile.
+    Requests { keep_alive: bool },
+}
+
+/// The column headings and what each measures, in the table's order.
+const MEASURES: &[(&str, Measure)] = &[
+    (
+        "16 MiB http",
+        Measure::Download {
+            https: false,
+            bytes: 16 << 20,
+        },
+    ),
+    (
+        "64 MiB http",
+        Measure::Download {
+            https: false,
+            bytes: 64 << 20,
+        },
+    ),
+    (
+        "16 MiB https",
+        Measure::Download {
+            https: true,
+            bytes: 16 << 20,
+        },
+    ),
+    ("16 MiB upload http", Measure::Upload { bytes: 16 << 20 }),
+    (
+        "100 requests, keep-alive",
+        Measure::Requests { keep_alive: true },
+    ),
+    (
+        "100 requests, new connections",
+        Measure::Requests { keep_alive: false },
+    ),
 ];
+
+/// How many small requests a [`Measure::Requests`] makes.
+const REQUESTS: usize = 100;
+
+impl Measure {
+    /// The label the guest prints (no spaces).
+    fn tag(label: &str) -> String {
+        label.replace(", ", "-").replace(' ', "-")
+    }
+
+    fn https(self) -> bool {
+        matches!(self, Measure::Download { https: true, .. })
+    }
+}
 
 /// Which rows `--only` selects: a backend group (`relay`, `fetch`, `pacing`) and/or a NIC;
 /// every row when nothing names either.
@@ -155,56 +216,74 @@ impl Rows<'_> {
     }
 }
 
-/// One download's outcome.
-struct Transfer {
-    rc: String,
-    bytes: f64,
-    secs: f64,
+/// One measurement's outcome as the guest printed it.
+enum Outcome {
+    /// A download or upload: curl's exit code, the bytes moved and curl's `time_total`.
+    Transfer { rc: String, bytes: f64, secs: f64 },
+    /// Small requests: how many were answered 200, curl's median and 90th percentile (s).
+    Requests { ok: usize, median: f64, p90: f64 },
 }
 
-impl Transfer {
+impl Outcome {
     fn ok(&self) -> bool {
-        self.rc == "0"
+        match self {
+            Outcome::Transfer { rc, .. } => rc == "0",
+            Outcome::Requests { ok, .. } => *ok == REQUESTS,
+        }
     }
 
-    fn mb_s(&self) -> f64 {
-        self.bytes / 1e6 / self.secs.max(1e-3)
+    /// The figure results.json records: MB/s, or the median in ms; 0 when it failed.
+    fn value(&self) -> (f64, &'static str) {
+        match self {
+            Outcome::Transfer { bytes, secs, .. } => (
+                if self.ok() {
+                    bytes / 1e6 / secs.max(1e-3)
+                } else {
+                    0.0
+                },
+                "MB/s",
+            ),
+            Outcome::Requests { median, .. } => (if self.ok() { median * 1e3 } else { 0.0 }, "ms"),
+        }
     }
 
     fn cell(&self) -> String {
-        if self.ok() {
-            format!("{:.1} MB/s", self.mb_s())
-        } else if self.rc == "28" {
-            format!(
-                "**stalled**: {:.2} MB in {:.0} s",
-                self.bytes / 1e6,
-                self.secs
-            )
-        } else {
-            format!(
-                "**failed** (curl exit {}): {:.2} MB in {:.1} s",
-                self.rc,
-                self.bytes / 1e6,
-                self.secs
-            )
+        match self {
+            Outcome::Transfer { .. } if self.ok() => format!("{:.1} MB/s", self.value().0),
+            Outcome::Transfer { rc, bytes, secs } if rc == "28" => {
+                format!("**stalled**: {:.2} MB in {secs:.0} s", bytes / 1e6)
+            }
+            Outcome::Transfer { rc, bytes, secs } => format!(
+                "**failed** (curl exit {rc}): {:.2} MB in {secs:.1} s",
+                bytes / 1e6
+            ),
+            Outcome::Requests { median, p90, .. } if self.ok() => {
+                format!("{:.1} ms (p90 {:.1})", median * 1e3, p90 * 1e3)
+            }
+            Outcome::Requests { ok, .. } => format!("**failed**: {ok} of {REQUESTS} answered"),
         }
     }
 }
 
 /// The origins as one boot's script reaches them.
-struct Targets<'a> {
-    http: &'a Origin,
-    https: &'a Origin,
+struct Targets {
+    /// The http origin's base URL (`http://127.0.0.1:PORT`) and port.
+    http: (String, u16),
+    /// The https origin's base URL and port.
+    https: (String, u16),
     /// The page server's port (it serves the origins' test CA as [`CA_FILE`]).
     pages_port: u16,
 }
 
-/// The shell line typed into the guest for `backend`: a function `t LABEL URL` that downloads
-/// and prints `tab label=LABEL rc=RC result=BYTES:SECS`, preceded for the relay rows by what
-/// they need (no proxy variables, the origin's CA, for v86's Wisp backend the route out for
-/// 127.0.0.1). Kept short: busybox's line editor takes about 1 KiB per line.
+/// The shell lines typed into the guest for `backend`: functions `t LABEL VAR CURL-ARGS...` (a
+/// transfer: prints `tab label=LABEL rc=RC result=BYTES:SECS`, BYTES being curl's VAR) and
+/// `r LABEL COMMAND...` (small requests: prints `tab label=LABEL result=OK:MEDIAN:P90`), each
+/// followed by the guest's TCP counters (`tab ns LABEL ...`, names once as `tab nh`), preceded
+/// for the relay rows by what they need (no proxy variables, the origin's CA, for v86's Wisp
+/// backend the route out for 127.0.0.1). Kept short: busybox's line editor takes about 1 KiB
+/// per line.
 fn script(backend: &Backend, to: &Targets) -> String {
-    let (http_port, https_port) = (to.http.addr().port(), to.https.addr().port());
+    let (http_port, https_port) = (to.http.1, to.https.1);
     let mut setup = String::new();
     let opts = match backend.reach {
         Reach::Proxy => String::new(),
@@ -232,25 +311,64 @@ fn script(backend: &Backend, to: &Targets) -> String {
             format!("--cacert /tmp/o.pem {connect}")
         }
     };
+    let http_base = match backend.reach {
+        Reach::Proxy => to.http.0.clone(),
+        Reach::External => format!("http://{http_port}.external"),
+        Reach::RelayName => format!("http://{RELAY_ORIGIN}:{http_port}"),
+        Reach::Loopback => format!("http://127.0.0.1:{http_port}"),
+    };
+    let https_base = match backend.reach {
+        Reach::Proxy => to.https.0.clone(),
+        Reach::RelayName => format!("https://localhost:{https_port}"),
+        _ => format!("https://127.0.0.1:{https_port}"),
+    };
+    let tcp = "$(grep ^TcpExt: /proc/net/netstat|tail -1) $(grep ^Tcp: /proc/net/snmp|tail -1)";
+    // Two lines: the functions (quiet), then what prints. The second is typed while the first
+    // runs; the begin mark's `$((0+1))` tells the line it prints from its echo.
     let mut script = format!(
-        "echo C2W-TAB-$((0+1))-BEGIN; {setup}t() {{ w=$(curl -sS -m {TRANSFER_SECS} {opts}-o /dev/null \
-         -w '%{{size_download}}:%{{time_total}}' $2); echo \"tab label=$1 rc=$? result=$w\"; }}; "
+        "head -c {UPLOAD} /dev/zero >/tmp/up; n(){{ echo \"tab ns $1 {tcp}\"; }}; \
+         c(){{ curl -sS -m {TRANSFER_SECS} {opts}-o /dev/null \"$@\"; }}; \
+         t(){{ l=$1; v=$2; shift 2; w=$(c -w \"%{{$v}}:%{{time_total}}\" \"$@\"); \
+         echo \"tab label=$l rc=$? result=$w\"; n $l; }}; \
+         r(){{ l=$1; shift; \"$@\" >/tmp/r; awk '$1==200{{print $2}}' /tmp/r|sort -n >/tmp/s; \
+         echo \"tab label=$l result=$(wc -l </tmp/s):$(sed -n 50p /tmp/s):$(sed -n 90p /tmp/s)\"; n $l; }}; \
+         k(){{ for i in $(seq 100 199); do c -w '%{{http_code}} %{{time_total}}\\n' $1$i; done; }}\n\
+         echo C2W-TAB-$((0+1))-BEGIN; {setup}echo \"tab nh x {names}\"; n start; ",
+        UPLOAD = upload_bytes(),
+        names = tcp.replace("tail", "head"),
     );
-    for (label, scheme, bytes) in TRANSFERS {
-        let url = match (*scheme, backend.reach) {
-            ("https", _) if !backend.https => continue,
-            ("https", Reach::Proxy) => format!("{}/blob/{bytes}", to.https.base_url()),
-            ("https", Reach::RelayName) => format!("https://localhost:{https_port}/blob/{bytes}"),
-            ("https", _) => format!("https://127.0.0.1:{https_port}/blob/{bytes}"),
-            (_, Reach::Proxy) => format!("{}/blob/{bytes}", to.http.base_url()),
-            (_, Reach::External) => format!("http://{http_port}.external/blob/{bytes}"),
-            (_, Reach::RelayName) => format!("http://{RELAY_ORIGIN}:{http_port}/blob/{bytes}"),
-            (_, Reach::Loopback) => format!("http://127.0.0.1:{http_port}/blob/{bytes}"),
+    for (label, measure) in MEASURES {
+        let tag = Measure::tag(label);
+        let line = match *measure {
+            Measure::Download { https: true, .. } if !backend.https => continue,
+            Measure::Download { https, bytes } => {
+                let base = if https { &https_base } else { &http_base };
+                format!("t {tag} size_download {base}/blob/{bytes}")
+            }
+            Measure::Upload { .. } => {
+                format!("t {tag} size_upload -H Expect: --data-binary @/tmp/up {http_base}/echo")
+            }
+            Measure::Requests { keep_alive: true } => format!(
+                "r {tag} c -w '%{{http_code}} %{{time_total}}\\n' '{http_base}/blob/[100-199]'"
+            ),
+            Measure::Requests { keep_alive: false } => format!("r {tag} k {http_base}/blob/"),
         };
-        script.push_str(&format!("t {} {url}; ", label.replace(' ', "-")));
+        script.push_str(&line);
+        script.push_str("; ");
     }
     script.push_str("sleep 1; echo C2W-TAB-$((1+1))-END");
     script
+}
+
+/// The upload's size (the one [`Measure::Upload`] in [`MEASURES`]).
+fn upload_bytes() -> usize {
+    MEASURES
+        .iter()
+        .find_map(|(_, m)| match m {
+            Measure::Upload { bytes } => Some(*bytes),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// Runs the section: every row, or those `only` selects (see [`Rows`]).
@@ -274,8 +392,8 @@ pub fn section_run(only: &[String]) -> Result<()> {
         .and_then(|p| p.trim_end_matches('/').parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no port in the page server's {}", server.base))?;
     let targets = Targets {
-        http: &http,
-        https: &https,
+        http: (http.base_url(), http.addr().port()),
+        https: (https.base_url(), https.addr().port()),
         pages_port,
     };
     // One Wisp server for every relay row, ours and v86's.
@@ -311,7 +429,7 @@ pub fn section_run(only: &[String]) -> Result<()> {
                 &format!("{}{relay}&net={nic}", backend.query),
                 &script,
                 END,
-                Duration::from_secs(150 + TRANSFER_SECS * TRANSFERS.len() as u64),
+                Duration::from_secs(240 + TRANSFER_SECS * MEASURES.len() as u64),
             )?;
             if let Err(err) = &run.finished {
                 bail!("{nic}, {}: the guest did not finish: {err:#}", backend.name);
@@ -325,20 +443,33 @@ pub fn section_run(only: &[String]) -> Result<()> {
                     );
                 }
             }
+            let counters = GuestTcp::read(out);
             let mut cells = Vec::new();
-            for (label, scheme, _) in TRANSFERS {
-                if *scheme == "https" && !backend.https {
+            let mut seen = Vec::new();
+            for (label, measure) in MEASURES {
+                if measure.https() && !backend.https {
                     cells.push("n/a".to_string());
                     continue;
                 }
-                let t = parse(out, &label.replace(' ', "-"))?;
+                let tag = Measure::tag(label);
+                let outcome = parse(out, &tag, *measure)?;
+                let (value, unit) = outcome.value();
                 entries.push(json!({
                     "name": format!("tab/{nic}/{}/{}", backend.name, label),
-                    "unit": "MB/s",
-                    "value": if t.ok() { t.mb_s() } else { 0.0 },
+                    "unit": unit,
+                    "value": value,
                     "reference": null,
                 }));
-                cells.push(t.cell());
+                cells.push(outcome.cell());
+                if let Measure::Download { .. } = measure {
+                    let d = counters.during(&tag);
+                    seen.push(format!(
+                        "{}: {}/{}",
+                        label.trim_end_matches(" http"),
+                        d.out_of_order,
+                        d.duplicates
+                    ));
+                }
             }
             let watchdog = match nic_watchdog(&run.console) {
                 Some(_) => format!(
@@ -369,12 +500,19 @@ pub fn section_run(only: &[String]) -> Result<()> {
                     })
                 })
                 .unwrap_or_else(|| "—".to_string());
+            let memory = serde_json::from_str::<Value>(&run.stats)
+                .ok()
+                .and_then(|v| v["stats"]["wasmMemoryBytes"].as_f64())
+                .map_or("—".to_string(), |b| {
+                    format!("{:.0} MiB", b / f64::from(1 << 20))
+                });
             rows.push((
                 (nic.to_string(), backend.name.to_string()),
                 format!(
-                    "| {nic} | {} | {} | {watchdog} | {pacing} |",
+                    "| {nic} | {} | {} | {} | {memory} | {watchdog} | {pacing} |",
                     backend.name,
-                    cells.join(" | ")
+                    cells.join(" | "),
+                    seen.join(", "),
                 ),
             ));
         }
@@ -392,14 +530,23 @@ pub fn section_run(only: &[String]) -> Result<()> {
         "{HEADING}\n\n\
          `cargo xtask bench tab`, {date}: the demo's v86 guest (Debian i386 kernel, busybox + curl) in\n\
          headless {browser} on {cpus} × {cpu}, downloading from local origins with curl\n\
-         (`-o /dev/null`; MB/s is bytes over curl's `time_total`, guest-side). Every row is one boot of\n\
+         (`-o /dev/null`; MB/s is bytes over curl's `time_total`, guest-side), uploading 16 MiB\n\
+         (`--data-binary` from the guest's memory to the origin's `/echo`) and making {REQUESTS} small\n\
+         requests (100–199 bytes) with one curl reusing its connection and with one curl each\n\
+         (curl's median and 90th percentile of `time_total`). Every row is one boot of\n\
          the same page in the same run. *c2w-net-proxy* is `v86-adapter.js` as shipped: it paces\n\
          the ne2k (a frame goes when the NIC's receive ring has room for it, read from its\n\
          registers) and hands virtio every frame at once; *pacing off* on the ne2k is how it was\n\
          before the fix, *pacing forced on* on virtio is what pacing (by bursts of 8 frames /\n\
          12 KiB until the guest transmits or 10 ms pass) would cost there;\n\
          *v86 FetchNetworkAdapter* is v86's own fetch backend on the same page (http only: it does\n\
-         not terminate TLS). The relay rows use one wisp-js 0.5.0 server on loopback:\n\
+         not terminate TLS). *in-page source* is *c2w-net-proxy* with a `fetch` hook that answers\n\
+         `/blob/N` with N bytes made in the page and `/echo` itself (the demo's `?source=page`):\n\
+         the same guest, emulator, NIC and stack with no network behind them, so the ceiling of\n\
+         this path. *guest saw* is, per download, the guest kernel's `TCPOFOQueue` (segments that\n\
+         arrived after a gap: a frame lost on the way in) / `TCPDSACKOldSent` (segments that\n\
+         arrived twice: what we sent again though it had arrived); *wasm* is the proxy's wasm\n\
+         memory after the run. The relay rows use one wisp-js 0.5.0 server on loopback:\n\
          *c2w-net-proxy via relay* is the same adapter with `relay` set (`?relay=`), the guest's\n\
          curl going straight to `{RELAY_ORIGIN}:PORT` (no proxy; `relay.hosts` maps the name to\n\
          127.0.0.1), so every connection is a raw Wisp stream and https is end to end (the guest\n\
@@ -408,13 +555,14 @@ pub fn section_run(only: &[String]) -> Result<()> {
          127.0.0.1:PORT (routed out of its NIC: v86 asks the relay for the address the guest\n\
          connected to), https end to end too. A transfer that does not finish within\n\
          {TRANSFER_SECS} s is marked stalled with what arrived.{kept}\n\n\
-         | NIC | backend | {} | NIC watchdog | pacer |\n|---|---|{}---|---|\n",
-        TRANSFERS
+         | NIC | backend | {} | guest saw (out of order / twice) | wasm | NIC watchdog | pacer |\n\
+         |---|---|{}---|---:|---|---|\n",
+        MEASURES
             .iter()
-            .map(|(l, _, _)| *l)
+            .map(|(l, _)| *l)
             .collect::<Vec<_>>()
             .join(" | "),
-        "---:|".repeat(TRANSFERS.len()),
+        "---:|".repeat(MEASURES.len()),
         date = m.date,
         browser = crate::harness::browser::launch::Kind::Chromium.version(),
         cpus = m.cpus,
@@ -466,20 +614,100 @@ fn merge_rows(doc: &str, measured: Vec<((String, String), String)>) -> Vec<Strin
     out
 }
 
-/// Reads the `tab label=LABEL rc=RC result=BYTES:SECS` line of one download.
-fn parse(out: &str, label: &str) -> Result<Transfer> {
+/// Reads the result line of one measurement: `tab label=LABEL rc=RC result=BYTES:SECS` for a
+/// transfer, `tab label=LABEL result=OK:MEDIAN:P90` for small requests.
+fn parse(out: &str, label: &str, measure: Measure) -> Result<Outcome> {
     let line = out
         .lines()
         .find(|l| l.starts_with(&format!("tab label={label} ")))
         .ok_or_else(|| anyhow::anyhow!("no result line for {label}"))?;
-    let (bytes, secs) = field(line, "result=")
-        .split_once(':')
-        .ok_or_else(|| anyhow::anyhow!("no result: {line}"))?;
-    Ok(Transfer {
-        rc: field(line, "rc=").to_string(),
-        bytes: bytes.parse().unwrap_or(0.0),
-        secs: secs.parse().unwrap_or(0.0),
+    let result: Vec<&str> = field(line, "result=").split(':').collect();
+    let number = |i: usize| result.get(i).and_then(|v| v.trim().parse::<f64>().ok());
+    Ok(match measure {
+        Measure::Requests { .. } => Outcome::Requests {
+            ok: number(0).unwrap_or(0.0) as usize,
+            median: number(1).unwrap_or(0.0),
+            p90: number(2).unwrap_or(0.0),
+        },
+        _ => Outcome::Transfer {
+            rc: field(line, "rc=").to_string(),
+            bytes: number(0).unwrap_or(0.0),
+            secs: number(1).unwrap_or(0.0),
+        },
     })
+}
+
+/// The guest kernel's TCP counters as it printed them after each measurement
+/// (`tab nh x NAMES...` once, `tab ns LABEL VALUES...` after each).
+struct GuestTcp {
+    /// (label, counter name → value), in the order printed; `start` first.
+    samples: Vec<(String, std::collections::HashMap<String, i64>)>,
+}
+
+/// What the guest's counters moved by during one measurement.
+#[derive(Debug, Default, PartialEq)]
+struct TcpDelta {
+    /// `TcpExt: TCPOFOQueue`: segments queued out of order (one arrived after a gap).
+    out_of_order: i64,
+    /// `TcpExt: TCPDSACKOldSent`: segments that arrived a second time.
+    duplicates: i64,
+}
+
+impl GuestTcp {
+    fn read(out: &str) -> Self {
+        let names: Vec<String> = out
+            .lines()
+            .find_map(|l| l.strip_prefix("tab nh x "))
+            .map(|l| qualified(l.split_whitespace()))
+            .unwrap_or_default();
+        let samples = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("tab ns "))
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                let label = words.next()?.to_string();
+                let values = words.map(|w| w.parse::<i64>().ok());
+                let map = names
+                    .iter()
+                    .zip(values)
+                    .filter_map(|(n, v)| Some((n.clone(), v?)))
+                    .collect();
+                Some((label, map))
+            })
+            .collect();
+        Self { samples }
+    }
+
+    /// The change from the sample before `label`'s to `label`'s; zero when either is missing.
+    fn during(&self, label: &str) -> TcpDelta {
+        let Some(i) = self.samples.iter().position(|(l, _)| l == label) else {
+            return TcpDelta::default();
+        };
+        if i == 0 {
+            return TcpDelta::default();
+        }
+        let (before, after) = (&self.samples[i - 1].1, &self.samples[i].1);
+        let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+        TcpDelta {
+            out_of_order: delta("TcpExt.TCPOFOQueue"),
+            duplicates: delta("TcpExt.TCPDSACKOldSent"),
+        }
+    }
+}
+
+/// Counter names as `Section.Name` (`TcpExt.TCPOFOQueue`, `Tcp.InSegs`): the words of the
+/// kernel's header lines, where a word ending in `:` starts a section.
+fn qualified<'a>(words: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut section = "";
+    words
+        .map(|w| match w.strip_suffix(':') {
+            Some(s) => {
+                section = s;
+                w.to_string()
+            }
+            None => format!("{section}.{w}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -501,7 +729,7 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(picked(&[]).len(), 10);
+        assert_eq!(picked(&[]).len(), 12);
         assert!(!Rows { only: &only(&[]) }.filtered());
         assert_eq!(
             picked(&["relay", "virtio"]),
@@ -517,6 +745,72 @@ mod tests {
             only: &only(&["ne2k"])
         }
         .filtered());
+    }
+
+    #[test]
+    fn every_script_fits_busybox_line_editor() {
+        let to = Targets {
+            http: ("http://127.0.0.1:40001".into(), 40001),
+            https: ("https://127.0.0.1:40002".into(), 40002),
+            pages_port: 40003,
+        };
+        for backend in BACKENDS {
+            let text = script(backend, &to);
+            for line in text.lines() {
+                assert!(line.len() < 1000, "{}: {} bytes", backend.name, line.len());
+            }
+            let line = text;
+            assert!(line.contains("t 16-MiB-upload-http size_upload"));
+            assert_eq!(
+                line.contains("16-MiB-https"),
+                backend.https,
+                "{}",
+                backend.name
+            );
+        }
+    }
+
+    #[test]
+    fn guest_counters_are_read_as_deltas_per_measurement() {
+        let out = "\
+tab nh x TcpExt: SyncookiesSent TCPOFOQueue TCPDSACKOldSent Tcp: InSegs\n\
+tab ns start TcpExt: 0 5 1 Tcp: 100\n\
+tab label=16-MiB-http rc=0 result=16777216:2.5\n\
+tab ns 16-MiB-http TcpExt: 0 9 4 Tcp: 12000\n\
+tab ns 64-MiB-http TcpExt: 0 9 10 Tcp: 50000\n";
+        let tcp = GuestTcp::read(out);
+        assert_eq!(
+            tcp.during("16-MiB-http"),
+            TcpDelta {
+                out_of_order: 4,
+                duplicates: 3
+            }
+        );
+        assert_eq!(
+            tcp.during("64-MiB-http"),
+            TcpDelta {
+                out_of_order: 0,
+                duplicates: 6
+            }
+        );
+        assert_eq!(tcp.during("missing"), TcpDelta::default());
+        let outcome = parse(out, "16-MiB-http", MEASURES[0].1).unwrap();
+        assert!(outcome.ok());
+        assert!((outcome.value().0 - 6.71).abs() < 0.01);
+        let requests = parse(
+            "tab label=ka result=100:0.004:0.009\n",
+            "ka",
+            Measure::Requests { keep_alive: true },
+        )
+        .unwrap();
+        assert_eq!(requests.cell(), "4.0 ms (p90 9.0)");
+        let short = parse(
+            "tab label=ka result=37::\n",
+            "ka",
+            Measure::Requests { keep_alive: true },
+        )
+        .unwrap();
+        assert_eq!(short.cell(), "**failed**: 37 of 100 answered");
     }
 
     #[test]

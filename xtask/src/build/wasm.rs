@@ -171,8 +171,8 @@ fn optimize_wasm(wasm_opt: &Path, wasm: &Path) -> Result<()> {
 fn optional_config_param(dts: &Path) -> Result<()> {
     const OPTIONAL: &[(&str, &str)] = &[
         (
-            "static create(config: NetProxyConfig)",
-            "static create(config?: NetProxyConfig)",
+            "static create(config: NetProxyConfig & NetProxyHooks)",
+            "static create(config?: NetProxyConfig & NetProxyHooks)",
         ),
         (
             "connect(port: number, options: GuestAddress)",
