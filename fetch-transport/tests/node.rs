@@ -520,3 +520,37 @@ async fn a_failing_fetch_hook_is_a_blocked_request_naming_the_hook() {
         }
     }
 }
+
+#[wasm_bindgen_test]
+async fn the_next_chunk_is_read_while_the_current_one_is_handed_out() {
+    // A body of three 10-byte chunks made on demand (highWaterMark 0: a chunk is made only when
+    // a read() waits for it); `globalThis.readAheadPulls` counts how many were asked for.
+    let t = hooked(
+        "globalThis.readAheadPulls = 0; \
+         return new Response(new ReadableStream({ pull(c) { \
+           globalThis.readAheadPulls += 1; \
+           if (globalThis.readAheadPulls > 3) c.close(); else c.enqueue(new Uint8Array(10)); \
+         } }, { highWaterMark: 0 }));",
+    );
+    let pulls = || {
+        js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("readAheadPulls"))
+            .unwrap()
+            .as_f64()
+            .unwrap()
+    };
+    let mut body = t
+        .send(get("http://nowhere.invalid/"))
+        .await
+        .unwrap()
+        .into_body();
+    let first = body.next().await.unwrap().unwrap();
+    assert_eq!(first.len(), 10);
+    // Let the stream run its pull for the read started ahead.
+    gloo_timers::future::sleep(Duration::from_millis(0)).await;
+    assert_eq!(pulls(), 2.0, "the second chunk was not asked for ahead");
+    let mut total = first.len();
+    while let Some(piece) = body.next().await {
+        total += piece.unwrap().len();
+    }
+    assert_eq!(total, 30);
+}

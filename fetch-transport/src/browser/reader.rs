@@ -3,9 +3,13 @@
 //! A `ReadableStream` hands out chunks of whatever size the browser likes (Firefox: everything
 //! it has buffered, megabytes). Copying such a chunk whole into wasm memory would grow the
 //! memory to the largest chunk ever seen, for good. Instead the current chunk (a `Uint8Array`)
-//! stays in JS and at most [`MAX_PIECE`] bytes of it are copied per poll; the next chunk is read
-//! only once this one is used up and the consumer asks for more. No read-ahead: what wasm holds
-//! is the pieces the consumer has not dropped yet.
+//! stays in JS and at most [`MAX_PIECE`] bytes of it are copied per poll. What wasm holds is the
+//! pieces the consumer has not dropped yet.
+//!
+//! One read ahead: as soon as a chunk arrives the next `read()` is started, so the next chunk
+//! is waiting (in JS memory) when this one is used up. A `read()` of a network body resolves in
+//! a task of its own; on a page whose main thread also runs an emulator that task waits behind
+//! the emulator's time slice, and without the read ahead every chunk paid that wait in turn.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -56,7 +60,7 @@ pub(super) struct ResponseBody {
     reader: ReadableStreamDefaultReader,
     /// The chunk being handed out (JS memory) and the offset of its next unread byte.
     chunk: Option<(Uint8Array, u32)>,
-    /// The `read()` in progress, if the consumer is waiting for a chunk.
+    /// The `read()` in progress: started as soon as the previous chunk arrived (one ahead).
     read: Option<JsFuture>,
     /// The stream ended or failed: nothing more to read, nothing to cancel.
     finished: bool,
@@ -136,7 +140,11 @@ impl Stream for ResponseBody {
             }
             match result.get_value().dyn_into::<Uint8Array>() {
                 // An empty chunk is legal; the loop reads the next one.
-                Ok(chunk) => this.chunk = Some((chunk, 0)),
+                Ok(chunk) => {
+                    this.chunk = Some((chunk, 0));
+                    // Read ahead: the next chunk travels while this one is handed out.
+                    this.read = Some(JsFuture::from(this.reader.read()));
+                }
                 Err(other) => {
                     return this.fail(format!(
                         "the response body delivered {} instead of bytes",
