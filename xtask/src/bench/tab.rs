@@ -410,6 +410,7 @@ pub fn section_run(only: &[String]) -> Result<()> {
 
     let mut rows = Vec::new();
     let mut entries = Vec::new();
+    let mut measured = Measured::default();
     for nic in NICS {
         for backend in BACKENDS.iter().filter(|b| b.nics.contains(nic)) {
             if !rows_wanted.runs(nic, backend) {
@@ -460,6 +461,9 @@ pub fn section_run(only: &[String]) -> Result<()> {
                     "value": value,
                     "reference": null,
                 }));
+                if outcome.ok() {
+                    measured.0.insert((nic, backend.name, label), value);
+                }
                 cells.push(outcome.cell());
                 if let Measure::Download { .. } = measure {
                     let d = counters.during(&tag);
@@ -574,7 +578,63 @@ pub fn section_run(only: &[String]) -> Result<()> {
         text.push_str(&row);
         text.push('\n');
     }
+    text.push_str(&measured.ratios(&mut entries));
     publish(HEADING, &text, entries)
+}
+
+/// The shipped adapter's row, the ceiling it is compared with, and the peer.
+const OURS: &str = "c2w-net-proxy";
+const CEILING: &str = "c2w-net-proxy, in-page source";
+const PEER: &str = "v86 FetchNetworkAdapter";
+
+/// This run's figures that finished: (NIC, backend, column) → MB/s or ms.
+#[derive(Default)]
+struct Measured(std::collections::BTreeMap<(&'static str, &'static str, &'static str), f64>);
+
+impl Measured {
+    /// The shipped adapter against the in-page ceiling and v86's fetch backend, per NIC and
+    /// column, where this run measured both sides (a table, and `tab/.../ratio` entries).
+    fn ratios(&self, entries: &mut Vec<Value>) -> String {
+        let mut lines = Vec::new();
+        for nic in NICS {
+            for (label, measure) in MEASURES {
+                let Some(&ours) = self.0.get(&(nic, OURS, label)) else {
+                    continue;
+                };
+                // Higher is better for MB/s, lower for latency: a ratio above 1 is ours ahead.
+                let ahead = |other: f64| match measure {
+                    Measure::Requests { .. } => other / ours,
+                    _ => ours / other,
+                };
+                let mut cells = Vec::new();
+                for (against, key) in [("ceiling", CEILING), ("v86-fetch", PEER)] {
+                    match self.0.get(&(nic, key, label)) {
+                        Some(&other) if other > 0.0 && ours > 0.0 => {
+                            entries.push(json!({
+                                "name": format!("tab/{nic}/{OURS}/{label}/vs {against}"),
+                                "unit": "ratio",
+                                "value": ahead(other),
+                                "reference": other,
+                            }));
+                            cells.push(format!("{:.2}×", ahead(other)));
+                        }
+                        _ => cells.push("—".to_string()),
+                    }
+                }
+                lines.push(format!("| {nic} | {label} | {} |", cells.join(" | ")));
+            }
+        }
+        if lines.is_empty() {
+            return String::new();
+        }
+        format!(
+            "\nIn this run, *c2w-net-proxy* against its ceiling (*in-page source*) and against v86's\n\
+             fetch backend on the same NIC (above 1: ours is faster; for requests, the other's\n\
+             median over ours):\n\n\
+             | NIC | measure | of the ceiling | of v86 FetchNetworkAdapter |\n|---|---|---:|---:|\n{}\n",
+            lines.join("\n")
+        )
+    }
 }
 
 /// The table's rows: this run's, and for the (NIC, backend) pairs it did not measure the rows
@@ -811,6 +871,24 @@ tab ns 64-MiB-http TcpExt: 0 9 10 Tcp: 50000\n";
         )
         .unwrap();
         assert_eq!(short.cell(), "**failed**: 37 of 100 answered");
+    }
+
+    #[test]
+    fn ratios_compare_ours_with_the_ceiling_and_the_peer_where_both_ran() {
+        let mut m = Measured::default();
+        m.0.insert(("virtio", OURS, "64 MiB http"), 8.0);
+        m.0.insert(("virtio", CEILING, "64 MiB http"), 10.0);
+        m.0.insert(("virtio", PEER, "64 MiB http"), 2.0);
+        m.0.insert(("virtio", OURS, "100 requests, keep-alive"), 20.0);
+        m.0.insert(("virtio", CEILING, "100 requests, keep-alive"), 10.0);
+        m.0.insert(("ne2k", CEILING, "64 MiB http"), 10.0);
+        let mut entries = Vec::new();
+        let text = m.ratios(&mut entries);
+        assert!(text.contains("| virtio | 64 MiB http | 0.80× | 4.00× |"), "{text}");
+        assert!(text.contains("| virtio | 100 requests, keep-alive | 0.50× | — |"), "{text}");
+        assert!(!text.contains("ne2k"), "{text}");
+        assert_eq!(entries.len(), 3);
+        assert!(Measured::default().ratios(&mut entries).is_empty());
     }
 
     #[test]
