@@ -50,6 +50,11 @@ export class C2wNetworkAdapter {
    * the ring's counters and registers (`Ne2kRing.stats()`).
    */
   pacingStats(): (NicPacingStats & { nic: string } & Partial<ReturnType<Ne2kRing["stats"]>>) | null;
+  /**
+   * Frames the guest's NIC did not take, as far as v86 tells (virtio: no receive buffer; the
+   * paced ne2k: not stored in its ring), null when it cannot tell; null before the first frame.
+   */
+  nicStats(): { nic: string; dropped: number | null } | null;
   /** The CA certificate (PEM) for the guest to trust, or null before `ready`. */
   caCertificatePem(): string | null;
   /** Closes the proxy and detaches from the bus. */

@@ -51,6 +51,10 @@ export class C2wNetworkAdapter {
     this.nic = null;
     /** The ne2k's receive ring as the pacer's room probe, or null (another NIC, or no pacer). */
     this.ring = null;
+    /** v86's virtio-net receive queue (read only, to count what it drops), or null. */
+    this.virtioRx = null;
+    /** Frames handed to v86's virtio-net while its receive queue had no buffer (it drops them). */
+    this.virtioDropped = 0;
 
     const proxyConfig = {};
     for (const [key, value] of Object.entries(config)) {
@@ -128,6 +132,8 @@ export class C2wNetworkAdapter {
     if (this.nic === null) {
       const { kind, device } = identifyNic(this.bus, this.id);
       this.nic = kind;
+      const rx = kind === "virtio" && Array.isArray(device.virtio.queues) ? device.virtio.queues[0] : null;
+      if (rx && typeof rx.has_request === "function") this.virtioRx = rx;
       const pace = this.pacing === "auto" ? kind !== "virtio" : this.pacing !== false;
       if (pace) {
         const options = typeof this.pacing === "object" ? this.pacing : {};
@@ -144,7 +150,21 @@ export class C2wNetworkAdapter {
 
   /** A frame for the guest's NIC, now. */
   receive(frame) {
-    if (!this.destroyed) this.bus.send(this.receiveEvent, frame);
+    if (this.destroyed) return;
+    // v86's virtio-net drops a frame its receive queue has no buffer for (and logs it).
+    if (this.virtioRx && !this.virtioRx.has_request()) this.virtioDropped++;
+    this.bus.send(this.receiveEvent, frame);
+  }
+
+  /**
+   * Frames the guest's NIC did not take, as far as v86 tells: on virtio those it had no
+   * receive buffer for, on the paced ne2k those its ring did not store; null when unknown
+   * (the unpaced ne2k, another NIC) or before the first frame.
+   */
+  nicStats() {
+    if (this.nic === null) return null;
+    const dropped = this.virtioRx ? this.virtioDropped : this.ring ? this.ring.notStored : null;
+    return { nic: this.nic, dropped };
   }
 
   /** The CA certificate (PEM) the guest must trust for HTTPS (after `ready`). */

@@ -228,6 +228,7 @@ async function main() {
   setInterval(() => {
     const stats = proxy ? proxy.stats() : null;
     const pacing = adapter ? adapter.pacingStats() : null;
+    const nic = adapter ? adapter.nicStats() : null;
     if (stats && !timings.firstRequestMs && stats.proxy.requests > 0) {
       timings.firstRequestMs = Math.round(performance.now() - started);
     }
@@ -235,7 +236,7 @@ async function main() {
     if (reporting && consoleText !== lastPosted) {
       lastPosted = consoleText;
       post("console", consoleText);
-      post("stats", JSON.stringify({ stats, timings, pacing }));
+      post("stats", JSON.stringify({ stats, timings, pacing, nic }));
       post("panel", document.getElementById("side").innerText);
     }
   }, 500);

@@ -504,6 +504,10 @@ pub fn section_run(only: &[String]) -> Result<()> {
                     })
                 })
                 .unwrap_or_else(|| "—".to_string());
+            let dropped = serde_json::from_str::<Value>(&run.stats)
+                .ok()
+                .and_then(|v| v["nic"]["dropped"].as_u64())
+                .map_or("—".to_string(), |n| n.to_string());
             let memory = serde_json::from_str::<Value>(&run.stats)
                 .ok()
                 .and_then(|v| v["stats"]["wasmMemoryBytes"].as_f64())
@@ -513,7 +517,7 @@ pub fn section_run(only: &[String]) -> Result<()> {
             rows.push((
                 (nic.to_string(), backend.name.to_string()),
                 format!(
-                    "| {nic} | {} | {} | {} | {memory} | {watchdog} | {pacing} |",
+                    "| {nic} | {} | {} | {} | {dropped} | {memory} | {watchdog} | {pacing} |",
                     backend.name,
                     cells.join(" | "),
                     seen.join(", "),
@@ -549,7 +553,9 @@ pub fn section_run(only: &[String]) -> Result<()> {
          the same guest, emulator, NIC and stack with no network behind them, so the ceiling of\n\
          this path. *guest saw* is, per download, the guest kernel's `TCPOFOQueue` (segments that\n\
          arrived after a gap: a frame lost on the way in) / `TCPDSACKOldSent` (segments that\n\
-         arrived twice: what we sent again though it had arrived); *wasm* is the proxy's wasm\n\
+         arrived twice: what we sent again though it had arrived); *NIC did not take* is what the\n\
+         adapter saw v86 drop (virtio: no receive buffer; the paced ne2k: not stored in its ring;\n\
+         — where it cannot tell); *wasm* is the proxy's wasm\n\
          memory after the run. The relay rows use one wisp-js 0.5.0 server on loopback:\n\
          *c2w-net-proxy via relay* is the same adapter with `relay` set (`?relay=`), the guest's\n\
          curl going straight to `{RELAY_ORIGIN}:PORT` (no proxy; `relay.hosts` maps the name to\n\
@@ -559,8 +565,8 @@ pub fn section_run(only: &[String]) -> Result<()> {
          127.0.0.1:PORT (routed out of its NIC: v86 asks the relay for the address the guest\n\
          connected to), https end to end too. A transfer that does not finish within\n\
          {TRANSFER_SECS} s is marked stalled with what arrived.{kept}\n\n\
-         | NIC | backend | {} | guest saw (out of order / twice) | wasm | NIC watchdog | pacer |\n\
-         |---|---|{}---|---:|---|---|\n",
+         | NIC | backend | {} | guest saw (out of order / twice) | NIC did not take | wasm | NIC watchdog | pacer |\n\
+         |---|---|{}---|---:|---:|---|---|\n",
         MEASURES
             .iter()
             .map(|(l, _)| *l)
