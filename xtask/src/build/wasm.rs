@@ -47,7 +47,9 @@ const WASM_FEATURES: &[&str] = &[
 /// Builds `dist/`, prints the sizes, and with `--check` runs the node smoke test.
 pub fn run_build(args: &[String]) -> Result<PathBuf> {
     let mut check = false;
-    let mut optimize = true;
+    // XTASK_WASM_NO_OPT=1: skip wasm-opt everywhere dist/ is built (the demo, bench tab), so
+    // the module keeps its function names for a profile (perf with V8's --perf-basic-prof).
+    let mut optimize = std::env::var_os("XTASK_WASM_NO_OPT").is_none();
     for arg in args {
         match arg.as_str() {
             "--check" => check = true,
