@@ -4,6 +4,9 @@
 // URL parameters:
 //   allow=loopback,*.example.org  destinations the proxy may fetch (default: everything)
 //   net=virtio|ne2k                the emulated NIC (default from config.json)
+//   mtu=N                          the link MTU (576-65535): v86's virtio-net offers it to the guest
+//                                  (VIRTIO_NET_F_MTU) and the proxy uses it (`network.mtu`); v86's
+//                                  own adapters take it too. The ne2k stays at 1500
 //   pacing=off|on                  hand the NIC every frame at once, or pace it whatever the NIC
 //                                  (default: the adapter decides; nic-pacer.js; for comparison)
 //   backend=v86                    v86's own FetchNetworkAdapter instead of c2w-net-proxy (for
@@ -130,6 +133,8 @@ async function main() {
   const relay = params.get("relay");
   const relayWs = relay && relay.replace(/^wisp(s?):\/\//, "ws$1://");
   const relayWisp = relay && relay.replace(/^ws(s?):\/\//, "wisp$1://");
+  // Jumbo frames reach the guest through virtio only (the ne2k's ring takes 1514 bytes).
+  const mtu = params.get("mtu") && net === "virtio" ? Number(params.get("mtu")) : null;
 
   const term = new Terminal({ rows: 30, cols: 100, convertEol: false, scrollback: 5000 });
   term.open(document.getElementById("terminal"));
@@ -143,7 +148,11 @@ async function main() {
     bzimage: { url: "guest/bzImage" },
     initrd: { url: "guest/initrd.img" },
     cmdline: config.cmdline,
-    net_device: ours ? { type: net } : { type: net, relay_url: relay ? relayWisp : "fetch" },
+    net_device: {
+      type: net,
+      ...(ours ? {} : { relay_url: relay ? relayWisp : "fetch" }),
+      ...(mtu ? { mtu } : {}),
+    },
     disable_keyboard: true,
     disable_mouse: true,
     disable_speaker: true,
@@ -153,6 +162,7 @@ async function main() {
   // The glue has no default location for its .wasm (no import.meta.url), so name it.
   const proxyConfig = { logLevel: "info", wasm: new URL("dist/c2w_net_proxy_bg.wasm", location.href) };
   if (allow) proxyConfig.allow = allow.split(",").filter(Boolean);
+  if (mtu) proxyConfig.network = { mtu };
   if (params.get("pacing") === "off") proxyConfig.pacing = false;
   if (params.get("pacing") === "on") proxyConfig.pacing = {};
   if (params.get("source") === "page") proxyConfig.fetch = pageSource;

@@ -90,6 +90,22 @@ const BACKENDS: &[Backend] = &[
         groups: &["fetch", "ceiling"],
     },
     Backend {
+        name: "c2w-net-proxy, MTU 65520",
+        query: "allow=loopback&mtu=65520",
+        reach: Reach::Proxy,
+        https: true,
+        nics: &["virtio"],
+        groups: &["mtu"],
+    },
+    Backend {
+        name: "c2w-net-proxy, in-page source, MTU 65520",
+        query: "allow=loopback&source=page&mtu=65520",
+        reach: Reach::Proxy,
+        https: true,
+        nics: &["virtio"],
+        groups: &["mtu"],
+    },
+    Backend {
         name: "c2w-net-proxy, pacing off",
         query: "allow=loopback&pacing=off",
         reach: Reach::Proxy,
@@ -795,7 +811,7 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(picked(&[]).len(), 12);
+        assert_eq!(picked(&[]).len(), 14);
         assert!(!Rows { only: &only(&[]) }.filtered());
         assert_eq!(
             picked(&["relay", "virtio"]),
