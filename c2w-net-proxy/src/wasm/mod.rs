@@ -279,7 +279,7 @@ const HOOKS_TS: &str = r#"
 /** Functions a page may pass to `NetProxy.create` beside its options. */
 export interface NetProxyHooks {
     /**
-     * Called instead of the global `fetch()` for every request the proxy forwards, with a
+     * Called instead of the global `fetch()` for every request the proxy sends by fetch, with a
      * `Request` (cors mode, credentials omitted, redirects followed); must give a `Response`
      * or a promise of one. The header policy, limits, timeouts and streaming stay the same.
      */
