@@ -906,8 +906,14 @@ tab ns 64-MiB-http TcpExt: 0 9 10 Tcp: 50000\n";
         m.0.insert(("ne2k", CEILING, "64 MiB http"), 10.0);
         let mut entries = Vec::new();
         let text = m.ratios(&mut entries);
-        assert!(text.contains("| virtio | 64 MiB http | 0.80× | 4.00× |"), "{text}");
-        assert!(text.contains("| virtio | 100 requests, keep-alive | 0.50× | — |"), "{text}");
+        assert!(
+            text.contains("| virtio | 64 MiB http | 0.80× | 4.00× |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| virtio | 100 requests, keep-alive | 0.50× | — |"),
+            "{text}"
+        );
         assert!(!text.contains("ne2k"), "{text}");
         assert_eq!(entries.len(), 3);
         assert!(Measured::default().ratios(&mut entries).is_empty());
