@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod arp;
+mod clock;
 mod config;
 mod device;
 mod dhcp;
@@ -54,7 +55,10 @@ mod wire;
 
 pub use smoltcp::time::{Duration, Instant};
 
-pub use config::{Config, ConfigError, DhcpConfig, DnsConfig, TcpConfig, UdpConfig};
+pub use config::{
+    Config, ConfigError, DhcpConfig, DnsConfig, TcpConfig, UdpConfig, DEFAULT_CLOCK_SCALE,
+    MAX_CLOCK_SCALE,
+};
 pub use dhcp::Lease;
 pub use observer::{Direction, FrameObserver};
 pub use pcap::PcapWriter;

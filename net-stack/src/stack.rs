@@ -15,6 +15,7 @@ use smoltcp::wire::{
 };
 
 use crate::arp::{self, ArpAction};
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::device::IpDevice;
 use crate::dhcp::{DhcpOutcome, DhcpServer, Lease};
@@ -45,6 +46,9 @@ struct Inner {
     config: Config,
     mac: EthernetAddress,
     iface: Interface,
+    /// smoltcp's clock (`TcpConfig::clock_scale`): every time and duration between the
+    /// stack and smoltcp goes through it.
+    clock: Clock,
     device: IpDevice,
     sockets: SocketSet<'static>,
     tcp: TcpTable,
@@ -94,6 +98,7 @@ impl Stack {
         let inner = Inner {
             mac: EthernetAddress(config.gateway_mac),
             iface,
+            clock: Clock::new(config.tcp.clock_scale),
             device,
             sockets: SocketSet::new(Vec::new()),
             tcp: TcpTable::new(config.tcp.clone()),
@@ -154,6 +159,7 @@ impl Stack {
         let outbound_full = inner.outbound.len() >= inner.config.max_outbound_frames;
         let Inner {
             iface,
+            clock,
             sockets,
             tcp,
             ..
@@ -163,7 +169,9 @@ impl Stack {
         let smoltcp = if outbound_full {
             None
         } else {
-            iface.poll_delay(now, sockets)
+            iface
+                .poll_delay(clock.to_smoltcp(now), sockets)
+                .map(|delay| clock.duration_from_smoltcp(delay))
         };
         let orphans = tcp
             .poll_at()
@@ -296,7 +304,7 @@ impl Stack {
         }
         let local = inner.tcp.dial_port(gateway, guest)?;
         let (mut socket, buffers) = inner.tcp.new_socket();
-        socket.set_timeout(Some(timeout));
+        socket.set_timeout(Some(inner.clock.duration_to_smoltcp(timeout)));
         let Inner {
             iface,
             sockets,
@@ -501,7 +509,11 @@ impl Inner {
             .config
             .max_outbound_frames
             .saturating_sub(self.outbound.len());
-        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        self.iface.poll(
+            self.clock.to_smoltcp(now),
+            &mut self.device,
+            &mut self.sockets,
+        );
         self.flush_device();
         self.tcp.reclaim(&mut self.sockets);
     }
@@ -787,8 +799,11 @@ impl Inner {
             .max_outbound_frames
             .saturating_sub(self.outbound.len());
         self.device.rx = Some(ip_bytes.to_vec());
-        self.iface
-            .poll_ingress_single(now, &mut self.device, &mut self.sockets);
+        self.iface.poll_ingress_single(
+            self.clock.to_smoltcp(now),
+            &mut self.device,
+            &mut self.sockets,
+        );
         self.device.rx = None;
         self.flush_device();
         Ok(())

@@ -25,6 +25,7 @@ use smoltcp::socket::tcp::{self, RecvError, SendError, State};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpListenEndpoint};
 
+use crate::clock::Clock;
 use crate::config::TcpConfig;
 use crate::shared::Shared;
 use crate::stats::Stats;
@@ -124,6 +125,10 @@ type SharedTcp = Shared<dyn TcpHost>;
 /// How long a handshake may take before its socket is given up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an ACK of received data may wait for more data or an answer to ride along
+/// (smoltcp's own default, kept in the caller's time whatever `TcpConfig::clock_scale` is).
+const ACK_DELAY: Duration = Duration::from_millis(10);
+
 #[derive(Debug)]
 struct ListenerState {
     scope: Scope,
@@ -220,6 +225,11 @@ impl TcpTable {
             held: HashMap::new(),
             next_port: *DIAL_PORTS.start(),
         }
+    }
+
+    /// smoltcp's clock, for durations handed to its sockets.
+    fn clock(&self) -> Clock {
+        Clock::new(self.config.clock_scale)
     }
 
     /// Connections holding a socket.
@@ -346,7 +356,8 @@ impl TcpTable {
         }
         let in_use = self.conns.values().map(|c| c.buffers).sum();
         let (mut socket, buffers) = new_socket(&self.config, in_use);
-        socket.set_timeout(Some(HANDSHAKE_TIMEOUT));
+        let clock = Clock::new(self.config.clock_scale);
+        socket.set_timeout(Some(clock.duration_to_smoltcp(HANDSHAKE_TIMEOUT)));
         let endpoint = IpListenEndpoint {
             addr: Some(IpAddress::Ipv4(*dst.ip())),
             port: dst.port(),
@@ -718,7 +729,8 @@ impl TcpTable {
     fn orphan(&mut self, handle: SocketHandle, sockets: &mut SocketSet<'static>, now: Instant) {
         let socket = sockets.get_mut::<tcp::Socket>(handle);
         socket.close();
-        socket.set_timeout(Some(self.config.orphan_timeout));
+        let timeout = self.clock().duration_to_smoltcp(self.config.orphan_timeout);
+        socket.set_timeout(Some(timeout));
         if let Some(conn) = self.conns.get_mut(&handle) {
             conn.orphaned_at = Some(now);
         }
@@ -971,6 +983,10 @@ fn new_socket(config: &TcpConfig, in_use: usize) -> (tcp::Socket<'static>, usize
     );
     // Small writes of a proxy (headers, TLS records) should leave at once.
     socket.set_nagle_enabled(false);
+    // smoltcp counts this in its own, scaled time.
+    socket.set_ack_delay(Some(
+        Clock::new(config.clock_scale).duration_to_smoltcp(ACK_DELAY),
+    ));
     (socket, rx + tx)
 }
 

@@ -493,3 +493,112 @@ fn catch_all_relays_a_guest_connection_and_abort_resets_it() {
         assert_eq!(net.stack.stats().tcp_open, 0);
     });
 }
+
+/// The TCP header and payload of a frame towards the guest (what a retransmission must
+/// repeat exactly; the IPv4 identification around it differs per packet).
+fn tcp_bytes(frame: &[u8]) -> Vec<u8> {
+    let eth = smoltcp::wire::EthernetFrame::new_checked(frame).unwrap();
+    let ip = smoltcp::wire::Ipv4Packet::new_checked(eth.payload()).unwrap();
+    ip.payload().to_vec()
+}
+
+/// A data segment towards the guest is lost (the test never hands it over): smoltcp resends
+/// it, byte for byte, exactly when its minimum retransmission timeout (1 s of smoltcp's
+/// clock) has passed in the caller's time divided by `clock_scale`, and not a microsecond
+/// before; `poll_delay` announces that moment in the caller's time.
+fn lost_segment_is_resent_after(scale: u32, expected: net_stack::Duration) {
+    let mut config = Config::default();
+    config.tcp.clock_scale = scale;
+    let mut net = Net::new(config);
+    let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+    let client = net.connect(PROXY_IP, 80, 65536, 4096);
+    net.pump();
+    assert_eq!(net.socket(client).state(), State::Established);
+    let mut stream = accept_now(&listener).expect("accepted");
+
+    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    assert!(matches!(try_write(&mut stream, reply), Poll::Ready(Ok(n)) if n == reply.len()));
+    let sent_at = net.now;
+    net.stack.poll(sent_at);
+    let lost: Vec<Vec<u8>> = std::iter::from_fn(|| net.stack.pop_frame()).collect();
+    assert_eq!(lost.len(), 1, "one data segment");
+    let original = tcp_bytes(&lost[0]);
+    assert!(original.ends_with(reply));
+    assert_eq!(net.stack.poll_delay(sent_at), Some(expected));
+
+    let just_before = sent_at + expected - net_stack::Duration::from_micros(1);
+    net.stack.poll(just_before);
+    assert!(net.stack.pop_frame().is_none(), "resent too early");
+    net.stack.poll(sent_at + expected);
+    let again = net.stack.pop_frame().expect("resent after the timeout");
+    assert_eq!(tcp_bytes(&again), original);
+    assert!(net.stack.pop_frame().is_none());
+
+    // Handed over this time, the reply arrives once and the connection goes on.
+    net.now = sent_at + expected;
+    net.guest.dev.rx.push_back(again);
+    net.pump();
+    let sock = net.socket(client);
+    let mut got = vec![0u8; 128];
+    let n = sock.recv_slice(&mut got).unwrap();
+    assert_eq!(&got[..n], reply);
+}
+
+#[test]
+fn lost_segment_is_resent_after_200_ms_with_clock_scale_5() {
+    lost_segment_is_resent_after(5, net_stack::Duration::from_millis(200));
+}
+
+#[test]
+fn lost_segment_is_resent_after_the_scaled_second_with_the_default_clock_scale() {
+    let scale = net_stack::DEFAULT_CLOCK_SCALE;
+    lost_segment_is_resent_after(
+        scale,
+        net_stack::Duration::from_micros(1_000_000 / u64::from(scale)),
+    );
+}
+
+#[test]
+fn lost_segment_is_resent_after_smoltcps_second_without_clock_scaling() {
+    lost_segment_is_resent_after(1, net_stack::Duration::from_millis(1000));
+}
+
+#[test]
+fn clock_scale_keeps_the_callers_timeouts() {
+    // A dropped stream's connection the guest never closes is aborted after `orphan_timeout`
+    // of the caller's time, whatever smoltcp's clock runs at (the timeout handed to the
+    // socket is scaled with it).
+    for scale in [1, 5, 20] {
+        let mut config = Config::default();
+        config.tcp.clock_scale = scale;
+        config.tcp.orphan_timeout = net_stack::Duration::from_secs(10);
+        let mut net = Net::new(config);
+        let listener = net.stack.listen(ListenAddr::Ip(PROXY_IP), 80).unwrap();
+        let client = net.connect(PROXY_IP, 80, 4096, 4096);
+        net.pump();
+        let stream = accept_now(&listener).expect("accepted");
+        drop(stream);
+        // The guest is gone: nothing it would answer reaches the stack any more.
+        let dropped_at = net.now;
+        let mut t = dropped_at;
+        let mut reset_at = None;
+        while t < dropped_at + net_stack::Duration::from_secs(30) {
+            net.stack.poll(t);
+            while let Some(frame) = net.stack.pop_frame() {
+                if segment(&frame).rst && reset_at.is_none() {
+                    reset_at = Some(t);
+                }
+            }
+            t += net_stack::Duration::from_millis(100);
+        }
+        let reset_at = reset_at.expect("the orphan is reset");
+        let after = reset_at - dropped_at;
+        assert!(
+            after >= net_stack::Duration::from_secs(10)
+                && after <= net_stack::Duration::from_millis(10_100),
+            "scale {scale}: reset after {after}"
+        );
+        assert_eq!(net.stack.stats().tcp_open, 0, "scale {scale}");
+        let _ = client;
+    }
+}

@@ -6,10 +6,12 @@
 //! path side by side with the direct path, [`net`]), `size` (the shipped package, [`size`]),
 //! `tab` (the demo's v86 guest through our adapter and v86's own, fetch and Wisp, [`tab`]),
 //! `inbound` (a server in the guest through `--forward`, [`inbound`]), `websocket` (a guest's
-//! WebSocket through the runner, [`websocket`]).
+//! WebSocket through the runner, [`websocket`]), `loss` (downloads under 5% random loss through
+//! the runner and directly, [`loss`]).
 
 mod ca;
 mod inbound;
+mod loss;
 mod net;
 // Until net.rs calls them (the v86 peer, the bridge and relay references).
 mod peer;
@@ -30,7 +32,7 @@ use crate::harness::browser::page_server::PageServer;
 use crate::tools;
 
 const USAGE: &str =
-    "usage: cargo xtask bench [ca] [size] [inbound] [websocket] [tab [--only ROWS]...] [net [--quick] [--downloads MIB,...] [--concurrent N] [--only PATH]...] [--no-wasm]
+    "usage: cargo xtask bench [ca] [size] [inbound] [websocket] [loss] [tab [--only ROWS]...] [net [--quick] [--downloads MIB,...] [--concurrent N] [--only PATH]...] [--no-wasm]
 
   ca      mitm-ca natively and as wasm under node
   size    dist/ raw and gzipped
@@ -43,6 +45,8 @@ const USAGE: &str =
           the host (needs root)
   websocket  a guest's WebSocket through the runner next to the same client on the host
           (round trips per second, 1 MiB messages; needs root)
+  loss    downloads and an upload under 5% random loss (nftables drops in the guest) through
+          the runner and directly over a veth, next to the same loss-free (needs root)
   net     the guest's traffic on every path next to the direct path (needs root)
           --quick       small sizes, for checking the harness
           --downloads N,M  download sizes in MiB instead of the plan's (e.g. 512 with
@@ -70,6 +74,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "tab" => sections.push("tab"),
             "inbound" => sections.push("inbound"),
             "websocket" => sections.push("websocket"),
+            "loss" => sections.push("loss"),
             "--quick" => plan = net::Plan::quick(),
             "--concurrent" => {
                 let n = args.next().context("--concurrent needs a count")?;
@@ -101,12 +106,13 @@ pub fn run(args: &[String]) -> Result<()> {
         plan.concurrent_size = 1 << 20;
     }
     if sections.is_empty() {
-        sections = vec!["ca", "size", "tab", "net", "inbound", "websocket"];
+        sections = vec!["ca", "size", "tab", "net", "inbound", "websocket", "loss"];
     }
     if (sections.contains(&"net")
         || sections.contains(&"tab")
         || sections.contains(&"inbound")
-        || sections.contains(&"websocket"))
+        || sections.contains(&"websocket")
+        || sections.contains(&"loss"))
         && std::env::var_os(OPTIMIZED).is_none()
     {
         return rerun_optimized();
@@ -119,6 +125,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "tab" => tab::section_run(&plan.only)?,
             "inbound" => inbound::section()?,
             "websocket" => websocket::section()?,
+            "loss" => loss::section()?,
             _ => unreachable!("sections are parsed above"),
         }
     }

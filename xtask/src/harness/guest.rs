@@ -226,7 +226,11 @@ pub fn build_runner() -> Result<PathBuf> {
             "c2w-net-proxy",
         ])
         .current_dir(&root))?;
-    let path = root.join("target/debug/c2w-net-proxy");
+    // Where cargo put it: `CARGO_TARGET_DIR` when set (as in a worktree sharing the machine).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let path = target.join("debug/c2w-net-proxy");
     let _ = output(Command::new(&path).arg("--version"))?;
     Ok(path)
 }

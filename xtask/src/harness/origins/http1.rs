@@ -9,7 +9,7 @@
 //! [`NodeOrigin`]: super::NodeOrigin
 
 use std::io::{self, BufRead, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,7 +37,15 @@ impl Listener {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), serve)
+    }
+
+    /// Like [`Listener::start`], on a free port of `ip` (an address of this host).
+    pub fn start_on<F>(ip: IpAddr, serve: F) -> Result<Self>
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind((ip, 0))?;
         // std listens with a backlog of 128: a burst of more connections than that loses SYNs
         // and the clients retry after 1, 3, 7 s... Listening again raises it.
         // SAFETY: listen(2) on a socket this function owns.

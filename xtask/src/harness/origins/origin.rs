@@ -5,7 +5,7 @@
 //! headers, and closing; what each path answers is in `routes.rs`.
 
 use std::io::{self, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,14 +78,30 @@ impl Origin {
         Self::start(None, None, cors)
     }
 
+    /// Plain HTTP with every route, on a free port of `ip` (an address of this host other
+    /// than loopback, e.g. the host's end of a veth pair, for a guest namespace to reach
+    /// directly).
+    pub fn http_on(ip: IpAddr, files: &OriginFiles, cors: Cors) -> Result<Self> {
+        Self::start_on(ip, None, Some(files.clone()), cors)
+    }
+
     fn start(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        files: Option<OriginFiles>,
+        cors: Cors,
+    ) -> Result<Self> {
+        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), tls, files, cors)
+    }
+
+    fn start_on(
+        ip: IpAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
         files: Option<OriginFiles>,
         cors: Cors,
     ) -> Result<Self> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let site = Arc::new(Site { files, cors });
-        let listener = Listener::start(move |stream| {
+        let listener = Listener::start_on(ip, move |stream| {
             let _ = stream.set_nodelay(true);
             let _ = stream.set_read_timeout(Some(IDLE));
             let _ = stream.set_write_timeout(Some(IDLE));
@@ -103,7 +119,7 @@ impl Origin {
         Ok(Self { listener, scheme })
     }
 
-    /// Where it listens (127.0.0.1, a free port).
+    /// Where it listens (a free port of 127.0.0.1, or of the address given to `http_on`).
     pub fn addr(&self) -> SocketAddr {
         self.listener.addr()
     }
@@ -113,7 +129,7 @@ impl Origin {
         self.scheme
     }
 
-    /// `http(s)://127.0.0.1:PORT`.
+    /// `http(s)://ADDR:PORT` (127.0.0.1 unless started with `http_on`).
     pub fn base_url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr())
     }
