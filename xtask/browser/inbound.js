@@ -2,7 +2,8 @@
 // servers in the guest with probe / fetchGuest / connect and through the guest-sw.js preview.
 // `?inbound=<JSON>` says which guest ports to use: {http, echo, closed, echoBytes}. Each
 // result is posted as `inbound.<name>` ({ok: true, ...} or {ok: false, error}); the harness
-// judges them (it knows the files' sha256).
+// judges them (it knows the files' sha256). With `bench` in the plan (`cargo xtask bench
+// inbound`) the page times transfers instead of running the checks: see `bench` below.
 import { report, watchErrors, log, loadConfig, openBridge, jsonSafe } from "./report.js";
 
 watchErrors();
@@ -85,6 +86,11 @@ async function main() {
       await sleep(250);
     }
   });
+
+  if (plan.bench) {
+    await bench(proxy, plan.http, plan.bench);
+    return finish();
+  }
 
   await step("fetch-1m", 60000, async () => digest(await proxy.fetchGuest("/1m", { port: plan.http })));
   await step("fetch-64m", 240000, async () => digest(await proxy.fetchGuest(new Request("/64m"), { port: plan.http })));
@@ -176,6 +182,81 @@ async function main() {
     return { status: r.status, body: (await r.text()).trim(), ms: Math.round(performance.now() - t0) };
   });
   finish();
+}
+
+/**
+ * `cargo xtask bench inbound`'s workloads against the guest's server on `port`, each posted as
+ * `inbound.bench-<name>` with what was measured (times in ms from `performance.now()`); the
+ * harness checks sizes and sha256 and computes the rates. `b`: {download, downloads, small,
+ * requests, uploadSource, upload}, paths and counts. Timed: from the call until the body has
+ * been read whole (a download is hashed after its time is taken); an upload until the
+ * server's answer has been read (it answers once it has read and hashed every byte).
+ * The same workloads then go through the guest-sw.js preview (the page's own fetch() of
+ * `/guest/<port>/…`).
+ */
+async function bench(proxy, port, b) {
+  const limit = 600000;
+  const downloads = async (get) => {
+    const runs = [];
+    for (let i = 0; i < b.downloads; i++) {
+      const t0 = performance.now();
+      const response = await get(b.download);
+      const body = await response.arrayBuffer();
+      const ms = performance.now() - t0;
+      runs.push({ status: response.status, bytes: body.byteLength, elapsedMs: ms, sha256: await sha256(body) });
+    }
+    return { runs };
+  };
+  const requests = async (get) => {
+    const times = [];
+    let bytes = 0;
+    for (let i = 0; i < b.requests; i++) {
+      const t0 = performance.now();
+      const response = await get(b.small);
+      const body = await response.arrayBuffer();
+      times.push(performance.now() - t0);
+      if (response.status !== 200) throw new Error(`request ${i}: status ${response.status}`);
+      bytes += body.byteLength;
+    }
+    return { times, bytes };
+  };
+  // The bytes to upload come from the guest's own file, so the harness knows their sha256;
+  // a Blob is what a page uploading a file would hand over.
+  let data = null;
+  const post = async () => {
+    if (!data) {
+      const source = await proxy.fetchGuest(b.uploadSource, { port });
+      data = new Blob([await source.arrayBuffer()], { type: "application/octet-stream" });
+    }
+    return { method: "POST", body: data, headers: { "Content-Type": "application/octet-stream" } };
+  };
+  const upload = async (send) => {
+    const init = await post();
+    const t0 = performance.now();
+    const response = await send(init);
+    const answer = await response.text();
+    return { status: response.status, elapsedMs: performance.now() - t0, bytes: data.size, answer };
+  };
+  const direct = (path) => proxy.fetchGuest(path, { port });
+  await step("bench-download", limit, () => downloads(direct));
+  await step("bench-upload", limit, () => upload((init) => proxy.fetchGuest(new Request(b.upload, init), { port })));
+  await step("bench-requests", limit, () => requests(direct));
+
+  const { startGuestPreview } = await import("./guest-preview.js");
+  let preview = null;
+  const started = await step("bench-preview-start", 30000, async () => {
+    preview = await startGuestPreview(proxy, { scope: "/", timeoutMs: 10000 });
+    if (!navigator.serviceWorker.controller) {
+      await new Promise((r) => navigator.serviceWorker.addEventListener("controllerchange", r, { once: true }));
+    }
+    return { scope: preview.scope };
+  });
+  if (!started.ok) return;
+  const viaPreview = (path) => fetch(preview.url(port, path));
+  await step("bench-preview-download", limit, () => downloads(viaPreview));
+  await step("bench-preview-upload", limit, () => upload((init) => fetch(preview.url(port, b.upload), init)));
+  await step("bench-preview-requests", limit, () => requests(viaPreview));
+  preview.stop();
 }
 
 function finish() {

@@ -584,11 +584,7 @@ pub(super) fn build_runner(root: &Path) -> Result<std::path::PathBuf> {
 /// Serves the browser test pages with a config whose rewrites map the fresh names to the
 /// HTTPS origin.
 fn browser_pages(root: &Path, dir: &Path, origins: &Origins) -> Result<PageServer> {
-    crate::harness::browser::launch::Kind::Chromium.ensure_installed()?;
-    let dist = root.join("dist");
-    // Rebuilt every time (quick when nothing changed), so the browser paths run this code.
-    crate::build::wasm::run_build(&[])?;
-    let dist = crate::harness::browser::snapshot_dist(&dist, &dir.join("dist"))?;
+    let dist = browser_dist(root, dir)?;
     let config = json!({
         "origins": {
             "http": origins.http.base_url(),
@@ -602,6 +598,15 @@ fn browser_pages(root: &Path, dir: &Path, origins: &Origins) -> Result<PageServe
     })
     .to_string();
     super::page_server(&dist, config)
+}
+
+/// Checks that Chromium is installed, rebuilds dist/ (every time, quick when nothing changed,
+/// so the browser paths run this code) and copies it under `dir` (a build running meanwhile
+/// cannot change the files under the pages). Returns the copy.
+pub(super) fn browser_dist(root: &Path, dir: &Path) -> Result<std::path::PathBuf> {
+    crate::harness::browser::launch::Kind::Chromium.ensure_installed()?;
+    crate::build::wasm::run_build(&[])?;
+    crate::harness::browser::snapshot_dist(&root.join("dist"), &dir.join("dist"))
 }
 
 /// A cell: the value, and its ratio to the direct path's.

@@ -262,6 +262,9 @@ pub enum Page {
     NetProxy,
     /// `c2w.html`: container2wasm's relay on the main thread, `stack-worker.js` as the proxy.
     C2wRelay,
+    /// `inbound.html`: `NetProxy` on the main thread reaching servers in the guest (its
+    /// `?inbound=<JSON>` plan comes in `extra`).
+    Inbound,
 }
 
 /// Starts a bridge, a guest namespace behind it and headless Chromium on `page`; waits for the
@@ -277,8 +280,8 @@ pub fn browser<'a>(
 }
 
 /// Like [`browser`], with `extra` (`key=value&`..., each ending in `&`) added to the page's
-/// query (`relay=<JSON>` for `e2e.html`).
-fn browser_with<'a>(
+/// query (`relay=<JSON>` for `e2e.html`, `inbound=<JSON>` for `inbound.html`).
+pub(super) fn browser_with<'a>(
     origins: &'a Origins,
     pages: &PageServer,
     dir: &Path,
@@ -294,6 +297,7 @@ fn browser_with<'a>(
     pages.board.clear();
     let (file, query) = match page {
         Page::NetProxy => ("e2e.html", String::new()),
+        Page::Inbound => ("inbound.html", String::new()),
         Page::C2wRelay => (
             "c2w.html",
             "net=browser&proxy-allow=loopback&proxy-timeout-ms=120000&proxy-log=warn&".to_string(),

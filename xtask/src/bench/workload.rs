@@ -290,6 +290,15 @@ pub fn median(values: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The `p`-th percentile of `values` (nearest rank: the smallest value with at least `p` % of
+/// the values at or below it); `values` must not be empty.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
 /// Mean of `values`.
 #[cfg(test)]
 pub fn mean(values: &[f64]) -> f64 {
@@ -313,5 +322,15 @@ mod tests {
         assert!(parse_timing("curl: (7) refused\n").is_err());
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(mean(&[1.0, 3.0]), 2.0);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let values: Vec<f64> = (1..=200).rev().map(f64::from).collect();
+        assert_eq!(percentile(&values, 90.0), 180.0);
+        assert_eq!(percentile(&values, 50.0), 100.0);
+        assert_eq!(percentile(&[7.0], 90.0), 7.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.0), 1.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 100.0), 3.0);
     }
 }

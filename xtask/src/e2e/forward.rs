@@ -24,8 +24,9 @@ pub(crate) const GUEST_ECHO: u16 = 7000;
 /// A guest port nothing listens on.
 const GUEST_CLOSED: u16 = 8999;
 
-/// The guest's servers: files under argv[1], POST answers `POST <bytes> <sha256>`, and an
-/// echo server that half-closes after echoing everything.
+/// The guest's servers: files under argv[1], POST answers `POST <bytes> <sha256>` (with
+/// ` in <n> chunks` after a chunked body), and an echo server that half-closes after echoing
+/// everything.
 pub(crate) const GUEST_SERVER: &str = r#"
 import hashlib, http.server, socket, socketserver, sys, threading
 root, http_port, echo_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -38,15 +39,38 @@ class Files(http.server.SimpleHTTPRequestHandler):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, directory=root, **kwargs)
     def do_POST(self):
-        length = int(self.headers.get("Content-Length", "0"))
-        digest, left = hashlib.sha256(), length
-        while left:
-            chunk = self.rfile.read(min(left, 1 << 16))
-            if not chunk:
-                break
-            digest.update(chunk)
-            left -= len(chunk)
-        body = ("POST %d %s" % (length - left, digest.hexdigest())).encode()
+        digest, received, chunks = hashlib.sha256(), 0, None
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            # A body of unknown length (fetchGuest's over 64 KiB) arrives chunked.
+            chunks = 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    break
+                chunks += 1
+                while size:
+                    chunk = self.rfile.read(min(size, 1 << 16))
+                    if not chunk:
+                        raise ConnectionError("the chunked body ended early")
+                    digest.update(chunk)
+                    received += len(chunk)
+                    size -= len(chunk)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+        else:
+            left = int(self.headers.get("Content-Length", "0"))
+            while left:
+                chunk = self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                received += len(chunk)
+                left -= len(chunk)
+        body = "POST %d %s" % (received, digest.hexdigest())
+        if chunks is not None:
+            body += " in %d chunks" % chunks
+        body = body.encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
