@@ -308,7 +308,8 @@ pub(super) fn merge_results(path: &Path, entries: Vec<Value>) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-pub(super) fn target_dir(root: &Path) -> PathBuf {
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` under `root`).
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))

@@ -70,7 +70,9 @@ pub fn run_build(args: &[String]) -> Result<PathBuf> {
             "--lib",
         ])
         .current_dir(&root))?;
-    let wasm = root.join("target/wasm32-unknown-unknown/release/c2w_net_proxy.wasm");
+    // Where cargo put it: CARGO_TARGET_DIR is honoured like cargo does.
+    let wasm =
+        crate::bench::target_dir(&root).join("wasm32-unknown-unknown/release/c2w_net_proxy.wasm");
     let dist = root.join("dist");
     if dist.exists() {
         std::fs::remove_dir_all(&dist).context("clearing dist/")?;
