@@ -36,10 +36,12 @@ const USAGE: &str =
 
   ca      mitm-ca natively and as wasm under node
   size    dist/ raw and gzipped
-  tab     the demo's v86 guest in Chromium: our adapter (paced and not, fetch and Wisp relay)
-          and v86's FetchNetworkAdapter and WispNetworkAdapter, on the virtio and ne2k NICs
-          --only ROWS   relay (the relay rows and the fetch rows they compare with), fetch,
-                        pacing, virtio, ne2k (repeatable; groups and NICs combine; rows
+  tab     the demo's v86 guest in Chromium: our adapter (paced and not, fetch and Wisp relay,
+          jumbo frames), its in-page ceiling, and v86's FetchNetworkAdapter and
+          WispNetworkAdapter, on the virtio and ne2k NICs
+          --only ROWS   relay (the relay rows and the fetch rows they compare with), fetch
+                        (ours, the ceiling, v86's fetch), ceiling, shipped (ours only),
+                        mtu, pacing, virtio, ne2k (repeatable; groups and NICs combine; rows
                         this run does not measure are kept in the doc as they were)
   inbound a server in the guest through the runner's --forward, next to the same server on
           the host (needs root)

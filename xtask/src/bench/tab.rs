@@ -79,7 +79,7 @@ const BACKENDS: &[Backend] = &[
         reach: Reach::Proxy,
         https: true,
         nics: &["virtio", "ne2k"],
-        groups: &["fetch", "relay"],
+        groups: &["fetch", "relay", "shipped"],
     },
     Backend {
         name: "c2w-net-proxy, in-page source",
