@@ -22,10 +22,14 @@
 //                                  in-tab ceiling `cargo xtask bench tab` compares with (ours only)
 //   report=1                       post the console text and stats to the serving xtask
 //   run=<script>                   type these lines into the guest's shell once it is ready
+//
+// Below the console, the guest's own web site (busybox httpd on config.previewPort) in an
+// iframe through the preview's Service Worker (setupPreview).
 
 import { V86 } from "./v86/libv86.mjs";
 import { C2wNetworkAdapter } from "./dist/v86-adapter.js";
 import { Terminal } from "./xterm/xterm.mjs";
+import { startGuestPreview } from "./dist/guest-preview.js";
 
 const params = new URLSearchParams(location.search);
 const reporting = params.get("report") === "1";
@@ -186,6 +190,7 @@ async function main() {
     caPem = adapter.caCertificatePem();
     setupButtons(proxy, caPem);
   }
+  setupPreview(proxy, config.previewPort);
   setStatus("booting Linux…");
 
   // Console: guest output to the terminal (batched), keystrokes to the guest.
@@ -251,6 +256,147 @@ async function main() {
     }
   }, 500);
   post("ready", JSON.stringify({ timings, caPem }));
+}
+
+// The preview: guest-sw.js (served at the site root) with the scope preview/, so it sees only
+// preview/guest/<port>/… and none of the demo's own requests. The outcome is posted as
+// `preview` for the check: {state, reason?, ...what the iframe loaded}.
+const PREVIEW_SCOPE = "preview/";
+/** How long to wait for the guest's web server to listen (boot included). */
+const PREVIEW_WAIT_MS = 300000;
+/** How long the iframe, and then its page's own request to the guest, may take. */
+const PREVIEW_LOAD_MS = 60000;
+
+/** Shows the guest's web server on `port` in the preview iframe once it listens. */
+async function setupPreview(proxy, port) {
+  const caption = document.getElementById("preview-caption");
+  const retry = document.getElementById("preview-retry");
+  const say = (text, failed = false) => {
+    caption.textContent = text;
+    caption.classList.toggle("failed", failed);
+  };
+  const report = (result) => post("preview", JSON.stringify(result));
+  if (!proxy) {
+    const reason =
+      "backend=v86 runs v86's own network adapter, which cannot open connections into the guest; " +
+      "the preview needs c2w-net-proxy's fetchGuest (drop backend=v86 from the URL)";
+    say("No preview: " + reason + ".", true);
+    report({ state: "unavailable", reason });
+    return;
+  }
+  let preview;
+  try {
+    preview = await startGuestPreview(proxy, { swUrl: "guest-sw.js", scope: PREVIEW_SCOPE });
+  } catch (err) {
+    const reason = isSecureContext
+      ? err.message
+      : "this page is not a secure context, and Service Workers need one: open it over https:// " +
+        "or from http://localhost or http://127.0.0.1 (" + err.message + ")";
+    say("No preview: " + reason, true);
+    report({ state: "no-service-worker", reason, secure: isSecureContext });
+    return;
+  }
+  const show = async () => {
+    retry.hidden = true;
+    let result;
+    try {
+      result = await waitAndLoad(proxy, preview, port, say);
+    } catch (err) {
+      result = { state: "error", reason: String(err && err.message || err) };
+      say("Preview failed: " + result.reason, true);
+    }
+    if (result.state !== "loaded") retry.hidden = false;
+    report(result);
+  };
+  retry.onclick = show;
+  await show();
+}
+
+/** Polls `probe(port)` until the guest listens, then loads the preview and inspects it. */
+async function waitAndLoad(proxy, preview, port, say) {
+  say(`Waiting for the guest's web server on port ${port} (busybox httpd, started by the guest's /init)…`);
+  const deadline = performance.now() + PREVIEW_WAIT_MS;
+  let last = "";
+  for (;;) {
+    try {
+      if (await proxy.probe(port, { timeoutMs: 2000 })) break;
+      last = `nothing listens on port ${port} yet (the guest refused the connection)`;
+    } catch (err) {
+      last = err.message; // no lease yet, or the guest stayed silent
+    }
+    if (performance.now() > deadline) {
+      const reason = `the guest's port ${port} did not answer within ${PREVIEW_WAIT_MS / 1000} s: ${last}`;
+      say(`No preview: ${reason}. Start the server in the shell (httpd -p ${port} -h /srv/www) and try again.`, true);
+      return { state: "not-listening", reason };
+    }
+    await sleep(1000);
+  }
+  timings.previewListeningMs = Math.round(performance.now() - started);
+
+  const url = preview.url(port, "/");
+  const frame = document.getElementById("preview-frame");
+  const open = document.getElementById("preview-open");
+  open.href = url;
+  document.getElementById("preview-actions").hidden = false;
+  say(`The guest's site, from busybox httpd on port ${port}, through ${new URL(url).pathname}:`);
+  const loaded = new Promise((resolve) => frame.addEventListener("load", resolve, { once: true }));
+  frame.hidden = false;
+  frame.src = url;
+  if (!(await within(loaded, PREVIEW_LOAD_MS))) {
+    const reason = `the iframe did not finish loading ${url} within ${PREVIEW_LOAD_MS / 1000} s`;
+    say("Preview: " + reason, true);
+    return { state: "timeout", reason, url };
+  }
+  timings.previewLoadedMs = Math.round(performance.now() - started);
+  return { state: "loaded", url, ...(await inspectPreview(frame)) };
+}
+
+/** What the preview iframe loaded (it is same-origin through the worker, so readable). */
+async function inspectPreview(frame) {
+  const win = frame.contentWindow;
+  const doc = frame.contentDocument;
+  if (!doc) return { readable: false };
+  // page.js fills "Live from the guest" from cgi-bin/status after load; wait for it.
+  const until = performance.now() + PREVIEW_LOAD_MS;
+  while (!doc.body?.dataset.live && performance.now() < until) await sleep(100);
+  const img = doc.getElementById("logo");
+  const about = {};
+  try {
+    // The iframe's own fetch: its window is controlled by the worker, the URL is relative.
+    const r = await win.fetch(new URL("about.html", doc.baseURI));
+    const text = await r.text();
+    Object.assign(about, { status: r.status, path: new URL(r.url).pathname, page: /id="about"/.test(text) });
+  } catch (err) {
+    about.error = err.message;
+  }
+  return {
+    readable: true,
+    path: win.location.pathname,
+    controlled: Boolean(win.navigator.serviceWorker && win.navigator.serviceWorker.controller),
+    title: doc.title,
+    marker: doc.getElementById("served-by")?.textContent ?? null,
+    body: (doc.body?.innerText ?? "").slice(0, 300),
+    stylesheet: win.getComputedStyle(doc.documentElement).getPropertyValue("--c2w-guest-style").trim(),
+    image: img ? { complete: img.complete, width: img.naturalWidth } : null,
+    live: doc.body?.dataset.live ?? null,
+    hostname: doc.body?.dataset.hostname ?? null,
+    client: doc.body?.dataset.client ?? null,
+    liveText: doc.getElementById("live")?.innerText ?? null,
+    about,
+  };
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Whether `promise` settles within `ms`. */
+function within(promise, ms) {
+  let timer;
+  return Promise.race([
+    promise.then(() => true),
+    new Promise((resolve) => (timer = setTimeout(() => resolve(false), ms))),
+  ]).finally(() => clearTimeout(timer));
 }
 
 function setupButtons(proxy, caPem) {

@@ -446,6 +446,7 @@ pub fn section_run(only: &[String]) -> Result<()> {
                 &format!("{}{relay}&net={nic}", backend.query),
                 &script,
                 END,
+                &[],
                 Duration::from_secs(240 + TRANSFER_SECS * MEASURES.len() as u64),
             )?;
             if let Err(err) = &run.finished {

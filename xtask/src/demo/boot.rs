@@ -39,9 +39,14 @@ pub fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
+/// How long, after the end mark, the page has to post each of the reports a boot waits for.
+const REPORT_WAIT: Duration = Duration::from_secs(60);
+
 /// Boots the demo served by `server` with `query` (without `run=` and `report=`), types
-/// `script`, and waits up to `limit` for `end` on the console; saves console.txt,
-/// page-log.txt, panel.txt and stats.json in `dir`.
+/// `script`, and waits up to `limit` for `end` on the console, then up to a minute for each
+/// board key in `reports` the page has not posted yet (their values stay on `server.board`
+/// until the next boot); saves console.txt, page-log.txt, panel.txt and stats.json in `dir`.
+#[allow(clippy::too_many_arguments)]
 pub fn boot(
     server: &PageServer,
     files: &OriginFiles,
@@ -49,6 +54,7 @@ pub fn boot(
     query: &str,
     script: &str,
     end: &str,
+    reports: &[&str],
     limit: Duration,
 ) -> Result<Boot> {
     std::fs::create_dir_all(dir)?;
@@ -69,6 +75,12 @@ pub fn boot(
             // One more round of posts after the end mark, so the panel shows the last request.
             let _ = board.wait("console", 0, Duration::from_secs(1));
             std::thread::sleep(Duration::from_millis(1200));
+            for key in reports {
+                // A report that does not come is the caller's to judge (it reads the board).
+                if let Err(err) = board.wait(key, 0, REPORT_WAIT) {
+                    eprintln!("xtask: {err:#}");
+                }
+            }
             (text, Ok(()))
         }
         Err(err) => {

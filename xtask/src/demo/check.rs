@@ -1,7 +1,8 @@
 //! `cargo xtask demo --check`: serves the demo, starts local CORS-enabled origins (HTTP and
 //! HTTPS), opens the page in headless Chromium (no name but localhost resolves; the page's
 //! proxy may reach loopback only), types a script into the guest's shell and asserts on the
-//! console output the page posts back.
+//! console output the page posts back, and on what the page's preview iframe loaded from the
+//! guest's own web server.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use anyhow::{bail, Result};
 
 use super::boot::{boot, field, nic_watchdog, section, Boot};
 use super::Site;
+use crate::build::guest_image;
 use crate::harness::browser::launch::Kind;
 use crate::harness::browser::page_server::PageServer;
 use crate::harness::cleanup;
@@ -140,8 +142,10 @@ fn check_nic(shared: &Shared, site: &Site, nic: &str, driver: &str, r: &mut Repo
         &format!("allow=loopback&net={nic}"),
         &shared.script,
         END,
+        &["preview"],
         LIMIT,
     )?;
+    let preview = shared.server.board.get("preview").map(|(_, v)| v);
     println!(
         "xtask: {nic}: guest console saved to {}",
         dir.join("console.txt").display()
@@ -279,6 +283,7 @@ fn check_nic(shared: &Shared, site: &Site, nic: &str, driver: &str, r: &mut Repo
             _ => bail!("unexpected pacing for the {nic} NIC: {pacing}"),
         }
     });
+    check_preview(nic, &console, preview.as_deref(), r);
     r.check(
         &format!("{nic}: no NIC watchdog message"),
         || match nic_watchdog(&console) {
@@ -296,12 +301,14 @@ fn check_nic(shared: &Shared, site: &Site, nic: &str, driver: &str, r: &mut Repo
             .unwrap_or_else(|| "n/a".into())
     };
     println!(
-        "xtask: {nic}: timings from page load: proxy ready {}, lease {}, shell {}, first proxied request {}, first curl done {}; whole boot and check {:.1} s",
+        "xtask: {nic}: timings from page load: proxy ready {}, lease {}, shell {}, first proxied request {}, first curl done {}, guest's port {PREVIEW_PORT} listening {}, preview loaded {}; whole boot and check {:.1} s",
         secs("proxyReadyMs"),
         secs("leaseMs"),
         secs("shellMs"),
         secs("firstRequestMs"),
         secs("firstCurlMs"),
+        secs("previewListeningMs"),
+        secs("previewLoadedMs"),
         elapsed.as_secs_f64()
     );
     if let Some(line) = console
@@ -311,4 +318,125 @@ fn check_nic(shared: &Shared, site: &Site, nic: &str, driver: &str, r: &mut Repo
         println!("xtask: {nic}: guest says: {}", line.trim());
     }
     Ok(())
+}
+
+/// The port of the guest's web server, which the page previews.
+const PREVIEW_PORT: u16 = guest_image::HTTPD_PORT;
+
+/// The checks on the preview: the guest started its web server, and the iframe showed its
+/// page through the Service Worker with the relative assets, the CGI's answer and a second
+/// page. `report` is what the page posted as `preview` (demo.js, `setupPreview`).
+fn check_preview(nic: &str, console: &str, report: Option<&str>, r: &mut Report) {
+    r.check(
+        &format!("{nic}: preview: the guest started busybox httpd"),
+        || match console.lines().find(|l| l.contains("c2w-demo: web server")) {
+            Some(line) if line.contains(&format!("listening on port {PREVIEW_PORT}")) => {
+                Ok(line.trim().to_string())
+            }
+            Some(line) => bail!("{}", line.trim()),
+            None => bail!("the guest printed no `c2w-demo: web server` line"),
+        },
+    );
+    let parsed: Result<serde_json::Value> = match report {
+        None => Err(anyhow::anyhow!(
+            "the page posted no `preview` report (demo.js setupPreview never finished)"
+        )),
+        Some(text) => serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{e}: {text}")),
+    };
+    let p = match parsed {
+        Ok(p) if p["state"] == "loaded" => p,
+        Ok(p) => {
+            r.check(&format!("{nic}: preview: the iframe loads"), || {
+                bail!(
+                    "the page did not load the preview: state {}, {}",
+                    p["state"],
+                    p["reason"].as_str().unwrap_or("no reason given")
+                )
+            });
+            return;
+        }
+        Err(err) => {
+            r.check(&format!("{nic}: preview: the iframe loads"), || Err(err));
+            return;
+        }
+    };
+    let want_path = format!("/preview/guest/{PREVIEW_PORT}/");
+    r.check(
+        &format!("{nic}: preview: the iframe shows the guest's page through guest-sw.js"),
+        || {
+            let marker = p["marker"].as_str().unwrap_or("");
+            if p["readable"] != true {
+                bail!("the iframe's document was not readable (not same-origin?)");
+            }
+            if !marker.contains("Served by busybox httpd inside the guest") {
+                bail!(
+                    "no marker `Served by busybox httpd inside the guest` in the iframe (#served-by: {}); it shows: {:?}",
+                    p["marker"],
+                    p["body"].as_str().unwrap_or("")
+                );
+            }
+            if p["path"] != want_path.as_str() {
+                bail!("the iframe is at {} instead of {want_path}", p["path"]);
+            }
+            if p["controlled"] != true {
+                bail!("the iframe is not controlled by the Service Worker");
+            }
+            Ok(format!("{want_path}: {:?}, controlled by the worker", marker))
+        },
+    );
+    r.check(
+        &format!("{nic}: preview: relative assets (style.css, tux.svg) load"),
+        || {
+            let mut missing = Vec::new();
+            if p["stylesheet"] != "loaded" {
+                missing.push(format!(
+                    "style.css (--c2w-guest-style is {} instead of \"loaded\")",
+                    p["stylesheet"]
+                ));
+            }
+            let width = p["image"]["width"].as_u64().unwrap_or(0);
+            if p["image"]["complete"] != true || width == 0 {
+                missing.push(format!("tux.svg (img: {})", p["image"]));
+            }
+            if missing.is_empty() {
+                Ok(format!("stylesheet applied, image {width} px wide"))
+            } else {
+                bail!("not loaded through the preview: {}", missing.join(", "))
+            }
+        },
+    );
+    r.check(
+        &format!("{nic}: preview: page.js asked the guest's CGI (cgi-bin/status), which saw the gateway"),
+        || {
+            if p["live"] != "ok" {
+                bail!("page.js did not fill in the guest's status: {}", p["live"]);
+            }
+            if p["hostname"] != "c2w-demo" {
+                bail!(
+                    "the CGI reported hostname {} instead of c2w-demo",
+                    p["hostname"]
+                );
+            }
+            // fetchGuest connects from the gateway, like a LAN peer (docs/browser.md).
+            if p["client"] != "192.168.127.1" {
+                bail!(
+                    "the guest saw the page's connection come from {} instead of the gateway 192.168.127.1",
+                    p["client"]
+                );
+            }
+            let text = p["liveText"].as_str().unwrap_or("").replace('\n', " ");
+            Ok(text.split_whitespace().collect::<Vec<_>>().join(" "))
+        },
+    );
+    r.check(
+        &format!("{nic}: preview: a second page (about.html) from inside the iframe"),
+        || {
+            let about = &p["about"];
+            let want = format!("/preview/guest/{PREVIEW_PORT}/about.html");
+            if about["status"] != 200 || about["page"] != true || about["path"] != want.as_str() {
+                bail!("fetching about.html from the iframe gave {about}");
+            }
+            Ok(format!("{want}: 200, the about page"))
+        },
+    );
 }

@@ -1,8 +1,9 @@
 //! `cargo xtask demo [--port PORT] [--check]`: a Linux VM (v86) in a browser tab whose only
 //! network is c2w-net-proxy. Builds dist/ and the guest image, installs v86 and xterm.js from
 //! npm, assembles a static site under `target/demo/site/` and serves it on 127.0.0.1:PORT with
-//! the cross-origin isolation headers. `--check` boots it in headless Chromium and asserts on
-//! the guest's console (docs/demo.md).
+//! the cross-origin isolation headers. The page shows the guest's own web server (busybox
+//! httpd) in an iframe through the preview's Service Worker. `--check` boots it in headless
+//! Chromium and asserts on the guest's console and on what that iframe loaded (docs/demo.md).
 
 pub(crate) mod boot;
 mod check;
@@ -101,11 +102,16 @@ pub fn prepare() -> Result<Site> {
         "c2w_net_proxy.js",
         "c2w_net_proxy_bg.wasm",
         "v86-adapter.js",
+        "guest-preview.js",
+        "guest-sw.js",
     ] {
         if !site.join("dist").join(f).is_file() {
             bail!("dist/ has no {f}; did build-wasm change while it was copied? run again");
         }
     }
+    // The preview's Service Worker at the site root: its scope (`preview/`, demo.js) must lie
+    // below the directory it is served from.
+    copy(&site.join("dist/guest-sw.js"), &site.join("guest-sw.js"))?;
     let v86 = node.join("node_modules/v86/build");
     copy(&v86.join("libv86.mjs"), &site.join("v86/libv86.mjs"))?;
     copy(&v86.join("v86.wasm"), &site.join("v86/v86.wasm"))?;
@@ -125,6 +131,7 @@ pub fn prepare() -> Result<Site> {
     let config = serde_json::json!({
         "cmdline": guest_image::CMDLINE,
         "net": "virtio",
+        "previewPort": guest_image::HTTPD_PORT,
         "v86": V86_VERSION,
         "xterm": XTERM_VERSION,
     });

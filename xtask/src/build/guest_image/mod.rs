@@ -2,8 +2,9 @@
 //! only and cached under `target/guest-image/`: the kernel (`bzImage`) and an initramfs
 //! (`initrd.img`, cpio newc + gzip) holding busybox-static, curl with its libraries, the NIC
 //! modules and an `/init` that brings the network up through c2w-net-proxy's DHCP server,
-//! fetches the proxy's CA certificate to `/.wasmenv/proxy.crt`, exports the proxy variables
-//! and starts a shell on the serial console.
+//! starts `busybox httpd` on port 8000 with a site of its own (`/srv/www`), fetches the
+//! proxy's CA certificate to `/.wasmenv/proxy.crt`, exports the proxy variables and starts a
+//! shell on the serial console.
 
 mod apt;
 pub mod modules;
@@ -33,6 +34,45 @@ pub const NIC_MODULES: &[&str] = &["virtio_pci", "virtio_net", "ne2k-pci"];
 const INIT: &str = include_str!("../../../guest-image/init");
 const UDHCPC_SCRIPT: &str = include_str!("../../../guest-image/udhcpc.script");
 const PROFILE: &str = include_str!("../../../guest-image/profile");
+
+/// The guest's web site, served by `busybox httpd` on port 8000 from `/srv/www` (started by
+/// `/init`; the demo page shows it in its preview): path below `/srv/www`, contents, and
+/// whether it is executable (the CGI script).
+const WWW: &[(&str, &str, bool)] = &[
+    (
+        "index.html",
+        include_str!("../../../guest-image/www/index.html"),
+        false,
+    ),
+    (
+        "about.html",
+        include_str!("../../../guest-image/www/about.html"),
+        false,
+    ),
+    (
+        "style.css",
+        include_str!("../../../guest-image/www/style.css"),
+        false,
+    ),
+    (
+        "tux.svg",
+        include_str!("../../../guest-image/www/tux.svg"),
+        false,
+    ),
+    (
+        "page.js",
+        include_str!("../../../guest-image/www/page.js"),
+        false,
+    ),
+    (
+        "cgi-bin/status",
+        include_str!("../../../guest-image/www/cgi-bin/status"),
+        true,
+    ),
+];
+
+/// The port the guest's web server listens on.
+pub const HTTPD_PORT: u16 = 8000;
 
 /// Bumped when the image's layout changes in a way the inputs below do not show.
 const FORMAT: u32 = 2;
@@ -131,6 +171,12 @@ fn recipe() -> String {
     for part in [INIT, UDHCPC_SCRIPT, PROFILE, CMDLINE] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
+    }
+    for (path, text, exec) in WWW {
+        for part in [path.as_bytes(), text.as_bytes(), &[u8::from(*exec)]] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
     }
     for list in [BASE_PACKAGES, NIC_MODULES] {
         h.update(list.join(",").as_bytes());
@@ -236,6 +282,15 @@ pub fn build(force: bool) -> Result<GuestImage> {
     std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n")?;
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     std::fs::write(root.join("etc/group"), "root:x:0:\n")?;
+    for (path, text, exec) in WWW {
+        let file = root.join("srv/www").join(path);
+        std::fs::create_dir_all(file.parent().expect("a file below srv/www"))?;
+        if *exec {
+            write_exec(&file, text)?;
+        } else {
+            std::fs::write(&file, text)?;
+        }
+    }
     for d in [
         "proc", "sys", "dev", "tmp", "run", "root", ".wasmenv", "sbin", "usr/sbin",
     ] {
@@ -327,4 +382,46 @@ fn write_exec(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{HTTPD_PORT, INIT, WWW};
+
+    /// `/init` starts the web server on the port the demo page previews, on the site's root.
+    #[test]
+    fn init_serves_the_site_on_the_preview_port() {
+        let line = INIT
+            .lines()
+            .find(|l| l.contains("httpd -p"))
+            .expect("/init starts busybox httpd");
+        assert!(
+            line.contains(&format!("httpd -p {HTTPD_PORT} -h /srv/www")),
+            "{line}"
+        );
+    }
+
+    /// Every `href`/`src` in the site's pages is relative (so it stays inside the preview) and
+    /// names a file of the site (or its root, `./`).
+    #[test]
+    fn the_site_links_only_to_its_own_files() {
+        let mut seen = 0;
+        for (page, text, _) in WWW.iter().filter(|(p, _, _)| p.ends_with(".html")) {
+            for attr in ["href=\"", "src=\""] {
+                for rest in text.split(attr).skip(1) {
+                    let target = &rest[..rest.find('"').expect("a closing quote")];
+                    seen += 1;
+                    assert!(
+                        !target.starts_with('/') && !target.contains("://"),
+                        "{page}: {target} would leave the preview"
+                    );
+                    assert!(
+                        target == "./" || WWW.iter().any(|(p, _, _)| *p == target),
+                        "{page}: {target} is not a file of the site"
+                    );
+                }
+            }
+        }
+        assert!(seen >= 6, "only {seen} links found");
+    }
 }
