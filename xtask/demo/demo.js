@@ -291,7 +291,7 @@ async function setupPreview(proxy, port) {
     const reason = isSecureContext
       ? err.message
       : "this page is not a secure context, and Service Workers need one: open it over https:// " +
-        "or from http://localhost or http://127.0.0.1 (" + err.message + ")";
+        "or from http://localhost or http://127.0.0.1";
     say("No preview: " + reason, true);
     report({ state: "no-service-worker", reason, secure: isSecureContext });
     return;
