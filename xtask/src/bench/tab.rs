@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::{publish, Machine};
-use crate::demo::boot::{boot, encode, field, nic_watchdog, section};
+use crate::demo::boot::{boot, encode, field, nic_watchdog, section, Run};
 use crate::harness::cleanup;
 use crate::harness::origins::{Cors, Origin, OriginFiles};
 use crate::harness::relays::{WispServer, WispServerKind};
@@ -443,11 +443,13 @@ pub fn section_run(only: &[String]) -> Result<()> {
                 &server,
                 &files,
                 &dir.join(&name),
-                &format!("{}{relay}&net={nic}", backend.query),
-                &script,
-                END,
-                &[],
-                Duration::from_secs(240 + TRANSFER_SECS * MEASURES.len() as u64),
+                &Run {
+                    query: &format!("{}{relay}&net={nic}", backend.query),
+                    script: &script,
+                    end: END,
+                    reports: &[],
+                    limit: Duration::from_secs(240 + TRANSFER_SECS * MEASURES.len() as u64),
+                },
             )?;
             if let Err(err) = &run.finished {
                 bail!("{nic}, {}: the guest did not finish: {err:#}", backend.name);

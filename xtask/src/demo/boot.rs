@@ -42,21 +42,31 @@ pub fn encode(s: &str) -> String {
 /// How long, after the end mark, the page has to post each of the reports a boot waits for.
 const REPORT_WAIT: Duration = Duration::from_secs(60);
 
-/// Boots the demo served by `server` with `query` (without `run=` and `report=`), types
-/// `script`, and waits up to `limit` for `end` on the console, then up to a minute for each
-/// board key in `reports` the page has not posted yet (their values stay on `server.board`
-/// until the next boot); saves console.txt, page-log.txt, panel.txt and stats.json in `dir`.
-#[allow(clippy::too_many_arguments)]
-pub fn boot(
-    server: &PageServer,
-    files: &OriginFiles,
-    dir: &Path,
-    query: &str,
-    script: &str,
-    end: &str,
-    reports: &[&str],
-    limit: Duration,
-) -> Result<Boot> {
+/// What one boot does in the guest and waits for.
+pub struct Run<'a> {
+    /// The page's query, without `run=` and `report=`.
+    pub query: &'a str,
+    /// The shell lines typed into the guest once its shell is ready.
+    pub script: &'a str,
+    /// The console text that ends the boot.
+    pub end: &'a str,
+    /// Board keys the page posts that the boot waits for after `end` (up to a minute each;
+    /// their values stay on `server.board` until the next boot).
+    pub reports: &'a [&'a str],
+    /// How long `end` may take to appear.
+    pub limit: Duration,
+}
+
+/// Boots the demo served by `server` as `run` says and saves console.txt, page-log.txt,
+/// panel.txt and stats.json in `dir`.
+pub fn boot(server: &PageServer, files: &OriginFiles, dir: &Path, run: &Run) -> Result<Boot> {
+    let Run {
+        query,
+        script,
+        end,
+        reports,
+        limit,
+    } = *run;
     std::fs::create_dir_all(dir)?;
     server.board.clear();
     let url = format!("{}/?{query}&report=1&run={}", server.base, encode(script));

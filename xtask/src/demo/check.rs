@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use super::boot::{boot, field, nic_watchdog, section, Boot};
+use super::boot::{boot, field, nic_watchdog, section, Boot, Run};
 use super::Site;
 use crate::build::guest_image;
 use crate::harness::browser::launch::Kind;
@@ -139,11 +139,13 @@ fn check_nic(shared: &Shared, site: &Site, nic: &str, driver: &str, r: &mut Repo
         &shared.server,
         &shared.files,
         &dir,
-        &format!("allow=loopback&net={nic}"),
-        &shared.script,
-        END,
-        &["preview"],
-        LIMIT,
+        &Run {
+            query: &format!("allow=loopback&net={nic}"),
+            script: &shared.script,
+            end: END,
+            reports: &["preview"],
+            limit: LIMIT,
+        },
     )?;
     let preview = shared.server.board.get("preview").map(|(_, v)| v);
     println!(
