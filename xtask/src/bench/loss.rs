@@ -83,14 +83,7 @@ pub(super) fn section() -> Result<()> {
     let id = std::process::id();
     let tap = format!("c2wl{}", id % 1_000_000);
     let proxy_ca = dir.join("proxy-ca.pem");
-    let mut args: Vec<String> = vec![
-        "--trust-ca".into(),
-        files.ca_cert.display().to_string(),
-        "--ca-cert-out".into(),
-        proxy_ca.display().to_string(),
-        "--allow".into(),
-        "loopback".into(),
-    ];
+    let mut args = Runner::base_args(&files.ca_cert, &proxy_ca);
     // For finding where the time goes (docs/robustness.md, "Loss recovery"); capturing slows
     // the runner a little.
     if let Some(path) = std::env::var_os(PCAP_ENV) {

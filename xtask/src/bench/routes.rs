@@ -223,18 +223,13 @@ pub fn native<'a>(
     let tap = format!("c2wn{}{}", name.len(), id % 1_000_000);
     let proxy_ca = dir.join(format!("proxy-ca-{name}.pem"));
     let _ = std::fs::remove_file(&proxy_ca);
-    let mut args: Vec<String> = vec![
-        "--trust-ca".into(),
-        origins.ca.display().to_string(),
-        "--ca-cert-out".into(),
-        proxy_ca.display().to_string(),
-        "--allow".into(),
-        "loopback".into(),
+    let mut args = Runner::base_args(&origins.ca, &proxy_ca);
+    args.extend([
         "--rewrite".into(),
         format!("*.{FRESH_SUFFIX}={}", origins.https.base_url()),
         "--timeout".into(),
         "2m".into(),
-    ];
+    ]);
     args.extend_from_slice(extra);
     let runner = Runner::start_tap(binary, &tap, &args, dir.join(format!("runner-{name}.log")))?;
     let work = dir.join(format!("{name}-work"));

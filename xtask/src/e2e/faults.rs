@@ -137,18 +137,13 @@ fn run_profile(
     let tap = format!("c2wf{index}{}", id % 1_000_000);
     let proxy_ca = dir.join(format!("proxy-ca-{name}.pem"));
     let _ = std::fs::remove_file(&proxy_ca);
-    let runner_args: Vec<String> = vec![
+    let mut runner_args = Runner::base_args(&files.ca_cert, &proxy_ca);
+    runner_args.extend([
         "--fault".into(),
         profile.spec.into(),
-        "--trust-ca".into(),
-        files.ca_cert.display().to_string(),
-        "--ca-cert-out".into(),
-        proxy_ca.display().to_string(),
-        "--allow".into(),
-        "loopback".into(),
         "--timeout".into(),
         "60".into(),
-    ];
+    ]);
     let log = dir.join(format!("runner-{name}.log"));
     let mut runner = Runner::start_tap(binary, &tap, &runner_args, log.clone())?;
     let work = dir.join(format!("guest-work-{name}"));

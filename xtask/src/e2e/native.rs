@@ -62,23 +62,17 @@ pub fn run(args: &[String]) -> Result<Result<()>> {
     let _ = std::fs::remove_file(&proxy_ca);
     let id = std::process::id();
     let tap = format!("c2wt{id}");
-    let runner_args: Vec<String> = [
+    let mut runner_args = Runner::base_args(&files.ca_cert, &proxy_ca);
+    runner_args.extend([
         "--pcap".into(),
         dir.join("guest.pcap").display().to_string(),
-        "--trust-ca".into(),
-        files.ca_cert.display().to_string(),
-        "--ca-cert-out".into(),
-        proxy_ca.display().to_string(),
-        "--allow".into(),
-        "loopback".into(),
         "--rewrite".into(),
         format!("{PLAIN_NAME}={}", http.base_url()),
         "--rewrite".into(),
         format!("{SECURE_NAME}={}", https.base_url()),
         "--timeout".into(),
         "20s".into(),
-    ]
-    .into();
+    ]);
     let mut runner = Runner::start_tap(&binary, &tap, &runner_args, dir.join("runner.log"))?;
     let work = dir.join("guest-work");
     let guest = GuestNs::behind(&format!("c2w-e2e-{id}"), &tap, &work)?;

@@ -42,18 +42,13 @@ pub fn run(filter: Option<String>) -> Result<()> {
     let _ = std::fs::remove_file(&stats);
     let proxy_ca = dir.join("proxy-ca.pem");
     let _ = std::fs::remove_file(&proxy_ca);
-    let mut args: Vec<String> = vec![
-        "--trust-ca".into(),
-        files.ca_cert.display().to_string(),
-        "--ca-cert-out".into(),
-        proxy_ca.display().to_string(),
-        "--allow".into(),
-        "loopback".into(),
+    let mut args = Runner::base_args(&files.ca_cert, &proxy_ca);
+    args.extend([
         "--stats-file".into(),
         stats.display().to_string(),
         "--timeout".into(),
         "20s".into(),
-    ];
+    ]);
     for (name, base) in websocket_checks::rewrites(&echo) {
         args.push("--rewrite".into());
         args.push(format!("{name}={base}"));

@@ -153,6 +153,19 @@ pub struct Runner {
 }
 
 impl Runner {
+    /// The arguments most test runners start with: trust the origins' test CA `ca`, write the
+    /// proxy's CA to `proxy_ca` for the guest's clients, and reach loopback origins only.
+    pub fn base_args(ca: &Path, proxy_ca: &Path) -> Vec<String> {
+        vec![
+            "--trust-ca".into(),
+            ca.display().to_string(),
+            "--ca-cert-out".into(),
+            proxy_ca.display().to_string(),
+            "--allow".into(),
+            "loopback".into(),
+        ]
+    }
+
     /// Starts `binary` on a new TAP device `tap` with `extra` arguments and waits until the
     /// interface exists.
     pub fn start_tap(binary: &Path, tap: &str, extra: &[String], log: PathBuf) -> Result<Self> {
