@@ -6,7 +6,8 @@
 //   net=virtio|ne2k                the emulated NIC (default from config.json)
 //   mtu=N                          the link MTU (576-65535): v86's virtio-net offers it to the guest
 //                                  (VIRTIO_NET_F_MTU) and the proxy uses it (`network.mtu`); v86's
-//                                  own adapters take it too. The ne2k stays at 1500
+//                                  own adapters take it too (its fetch backend stalled at 65520,
+//                                  docs/benchmarks.md). The ne2k stays at 1500
 //   pacing=off|on                  hand the NIC every frame at once, or pace it whatever the NIC
 //                                  (default: the adapter decides; nic-pacer.js; for comparison)
 //   backend=v86                    v86's own FetchNetworkAdapter instead of c2w-net-proxy (for
