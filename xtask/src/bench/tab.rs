@@ -198,6 +198,9 @@ const MEASURES: &[(&str, Measure)] = &[
 /// How many small requests a [`Measure::Requests`] makes.
 const REQUESTS: usize = 100;
 
+/// The small requests ask for `/blob/FIRST_SMALL` and on, one byte more each.
+const FIRST_SMALL: usize = 100;
+
 impl Measure {
     /// The label the guest prints (no spaces).
     fn tag(label: &str) -> String {
@@ -347,11 +350,15 @@ fn script(backend: &Backend, to: &Targets) -> String {
          t(){{ l=$1; v=$2; shift 2; w=$(c -w \"%{{$v}}:%{{time_total}}\" \"$@\"); \
          echo \"tab label=$l rc=$? result=$w\"; n $l; }}; \
          r(){{ l=$1; shift; \"$@\" >/tmp/r; awk '$1==200{{print $2}}' /tmp/r|sort -n >/tmp/s; \
-         echo \"tab label=$l result=$(wc -l </tmp/s):$(sed -n 50p /tmp/s):$(sed -n 90p /tmp/s)\"; n $l; }}; \
-         k(){{ for i in $(seq 100 199); do c -w '%{{http_code}} %{{time_total}}\\n' $1$i; done; }}\n\
+         echo \"tab label=$l result=$(wc -l </tmp/s):$(sed -n {MEDIAN}p /tmp/s):$(sed -n {P90}p /tmp/s)\"; n $l; }}; \
+         k(){{ for i in $(seq {FIRST} {LAST}); do c -w '%{{http_code}} %{{time_total}}\\n' $1$i; done; }}\n\
          echo C2W-TAB-$((0+1))-BEGIN; {setup}echo \"tab nh x {names}\"; n start; ",
         UPLOAD = upload_bytes(),
         names = tcp.replace("tail", "head"),
+        MEDIAN = REQUESTS / 2,
+        P90 = REQUESTS * 9 / 10,
+        FIRST = FIRST_SMALL,
+        LAST = FIRST_SMALL + REQUESTS - 1,
     );
     for (label, measure) in MEASURES {
         let tag = Measure::tag(label);
@@ -365,7 +372,8 @@ fn script(backend: &Backend, to: &Targets) -> String {
                 format!("t {tag} size_upload -H Expect: --data-binary @/tmp/up {http_base}/echo")
             }
             Measure::Requests { keep_alive: true } => format!(
-                "r {tag} c -w '%{{http_code}} %{{time_total}}\\n' '{http_base}/blob/[100-199]'"
+                "r {tag} c -w '%{{http_code}} %{{time_total}}\\n' '{http_base}/blob/[{FIRST_SMALL}-{}]'",
+                FIRST_SMALL + REQUESTS - 1
             ),
             Measure::Requests { keep_alive: false } => format!("r {tag} k {http_base}/blob/"),
         };
@@ -846,6 +854,14 @@ mod tests {
             }
             let line = text;
             assert!(line.contains("t 16-MiB-upload-http size_upload"));
+            for part in [
+                "seq 100 199",
+                "/blob/[100-199]'",
+                "sed -n 50p",
+                "sed -n 90p",
+            ] {
+                assert!(line.contains(part), "{}: no {part}", backend.name);
+            }
             assert_eq!(
                 line.contains("16-MiB-https"),
                 backend.https,
