@@ -512,32 +512,27 @@ pub fn section_run(only: &[String]) -> Result<()> {
                 ),
                 None => "none".to_string(),
             };
-            let pacing = serde_json::from_str::<Value>(&run.stats)
-                .ok()
-                .and_then(|v| {
-                    let p = &v["pacing"];
-                    p.is_object().then(|| {
-                        if p["mode"] == "room" {
-                            format!(
-                                "room: {} waited, {} refusals, {} wake-ups",
-                                p["deferred"], p["refused"], p["wakeups"]
-                            )
-                        } else {
-                            format!(
-                                "{} waited, {} idle releases",
-                                p["deferred"], p["releasedByTimer"]
-                            )
-                        }
-                    })
-                })
-                .unwrap_or_else(|| "—".to_string());
-            let dropped = serde_json::from_str::<Value>(&run.stats)
-                .ok()
-                .and_then(|v| v["nic"]["dropped"].as_u64())
+            // The last `{stats, timings, pacing, nic}` the page posted (Null when none).
+            let posted: Value = serde_json::from_str(&run.stats).unwrap_or(Value::Null);
+            let p = &posted["pacing"];
+            let pacing = if !p.is_object() {
+                "—".to_string()
+            } else if p["mode"] == "room" {
+                format!(
+                    "room: {} waited, {} refusals, {} wake-ups",
+                    p["deferred"], p["refused"], p["wakeups"]
+                )
+            } else {
+                format!(
+                    "{} waited, {} idle releases",
+                    p["deferred"], p["releasedByTimer"]
+                )
+            };
+            let dropped = posted["nic"]["dropped"]
+                .as_u64()
                 .map_or("—".to_string(), |n| n.to_string());
-            let memory = serde_json::from_str::<Value>(&run.stats)
-                .ok()
-                .and_then(|v| v["stats"]["wasmMemoryBytes"].as_f64())
+            let memory = posted["stats"]["wasmMemoryBytes"]
+                .as_f64()
                 .map_or("—".to_string(), |b| {
                     format!("{:.0} MiB", b / f64::from(1 << 20))
                 });
